@@ -1,0 +1,868 @@
+# Shared body of fastattn's attention kernels, compiled once per instruction
+# set (_kernels_baseline.pyx, _kernels_avx2.pyx, _kernels_avx512.pyx include
+# this file; setup.py gives each its own -m flags and fa_tiles.h picks its
+# SIMD branch from them).
+#
+# Parallel layout
+# ---------------
+# Every kernel flattens the leading (batch, head) dimensions into a list of
+# element offsets computed in Python (functional.py), so broadcast dimensions
+# (stride 0), negative strides and views straight out of a fused QKV
+# projection are read in place; only the last axis must be contiguous.  The
+# kernels trust those offsets: nothing here validates user input.
+#
+# * flash(): the fused attention (FlashAttention-2 style).  Two layouts:
+#   - "lanes": a task is (batch, kv head, block of FA_BR query rows).  The
+#     query block is packed transposed (Qt, D x FA_BR), pre-multiplied by
+#     scale*log2(e), so the score tile St (keys x queries), the online softmax
+#     statistics and the output accumulator Ot (Dv x FA_BR) are all vectors
+#     over the query lanes.  K and V are read in place, FA_BC keys at a time.
+#     All query heads that share a kv head (GQA) are processed by the same
+#     task, so each K/V tile is brought into cache once per group.
+#   - "rows": when a kv head has only a few query rows (decode: one new token,
+#     G query heads per kv head), lanes would be mostly empty.  Rows are kept
+#     as rows (R x D), scores are dot products vectorised over D, and the key
+#     axis is split into fixed chunks of FA_SPLIT keys (split-K,
+#     "flash-decoding") so that even B*H = 1 keeps every core busy.  Partial
+#     (m, l, O) per chunk are merged by log-sum-exp in a fixed order.
+#   Chunk sizes never depend on the thread count, so results are
+#   bit-identical for any number of threads.
+# * Tile visibility: causal / sliding window bounds are computed per tile
+#   from the row intervals [lo(i), hi(i)], and masks are summarised per tile
+#   by classify_mask() (hidden / visible / partial) over the mask's own,
+#   un-broadcast shape.  Hidden tiles are skipped, visible tiles skip the
+#   masking arithmetic, only partial tiles pay per-element work.
+# * scores(), softmax(), weighted_sum(): the materialised path (returns the
+#   attention weights), built from the same tile functions.
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport fabs, INFINITY, exp, expf
+from libc.stdint cimport int64_t, uint8_t
+
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "fa_util.h" nogil:
+    int FA_OPENMP
+    const char *FA_BUILD_ISA
+    void *fa_aligned_calloc(size_t nbytes)
+    void fa_aligned_free(void *p)
+    int fa_omp_max_threads()
+
+cdef extern from "fa_tiles.h" nogil:
+    int FA_BR
+    int FA_BC
+    void fa_qk_f32(const float *K, Py_ssize_t ks, int nk, int D, const float *Qt, float *St)
+    void fa_pv_f32(const float *V, Py_ssize_t vs, int nk, int Dv, const float *Pt, float *Ot)
+    void fa_softmax_f32(float *St, int nk, float *m, float *l, float *alpha)
+    void fa_rescale_f32(float *Ot, int Dv, const float *alpha)
+    float fa_exp2_f32(float x)
+    void fa_dot_rows_f32(const float *Q, int R, const float *K, Py_ssize_t ks, int nk, int D, float *s, int lds)
+    void fa_axpy_rows_f32(const float *P, int R, int ldp, const float *V, Py_ssize_t vs, int nk, int Dv, float *O)
+    float fa_exp2_sub_sum_f32(float *x, int n, float mx)
+    float fa_max_f32(const float *x, int n)
+    void fa_qk_f64(const double *K, Py_ssize_t ks, int nk, int D, const double *Qt, double *St)
+    void fa_pv_f64(const double *V, Py_ssize_t vs, int nk, int Dv, const double *Pt, double *Ot)
+    void fa_softmax_f64(double *St, int nk, double *m, double *l, double *alpha)
+    void fa_rescale_f64(double *Ot, int Dv, const double *alpha)
+    double fa_exp2_f64(double x)
+    void fa_dot_rows_f64(const double *Q, int R, const double *K, Py_ssize_t ks, int nk, int D, double *s, int lds)
+    void fa_axpy_rows_f64(const double *P, int R, int ldp, const double *V, Py_ssize_t vs, int nk, int Dv, double *O)
+    double fa_exp2_sub_sum_f64(double *x, int n, double mx)
+    double fa_max_f64(const double *x, int n)
+
+# Keys per split-K chunk on the row (decode) path.  A constant, never derived
+# from the thread count: the chunking fixes the summation order.
+cdef enum:
+    FA_SPLIT = 1024
+    ROWS_MAX = 16          # at most this many query rows per kv head -> rows path
+
+cdef double LOG2E = 1.4426950408889634
+
+# tile classes
+cdef enum:
+    T_HIDDEN = 0
+    T_VISIBLE = 1
+    T_PARTIAL = 2
+
+
+ISA = (<bytes>FA_BUILD_ISA).decode()
+OPENMP = bool(FA_OPENMP)
+TILE_ROWS = FA_BR
+TILE_KEYS = FA_BC
+SPLIT_KEYS = FA_SPLIT
+ROWS_PATH_MAX = ROWS_MAX
+
+
+def omp_max_threads():
+    """OpenMP's default team size (1 without OpenMP)."""
+    return fa_omp_max_threads()
+
+
+cdef inline char *_ptr(cnp.ndarray a):
+    return <char *>cnp.PyArray_DATA(a)
+
+
+# ---------------------------------------------------------------------------
+# Flash attention
+# ---------------------------------------------------------------------------
+
+ctypedef struct FlashArgs:
+    const char *q
+    const int64_t *qoff
+    Py_ssize_t qs
+    const char *k
+    const int64_t *koff
+    Py_ssize_t ks
+    const char *v
+    const int64_t *voff
+    Py_ssize_t vs
+    char *o
+    const int64_t *ooff
+    Py_ssize_t os
+    Py_ssize_t L, S, D, Dv, nb, Hq, Hkv, G
+    double qscale            # scale * log2(e)
+    int mask_kind            # 0 none, 1 bool (uint8), 2 additive (same dtype)
+    const char *mask
+    const int64_t *moff      # per (nb*Hq)
+    Py_ssize_t msq, msk      # element strides of the mask over L and S
+    const uint8_t *tab       # tile classes [ntab, tab_nq, tab_nk]
+    const int64_t *tidx      # per (nb*Hq): slice of tab
+    Py_ssize_t tab_nq, tab_nk
+    bint has_lo, has_hi      # row i sees keys in [i+off-left, i+off+right]
+    Py_ssize_t left, right, off
+    const double *slopes     # ALiBi slopes per query head (natural units) or NULL
+    # partial results of the rows path: [n_tasks, R, Dv + 2]
+    char *part
+    Py_ssize_t nchunk, R
+
+
+cdef inline Py_ssize_t _row_lo(const FlashArgs *a, Py_ssize_t i) noexcept nogil:
+    if a.has_lo:
+        return i + a.off - a.left
+    return 0
+
+
+cdef inline Py_ssize_t _row_hi(const FlashArgs *a, Py_ssize_t i) noexcept nogil:
+    if a.has_hi:
+        return i + a.off + a.right
+    return a.S - 1
+
+
+cdef inline int _geo_class(const FlashArgs *a, Py_ssize_t q0, Py_ssize_t q1,
+                           Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    """Visibility of keys [k0, k1] for query rows [q0, q1] from causal/window
+    bounds alone (the row intervals slide by one key per row)."""
+    if _row_hi(a, q1) < k0 or _row_lo(a, q0) > k1:
+        return T_HIDDEN
+    if _row_lo(a, q1) <= k0 and _row_hi(a, q0) >= k1:
+        return T_VISIBLE
+    return T_PARTIAL
+
+
+cdef inline int _mask_class(const FlashArgs *a, Py_ssize_t n, Py_ssize_t qb,
+                            Py_ssize_t kb) noexcept nogil:
+    if a.mask_kind == 0:
+        return T_VISIBLE
+    if a.tab_nq == 1:
+        qb = 0
+    if a.tab_nk == 1:
+        kb = 0
+    return a.tab[(a.tidx[n] * a.tab_nq + qb) * a.tab_nk + kb]
+
+
+cdef inline void _mask_score(const FlashArgs *a, floating *s, Py_ssize_t n,
+                             Py_ssize_t qi, Py_ssize_t kj, int geo, int mcls,
+                             floating slope) noexcept nogil:
+    """Apply bounds, mask and ALiBi to one score (log2 units)."""
+    cdef Py_ssize_t mo
+    cdef floating val
+    cdef Py_ssize_t dist
+    if geo == T_PARTIAL:
+        if kj < _row_lo(a, qi) or kj > _row_hi(a, qi):
+            s[0] = -INFINITY
+            return
+    if mcls == T_PARTIAL:
+        mo = a.moff[n] + qi * a.msq + kj * a.msk
+        if a.mask_kind == 1:
+            if (<const uint8_t *>a.mask)[mo] == 0:
+                s[0] = -INFINITY
+                return
+        else:
+            s[0] = s[0] + (<const floating *>a.mask)[mo] * <floating>LOG2E
+    if a.slopes != NULL:
+        dist = qi + a.off - kj
+        if dist < 0:
+            dist = -dist
+        s[0] = s[0] - slope * <floating>dist
+
+
+cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
+    """One task of the lanes layout: (batch, kv head, query block)."""
+    cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
+    # largest query blocks (most keys when causal) first: with the dynamic
+    # schedule this balances the triangle.
+    cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
+    cdef Py_ssize_t bh = t // nqb
+    cdef Py_ssize_t hkv = bh % a.Hkv
+    cdef Py_ssize_t bn = bh // a.Hkv
+    cdef Py_ssize_t q0 = qb * FA_BR
+    cdef Py_ssize_t nr = a.L - q0
+    if nr > FA_BR:
+        nr = FA_BR
+    cdef Py_ssize_t q1 = q0 + nr - 1
+    cdef Py_ssize_t D = a.D, Dv = a.Dv, G = a.G
+    cdef Py_ssize_t qt_sz = D * FA_BR, ot_sz = Dv * FA_BR
+    # buffer layout: St | alpha | per head g: Qt, Ot, m, l
+    cdef floating *St = buf
+    cdef floating *alpha = St + FA_BC * FA_BR
+    cdef floating *hbase = alpha + FA_BR
+    cdef Py_ssize_t hstride = qt_sz + ot_sz + 2 * FA_BR
+    cdef floating *Qt
+    cdef floating *Ot
+    cdef floating *m
+    cdef floating *l
+    cdef const floating *qrow
+    cdef const floating *kp
+    cdef const floating *vp
+    cdef floating *orow
+    cdef Py_ssize_t g, h, n, i, d, j, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
+    cdef int geo, mcls
+    cdef floating qscale = <floating>a.qscale
+    cdef floating slope = 0
+    cdef floating inv
+
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qt = hbase + g * hstride
+        Ot = Qt + qt_sz
+        m = Ot + ot_sz
+        l = m + FA_BR
+        qrow = (<const floating *>a.q) + a.qoff[n] + q0 * a.qs
+        for d in range(D):
+            for i in range(nr):
+                Qt[d * FA_BR + i] = qrow[i * a.qs + d] * qscale
+            for i in range(nr, FA_BR):
+                Qt[d * FA_BR + i] = 0
+        for i in range(ot_sz):
+            Ot[i] = 0
+        for i in range(FA_BR):
+            m[i] = -INFINITY
+            l[i] = 0
+
+    # key blocks that can hold a visible key for some row of the block
+    lo = _row_lo(a, q0)
+    hi = _row_hi(a, q1)
+    if lo < 0:
+        lo = 0
+    if hi > a.S - 1:
+        hi = a.S - 1
+    kb_lo = lo // FA_BC
+    kb_hi = hi // FA_BC + 1 if hi >= lo else kb_lo
+
+    kp = (<const floating *>a.k) + a.koff[bn * a.Hkv + hkv]
+    vp = (<const floating *>a.v) + a.voff[bn * a.Hkv + hkv]
+    for kb in range(kb_lo, kb_hi):
+        k0 = kb * FA_BC
+        nk = a.S - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        k1 = k0 + nk - 1
+        geo = _geo_class(a, q0, q1, k0, k1)
+        if geo == T_HIDDEN:
+            continue
+        for g in range(G):
+            n = bn * a.Hq + hkv * G + g
+            mcls = _mask_class(a, n, qb, kb)
+            if mcls == T_HIDDEN:
+                continue
+            Qt = hbase + g * hstride
+            Ot = Qt + qt_sz
+            m = Ot + ot_sz
+            l = m + FA_BR
+            if floating is float:
+                fa_qk_f32(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Qt, St)
+            else:
+                fa_qk_f64(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Qt, St)
+            if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                if a.slopes != NULL:
+                    slope = <floating>(a.slopes[hkv * G + g] * LOG2E)
+                for j in range(nk):
+                    for i in range(nr):
+                        _mask_score(a, &St[j * FA_BR + i], n, q0 + i, k0 + j,
+                                    geo, mcls, slope)
+            if floating is float:
+                fa_softmax_f32(St, <int>nk, m, l, alpha)
+                fa_rescale_f32(Ot, <int>Dv, alpha)
+                fa_pv_f32(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot)
+            else:
+                fa_softmax_f64(St, <int>nk, m, l, alpha)
+                fa_rescale_f64(Ot, <int>Dv, alpha)
+                fa_pv_f64(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot)
+
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qt = hbase + g * hstride
+        Ot = Qt + qt_sz
+        m = Ot + ot_sz
+        l = m + FA_BR
+        for i in range(nr):
+            orow = (<floating *>a.o) + a.ooff[n] + (q0 + i) * a.os
+            if l[i] == 0:       # no visible key: zeros, never NaN
+                for d in range(Dv):
+                    orow[d] = 0
+            else:
+                inv = 1 / l[i]
+                for d in range(Dv):
+                    orow[d] = Ot[d * FA_BR + i] * inv
+
+
+cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
+    """One task of the rows layout: (batch, kv head, chunk of FA_SPLIT keys).
+    Writes the chunk's partial (O, m, l) for every row of the kv head."""
+    cdef Py_ssize_t c = t % a.nchunk
+    cdef Py_ssize_t bh = t // a.nchunk
+    cdef Py_ssize_t hkv = bh % a.Hkv
+    cdef Py_ssize_t bn = bh // a.Hkv
+    cdef Py_ssize_t R = a.R, D = a.D, Dv = a.Dv, L = a.L
+    # thread buffer: Qr (R x D) | s (R x FA_BC) | Ob (R x Dv) | mb (R) | lb (R)
+    cdef floating *Qr = buf
+    cdef floating *s = Qr + R * D
+    cdef floating *Ob = s + R * FA_BC
+    cdef floating *mb = Ob + R * Dv
+    cdef floating *lb = mb + R
+    # this chunk's partial (O, m, l) per row, stride Dv + 2
+    cdef floating *P = (<floating *>a.part) + t * R * (Dv + 2)
+    cdef const floating *qrow
+    cdef const floating *kp
+    cdef const floating *vp
+    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1
+    cdef int geo, mcls, any_vis
+    cdef floating qscale = <floating>a.qscale
+    cdef floating slope = 0
+    cdef floating mx, al, sm
+
+    for r in range(R):
+        g = r // L
+        i = r % L
+        n = bn * a.Hq + hkv * a.G + g
+        qrow = (<const floating *>a.q) + a.qoff[n] + i * a.qs
+        for d in range(D):
+            Qr[r * D + d] = qrow[d] * qscale
+        for d in range(Dv):
+            Ob[r * Dv + d] = 0
+        mb[r] = -INFINITY
+        lb[r] = 0
+
+    kp = (<const floating *>a.k) + a.koff[bn * a.Hkv + hkv]
+    vp = (<const floating *>a.v) + a.voff[bn * a.Hkv + hkv]
+    c0 = c * FA_SPLIT
+    c1 = c0 + FA_SPLIT
+    if c1 > a.S:
+        c1 = a.S
+    for kb in range(c0 // FA_BC, (c1 + FA_BC - 1) // FA_BC):
+        k0 = kb * FA_BC
+        nk = c1 - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        k1 = k0 + nk - 1
+        # skip the block when no row of any head sees any of its keys
+        any_vis = 0
+        for r in range(R):
+            n = bn * a.Hq + hkv * a.G + r // L
+            if (_geo_class(a, r % L, r % L, k0, k1) != T_HIDDEN and
+                    _mask_class(a, n, (r % L) // FA_BR, kb) != T_HIDDEN):
+                any_vis = 1
+                break
+        if not any_vis:
+            continue
+        if floating is float:
+            fa_dot_rows_f32(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, FA_BC)
+        else:
+            fa_dot_rows_f64(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, FA_BC)
+        for r in range(R):
+            g = r // L
+            i = r % L
+            n = bn * a.Hq + hkv * a.G + g
+            geo = _geo_class(a, i, i, k0, k1)
+            mcls = _mask_class(a, n, i // FA_BR, kb)
+            if geo == T_HIDDEN or mcls == T_HIDDEN:
+                for j in range(nk):
+                    s[r * FA_BC + j] = -INFINITY
+            elif geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                if a.slopes != NULL:
+                    slope = <floating>(a.slopes[hkv * a.G + g] * LOG2E)
+                for j in range(nk):
+                    _mask_score(a, &s[r * FA_BC + j], n, i, k0 + j, geo, mcls, slope)
+            if floating is float:
+                mx = fa_max_f32(&s[r * FA_BC], <int>nk)
+            else:
+                mx = fa_max_f64(&s[r * FA_BC], <int>nk)
+            if mb[r] > mx:
+                mx = mb[r]
+            if mx == -INFINITY:
+                al = 0
+            elif floating is float:
+                al = fa_exp2_f32(mb[r] - mx)
+            else:
+                al = fa_exp2_f64(mb[r] - mx)
+            if floating is float:
+                sm = fa_exp2_sub_sum_f32(&s[r * FA_BC], <int>nk, mx)
+            else:
+                sm = fa_exp2_sub_sum_f64(&s[r * FA_BC], <int>nk, mx)
+            lb[r] = lb[r] * al + sm
+            mb[r] = mx
+            if al != 1:
+                for d in range(Dv):
+                    Ob[r * Dv + d] = Ob[r * Dv + d] * al
+        if floating is float:
+            fa_axpy_rows_f32(s, <int>R, FA_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
+        else:
+            fa_axpy_rows_f64(s, <int>R, FA_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
+
+    for r in range(R):
+        for d in range(Dv):
+            P[r * (Dv + 2) + d] = Ob[r * Dv + d]
+        P[r * (Dv + 2) + Dv] = mb[r]
+        P[r * (Dv + 2) + Dv + 1] = lb[r]
+
+
+cdef void _flash_rows_merge(const FlashArgs *a, Py_ssize_t bh, floating dummy) noexcept nogil:
+    """Merge the split-K partials of one (batch, kv head) in chunk order."""
+    cdef Py_ssize_t hkv = bh % a.Hkv
+    cdef Py_ssize_t bn = bh // a.Hkv
+    cdef Py_ssize_t R = a.R, Dv = a.Dv, L = a.L, rs = a.R * (a.Dv + 2)
+    cdef const floating *base = (<const floating *>a.part) + bh * a.nchunk * rs
+    cdef const floating *Pc
+    cdef floating *orow
+    cdef Py_ssize_t r, c, d, n
+    cdef floating M, lsum, w
+    for r in range(R):
+        n = bn * a.Hq + hkv * a.G + r // L
+        orow = (<floating *>a.o) + a.ooff[n] + (r % L) * a.os
+        M = -INFINITY
+        for c in range(a.nchunk):
+            Pc = base + c * rs + r * (Dv + 2)
+            if Pc[Dv] != Pc[Dv] or Pc[Dv] > M:
+                M = Pc[Dv]
+                if M != M:
+                    break
+        for d in range(Dv):
+            orow[d] = 0
+        if M == -INFINITY:
+            continue          # fully masked row: zeros
+        lsum = 0
+        for c in range(a.nchunk):
+            Pc = base + c * rs + r * (Dv + 2)
+            if Pc[Dv] == -INFINITY:
+                continue
+            if floating is float:
+                w = fa_exp2_f32(Pc[Dv] - M)
+            else:
+                w = fa_exp2_f64(Pc[Dv] - M)
+            lsum = lsum + w * Pc[Dv + 1]
+            for d in range(Dv):
+                orow[d] = orow[d] + w * Pc[d]
+        if lsum == 0:
+            for d in range(Dv):
+                orow[d] = 0
+        else:
+            w = 1 / lsum
+            for d in range(Dv):
+                orow[d] = orow[d] * w
+
+
+cdef int _flash_run(FlashArgs *a, floating dummy, bint rows, int nthreads) except -1:
+    cdef Py_ssize_t ntasks, t, nbuf, bh
+    cdef floating *buf
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
+    if rows:
+        ntasks = a.nb * a.Hkv * a.nchunk
+        nbuf = a.R * (a.D + FA_BC + a.Dv + 2)
+    else:
+        ntasks = a.nb * a.Hkv * nqb
+        nbuf = FA_BC * FA_BR + FA_BR + a.G * (a.D * FA_BR + a.Dv * FA_BR + 2 * FA_BR)
+    if nthreads > ntasks:
+        nthreads = <int>ntasks
+    if nthreads < 1:
+        nthreads = 1
+    buf = NULL
+    with nogil, parallel(num_threads=nthreads):
+        buf = <floating *>fa_aligned_calloc(nbuf * sizeof(floating))
+        if buf == NULL:
+            pfailed[0] = 1
+        for t in prange(ntasks, schedule='dynamic'):
+            if buf != NULL:
+                if rows:
+                    _flash_rows_task(a, t, buf)
+                else:
+                    _flash_lanes_task(a, t, buf)
+        fa_aligned_free(buf)
+    if failed:
+        raise MemoryError("fastattn: could not allocate per-thread tile buffers")
+    if rows:
+        nthreads = nthreads if nthreads < a.nb * a.Hkv else <int>(a.nb * a.Hkv)
+        for bh in prange(a.nb * a.Hkv, nogil=True, schedule='static',
+                         num_threads=nthreads):
+            _flash_rows_merge(a, bh, dummy)
+    return 0
+
+
+def flash(cnp.ndarray q, const int64_t[::1] qoff, Py_ssize_t qs,
+          cnp.ndarray k, const int64_t[::1] koff, Py_ssize_t ks,
+          cnp.ndarray v, const int64_t[::1] voff, Py_ssize_t vs,
+          cnp.ndarray out, const int64_t[::1] ooff, Py_ssize_t os,
+          Py_ssize_t L, Py_ssize_t S, Py_ssize_t D, Py_ssize_t Dv,
+          Py_ssize_t nb, Py_ssize_t Hq, Py_ssize_t Hkv, double scale,
+          int mask_kind, cnp.ndarray mask, const int64_t[::1] moff,
+          Py_ssize_t msq, Py_ssize_t msk,
+          const uint8_t[:, :, ::1] tab, const int64_t[::1] tidx,
+          bint has_lo, Py_ssize_t left, bint has_hi, Py_ssize_t right,
+          Py_ssize_t off, const double[::1] slopes, int nthreads,
+          int force_path=0):
+    """Fused attention over pre-validated operands (see functional.py).
+
+    Offsets are element offsets of each (batch, head) slice: ``qoff``/``ooff``
+    have ``nb*Hq`` entries, ``koff``/``voff`` ``nb*Hkv``.  Row strides
+    (``qs``, ``ks``, ``vs``, ``os``) are in elements; the last axis of every
+    operand is contiguous.  ``force_path`` (tests only): 1 lanes, 2 rows.
+    """
+    cdef FlashArgs a
+    cdef bint rows
+    a.q = _ptr(q); a.qoff = &qoff[0]; a.qs = qs
+    a.k = _ptr(k); a.koff = &koff[0]; a.ks = ks
+    a.v = _ptr(v); a.voff = &voff[0]; a.vs = vs
+    a.o = _ptr(out); a.ooff = &ooff[0]; a.os = os
+    a.L = L; a.S = S; a.D = D; a.Dv = Dv; a.nb = nb; a.Hq = Hq; a.Hkv = Hkv
+    a.G = Hq // Hkv
+    a.qscale = scale * LOG2E
+    a.mask_kind = mask_kind
+    a.mask = _ptr(mask) if mask_kind else NULL
+    a.moff = &moff[0] if mask_kind else NULL
+    a.msq = msq; a.msk = msk
+    if mask_kind:
+        a.tab = &tab[0, 0, 0]
+        a.tidx = &tidx[0]
+        a.tab_nq = tab.shape[1]
+        a.tab_nk = tab.shape[2]
+    else:
+        a.tab = NULL; a.tidx = NULL; a.tab_nq = 1; a.tab_nk = 1
+    a.has_lo = has_lo; a.left = left; a.has_hi = has_hi; a.right = right
+    a.off = off
+    a.slopes = &slopes[0] if slopes is not None else NULL
+    a.R = L * a.G
+    rows = a.R <= ROWS_MAX
+    if force_path == 1:
+        rows = False
+    elif force_path == 2:
+        rows = True
+    a.part = NULL
+    a.nchunk = 1
+    part = None
+    if rows:
+        a.nchunk = (S + FA_SPLIT - 1) // FA_SPLIT
+        part = np.empty(nb * Hkv * a.nchunk * a.R * (Dv + 2), dtype=q.dtype)
+        a.part = _ptr(part)
+    if q.dtype == np.float32:
+        _flash_run[float](&a, 0, rows, nthreads)
+    else:
+        _flash_run[double](&a, 0, rows, nthreads)
+    return out
+
+
+def classify_mask(cnp.ndarray mask, int mask_kind, const int64_t[::1] moff,
+                  Py_ssize_t msq, Py_ssize_t msk, Py_ssize_t Lm, Py_ssize_t Sm,
+                  uint8_t[:, :, ::1] tab, int nthreads):
+    """Summarise each (mask slice, FA_BR x FA_BC tile) as hidden (0), visible
+    (1: all True / all 0.0) or partial (2), over the mask's own shape."""
+    cdef Py_ssize_t ntab = tab.shape[0], nq = tab.shape[1], nk = tab.shape[2]
+    cdef Py_ssize_t t
+    cdef const char *base = _ptr(mask)
+    if ntab * nq * nk == 0:
+        return tab
+    if nthreads > ntab * nq:
+        nthreads = <int>(ntab * nq)
+    if mask.dtype == np.bool_:
+        for t in prange(ntab * nq, nogil=True, schedule='static', num_threads=nthreads):
+            _classify_rows(<const uint8_t *>base, 1, moff[t // nq], msq, msk,
+                           t % nq, Lm, Sm, nk, &tab[t // nq, t % nq, 0])
+    elif mask.dtype == np.float32:
+        for t in prange(ntab * nq, nogil=True, schedule='static', num_threads=nthreads):
+            _classify_rows(<const float *>base, 2, moff[t // nq], msq, msk,
+                           t % nq, Lm, Sm, nk, &tab[t // nq, t % nq, 0])
+    else:
+        for t in prange(ntab * nq, nogil=True, schedule='static', num_threads=nthreads):
+            _classify_rows(<const double *>base, 2, moff[t // nq], msq, msk,
+                           t % nq, Lm, Sm, nk, &tab[t // nq, t % nq, 0])
+    return tab
+
+
+ctypedef fused mask_t:
+    uint8_t
+    float
+    double
+
+
+cdef void _classify_rows(const mask_t *m, int kind, int64_t off, Py_ssize_t msq,
+                         Py_ssize_t msk, Py_ssize_t qb, Py_ssize_t Lm,
+                         Py_ssize_t Sm, Py_ssize_t nk, uint8_t *out) noexcept nogil:
+    cdef Py_ssize_t q0 = qb * FA_BR if Lm > 1 else 0
+    cdef Py_ssize_t q1 = q0 + FA_BR if Lm > 1 else 1
+    cdef Py_ssize_t kb, i, j, k0, k1
+    cdef int nvis, nhid
+    cdef mask_t x
+    if q1 > Lm:
+        q1 = Lm
+    for kb in range(nk):
+        k0 = kb * FA_BC if Sm > 1 else 0
+        k1 = k0 + FA_BC if Sm > 1 else 1
+        if k1 > Sm:
+            k1 = Sm
+        nvis = 0
+        nhid = 0
+        for i in range(q0, q1):
+            for j in range(k0, k1):
+                x = m[off + i * msq + j * msk]
+                if mask_t is uint8_t:
+                    if x:
+                        nvis = nvis + 1
+                    else:
+                        nhid = nhid + 1
+                else:
+                    if x == 0:
+                        nvis = nvis + 1
+                    elif x == -INFINITY:
+                        nhid = nhid + 1
+        if nhid == (q1 - q0) * (k1 - k0):
+            out[kb] = T_HIDDEN
+        elif nvis == (q1 - q0) * (k1 - k0):
+            out[kb] = T_VISIBLE
+        else:
+            out[kb] = T_PARTIAL
+
+
+# ---------------------------------------------------------------------------
+# Materialised path: scores, softmax, weighted sum
+# ---------------------------------------------------------------------------
+
+cdef void _scores_task(const floating *q, Py_ssize_t qs, const floating *k,
+                       Py_ssize_t ks, floating *o, Py_ssize_t os,
+                       Py_ssize_t nr, Py_ssize_t S, Py_ssize_t D,
+                       floating scale, floating *buf) noexcept nogil:
+    cdef floating *Qt = buf
+    cdef floating *St = buf + D * FA_BR
+    cdef Py_ssize_t i, d, j, k0, nk, kb
+    for d in range(D):
+        for i in range(nr):
+            Qt[d * FA_BR + i] = q[i * qs + d] * scale
+        for i in range(nr, FA_BR):
+            Qt[d * FA_BR + i] = 0
+    for kb in range((S + FA_BC - 1) // FA_BC):
+        k0 = kb * FA_BC
+        nk = S - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        if floating is float:
+            fa_qk_f32(k + k0 * ks, ks, <int>nk, <int>D, Qt, St)
+        else:
+            fa_qk_f64(k + k0 * ks, ks, <int>nk, <int>D, Qt, St)
+        for i in range(nr):
+            for j in range(nk):
+                o[i * os + k0 + j] = St[j * FA_BR + i]
+
+
+cdef int _scores_run(const floating *q, const int64_t *qoff, Py_ssize_t qs,
+                     const floating *k, const int64_t *koff, Py_ssize_t ks,
+                     floating *o, const int64_t *ooff, Py_ssize_t os,
+                     Py_ssize_t N, Py_ssize_t L, Py_ssize_t S, Py_ssize_t D,
+                     floating scale, int nthreads) except -1:
+    cdef Py_ssize_t nqb = (L + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t t, n, q0, nr
+    cdef floating *buf
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    if nthreads > N * nqb:
+        nthreads = <int>(N * nqb)
+    buf = NULL
+    with nogil, parallel(num_threads=nthreads):
+        buf = <floating *>fa_aligned_calloc((D * FA_BR + FA_BC * FA_BR) * sizeof(floating))
+        if buf == NULL:
+            pfailed[0] = 1
+        for t in prange(N * nqb, schedule='static'):
+            if buf != NULL:
+                n = t // nqb
+                q0 = (t % nqb) * FA_BR
+                nr = L - q0
+                if nr > FA_BR:
+                    nr = FA_BR
+                _scores_task(q + qoff[n] + q0 * qs, qs, k + koff[n], ks,
+                             o + ooff[n] + q0 * os, os, nr, S, D, scale, buf)
+        fa_aligned_free(buf)
+    if failed:
+        raise MemoryError("fastattn: could not allocate tile buffers")
+    return 0
+
+
+def scores(cnp.ndarray q, const int64_t[::1] qoff, Py_ssize_t qs,
+           cnp.ndarray k, const int64_t[::1] koff, Py_ssize_t ks,
+           cnp.ndarray out, const int64_t[::1] ooff, Py_ssize_t os,
+           Py_ssize_t L, Py_ssize_t S, Py_ssize_t D, double scale, int nthreads):
+    """out[n][i, j] = scale * sum_d q[n][i, d] k[n][j, d] over N = len(qoff)
+    pre-validated slices (element offsets and row strides)."""
+    cdef Py_ssize_t N = qoff.shape[0]
+    if N == 0 or L == 0 or S == 0:
+        return out
+    if q.dtype == np.float32:
+        _scores_run[float](<const float *>_ptr(q), &qoff[0], qs,
+                           <const float *>_ptr(k), &koff[0], ks,
+                           <float *>_ptr(out), &ooff[0], os, N, L, S, D,
+                           <float>scale, nthreads)
+    else:
+        _scores_run[double](<const double *>_ptr(q), &qoff[0], qs,
+                            <const double *>_ptr(k), &koff[0], ks,
+                            <double *>_ptr(out), &ooff[0], os, N, L, S, D,
+                            scale, nthreads)
+    return out
+
+
+cdef void _softmax_row(const floating *x, Py_ssize_t xs, floating *o,
+                       Py_ssize_t os, Py_ssize_t C) noexcept nogil:
+    # Accurate libm exp here (not the exp2 of the fused path): this is the
+    # public softmax, held to scipy.special.softmax within ~1 ulp per element.
+    cdef Py_ssize_t j
+    cdef floating mx = -INFINITY
+    cdef floating sm = 0
+    cdef floating e, inv
+    cdef bint has_nan = False
+    for j in range(C):
+        e = x[j * xs]
+        if e != e:
+            has_nan = True
+        elif e > mx:
+            mx = e
+    if has_nan:
+        mx = x[0] * 0 + (<floating>INFINITY - <floating>INFINITY)  # NaN
+    if mx == -INFINITY:
+        # every entry masked: zeros, never NaN
+        for j in range(C):
+            o[j * os] = 0
+        return
+    for j in range(C):
+        if floating is float:
+            e = expf(x[j * xs] - mx)
+        else:
+            e = exp(x[j * xs] - mx)
+        o[j * os] = e
+        sm = sm + e
+    inv = 1 / sm
+    for j in range(C):
+        o[j * os] = o[j * os] * inv
+
+
+def softmax(cnp.ndarray x, const int64_t[::1] xoff, Py_ssize_t xs,
+            cnp.ndarray out, const int64_t[::1] ooff, Py_ssize_t os,
+            Py_ssize_t C, int nthreads):
+    """Stable softmax of rows: row r holds C elements at ``xoff[r] + j*xs``
+    (element units), written to ``ooff[r] + j*os``."""
+    cdef Py_ssize_t N = xoff.shape[0], r
+    cdef char *xp = _ptr(x)
+    cdef char *op = _ptr(out)
+    if N == 0 or C == 0:
+        return out
+    if nthreads > N:
+        nthreads = <int>N
+    if x.dtype == np.float32:
+        for r in prange(N, nogil=True, schedule='static', num_threads=nthreads):
+            _softmax_row((<const float *>xp) + xoff[r], xs,
+                         (<float *>op) + ooff[r], os, C)
+    else:
+        for r in prange(N, nogil=True, schedule='static', num_threads=nthreads):
+            _softmax_row((<const double *>xp) + xoff[r], xs,
+                         (<double *>op) + ooff[r], os, C)
+    return out
+
+
+cdef void _wsum_task(const floating *p, Py_ssize_t ps, const floating *v,
+                     Py_ssize_t vs, floating *o, Py_ssize_t os, Py_ssize_t nr,
+                     Py_ssize_t S, Py_ssize_t Dv, floating *buf) noexcept nogil:
+    cdef floating *Pt = buf
+    cdef floating *Ot = buf + FA_BC * FA_BR
+    cdef Py_ssize_t i, d, j, k0, nk, kb
+    for i in range(Dv * FA_BR):
+        Ot[i] = 0
+    for kb in range((S + FA_BC - 1) // FA_BC):
+        k0 = kb * FA_BC
+        nk = S - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        for j in range(nk):
+            for i in range(nr):
+                Pt[j * FA_BR + i] = p[i * ps + k0 + j]
+            for i in range(nr, FA_BR):
+                Pt[j * FA_BR + i] = 0
+        if floating is float:
+            fa_pv_f32(v + k0 * vs, vs, <int>nk, <int>Dv, Pt, Ot)
+        else:
+            fa_pv_f64(v + k0 * vs, vs, <int>nk, <int>Dv, Pt, Ot)
+    for i in range(nr):
+        for d in range(Dv):
+            o[i * os + d] = Ot[d * FA_BR + i]
+
+
+cdef int _wsum_run(const floating *p, const int64_t *poff, Py_ssize_t ps,
+                   const floating *v, const int64_t *voff, Py_ssize_t vs,
+                   floating *o, const int64_t *ooff, Py_ssize_t os,
+                   Py_ssize_t N, Py_ssize_t L, Py_ssize_t S, Py_ssize_t Dv,
+                   int nthreads) except -1:
+    cdef Py_ssize_t nqb = (L + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t t, n, q0, nr
+    cdef floating *buf
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    if nthreads > N * nqb:
+        nthreads = <int>(N * nqb)
+    buf = NULL
+    with nogil, parallel(num_threads=nthreads):
+        buf = <floating *>fa_aligned_calloc((FA_BC * FA_BR + Dv * FA_BR) * sizeof(floating))
+        if buf == NULL:
+            pfailed[0] = 1
+        for t in prange(N * nqb, schedule='static'):
+            if buf != NULL:
+                n = t // nqb
+                q0 = (t % nqb) * FA_BR
+                nr = L - q0
+                if nr > FA_BR:
+                    nr = FA_BR
+                _wsum_task(p + poff[n] + q0 * ps, ps, v + voff[n], vs,
+                           o + ooff[n] + q0 * os, os, nr, S, Dv, buf)
+        fa_aligned_free(buf)
+    if failed:
+        raise MemoryError("fastattn: could not allocate tile buffers")
+    return 0
+
+
+def weighted_sum(cnp.ndarray p, const int64_t[::1] poff, Py_ssize_t ps,
+                 cnp.ndarray v, const int64_t[::1] voff, Py_ssize_t vs,
+                 cnp.ndarray out, const int64_t[::1] ooff, Py_ssize_t os,
+                 Py_ssize_t L, Py_ssize_t S, Py_ssize_t Dv, int nthreads):
+    """out[n][i, :] = sum_j p[n][i, j] v[n][j, :] over pre-validated slices."""
+    cdef Py_ssize_t N = poff.shape[0]
+    if N == 0 or L == 0 or Dv == 0:
+        return out
+    if p.dtype == np.float32:
+        _wsum_run[float](<const float *>_ptr(p), &poff[0], ps,
+                         <const float *>_ptr(v), &voff[0], vs,
+                         <float *>_ptr(out), &ooff[0], os, N, L, S, Dv, nthreads)
+    else:
+        _wsum_run[double](<const double *>_ptr(p), &poff[0], ps,
+                          <const double *>_ptr(v), &voff[0], vs,
+                          <double *>_ptr(out), &ooff[0], os, N, L, S, Dv, nthreads)
+    return out

@@ -1,0 +1,644 @@
+"""Validated public functions over fastattn's kernels.
+
+Every argument is checked here, before any C code runs; the kernels trust
+what they are given.  Arrays are never copied silently, with one documented
+exception: an operand whose last axis is not contiguous (or whose strides are
+not multiples of its item size) is copied once, because the SIMD tiles read
+feature vectors as contiguous runs.
+
+Shapes follow ``torch.nn.functional.scaled_dot_product_attention``:
+``query (..., L, E)``, ``key (..., S, E)``, ``value (..., S, Ev)``, any number
+of leading dimensions, broadcast against each other like ``numpy.matmul``.
+When present, axis ``-3`` is the head axis (what ``enable_gqa`` and
+``alibi_slopes`` refer to).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from ._dispatch import kernels as _k
+from .threads import resolve as _resolve_threads
+
+__all__ = ["scaled_dot_product_attention", "attention_scores", "softmax",
+           "weighted_sum", "attention_weights"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT_MAX = 2**31 - 1
+# Below this many flops a call runs on one thread: waking a team costs more
+# than it saves (see benchmarks/NOTES.md).
+_FLOPS_PER_THREAD = 4_000_000
+
+
+# ---------------------------------------------------------------------------
+# argument checking helpers
+# ---------------------------------------------------------------------------
+
+def _as_float_array(x, name):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as e:  # ragged lists, odd objects
+            raise TypeError(f"{name} could not be converted to a NumPy array: "
+                            f"{e}") from None
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got dtype "
+                        f"{x.dtype} (shape {x.shape})")
+    return x
+
+
+def _same_dtype(arrays):
+    dt = {a.dtype for _, a in arrays}
+    if len(dt) > 1:
+        desc = ", ".join(f"{n}: {a.dtype}" for n, a in arrays)
+        raise TypeError(f"mixed dtypes are not supported ({desc}); convert "
+                        "them to one of float32 or float64")
+    return dt.pop()
+
+
+def _readable(x):
+    """A view whose last axis is contiguous and whose strides are whole
+    elements; copies once (C order) only when that is impossible."""
+    its = x.itemsize
+    if (x.ndim and x.shape[-1] > 1 and x.strides[-1] != its) or \
+            any(s % its for s in x.strides):
+        return np.ascontiguousarray(x)
+    return x
+
+
+def _check_size(name, n):
+    if n > _INT_MAX:
+        raise ValueError(f"{name} = {n} is too large (the kernels take "
+                         f"feature sizes below 2**31)")
+
+
+def _broadcast(name_shapes, what):
+    try:
+        return tuple(np.broadcast_shapes(*[s for _, s in name_shapes]))
+    except ValueError:
+        desc = ", ".join(f"{n} {s}" for n, s in name_shapes)
+        raise ValueError(f"{what} do not broadcast: {desc}") from None
+
+
+def _offsets(x, batch_shape):
+    """int64 element offsets of every (broadcast) leading index of ``x``
+    against ``batch_shape`` (C order), as a flat contiguous array."""
+    nlead = x.ndim - 2
+    lead_shape = (1,) * (len(batch_shape) - nlead) + x.shape[:nlead]
+    lead_strides = (0,) * (len(batch_shape) - nlead) + x.strides[:nlead]
+    off = np.zeros(batch_shape, dtype=np.int64)
+    for axis, (n, st, m) in enumerate(zip(lead_shape, lead_strides, batch_shape)):
+        if n == 1 or m == 0:
+            continue
+        shape = [1] * len(batch_shape)
+        shape[axis] = m
+        off += (np.arange(m, dtype=np.int64) * (st // x.itemsize)).reshape(shape)
+    return np.ascontiguousarray(off.reshape(-1))
+
+
+def _row_stride(x):
+    return x.strides[-2] // x.itemsize if x.shape[-2] > 1 else 0
+
+
+def _internal_overlap(a):
+    """True when two different indices of ``a`` may address the same memory
+    (a sufficient test: sorted strides must each clear the previous extent)."""
+    dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape) if n > 1)
+    extent = a.itemsize
+    for s, n in dims:
+        if s < extent:
+            return True
+        extent = s * (n - 1) + extent
+    return False
+
+
+def _check_out(out, shape, dtype, inputs):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out.size and ((out.shape[-1] > 1 and out.strides[-1] != out.itemsize)
+                     or any(s % out.itemsize for s in out.strides)):
+        raise ValueError(f"out must have a contiguous last axis (strides "
+                         f"{out.strides}, item size {out.itemsize})")
+    if out.size and _internal_overlap(out):
+        raise ValueError(f"out has overlapping strides {out.strides} for "
+                         f"shape {out.shape}")
+    for name, x in inputs:
+        if x is None or not out.size or not x.size:
+            continue
+        try:
+            shared = np.shares_memory(out, x, max_work=100_000)
+        except np.exceptions.TooHardError:
+            shared = True
+        if shared:
+            raise ValueError(f"out overlaps {name}; pass a separate array")
+    return out
+
+
+def _check_scale(scale, E):
+    if scale is None:
+        return 1.0 / math.sqrt(E)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got "
+                        f"{type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def _n_threads(num_threads, flops):
+    n = _resolve_threads(num_threads)
+    return int(max(1, min(n, flops // _FLOPS_PER_THREAD)))
+
+
+# ---------------------------------------------------------------------------
+# scaled_dot_product_attention
+# ---------------------------------------------------------------------------
+
+def _window_bounds(is_causal, causal_alignment, window, L, S):
+    if causal_alignment not in ("top_left", "bottom_right"):
+        raise ValueError("causal_alignment must be 'top_left' or "
+                         f"'bottom_right', got {causal_alignment!r}")
+    if not isinstance(is_causal, (bool, np.bool_)):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    left = right = None
+    if window is not None:
+        try:
+            left, right = window
+        except (TypeError, ValueError):
+            raise ValueError("window must be a pair (left, right) of "
+                             f"non-negative ints or None, got {window!r}") from None
+        vals = []
+        for side, w in (("left", left), ("right", right)):
+            if w is None or (isinstance(w, numbers.Integral) and
+                             not isinstance(w, (bool, np.bool_)) and w == -1):
+                vals.append(None)
+            elif (isinstance(w, numbers.Integral) and
+                  not isinstance(w, (bool, np.bool_)) and w >= 0):
+                vals.append(int(w))
+            else:
+                raise ValueError(f"window {side} must be a non-negative int, "
+                                 f"-1 or None (unbounded), got {w!r}")
+        left, right = vals
+    if is_causal:
+        right = 0 if right is None else min(right, 0)
+    off = S - L if causal_alignment == "bottom_right" else 0
+    return left, right, off
+
+
+def _prepare_mask(attn_mask, dtype, batch_shape, L, S):
+    """Returns (kind, mask, moff, msq, msk, tab, tidx) for the kernel."""
+    m = attn_mask
+    if not isinstance(m, np.ndarray):
+        try:
+            m = np.asarray(m)
+        except Exception as e:
+            raise TypeError(f"attn_mask could not be converted to an array: {e}") from None
+    if m.dtype == np.bool_:
+        kind = 1
+    elif m.dtype == dtype:
+        kind = 2
+    else:
+        raise TypeError(f"attn_mask must be bool or the query's dtype "
+                        f"({dtype}), got {m.dtype} (shape {m.shape})")
+    target = tuple(batch_shape) + (L, S)
+    if m.ndim < 2 or m.ndim > len(target):
+        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
+                         f"the attention shape {target}")
+    try:
+        bshape = np.broadcast_shapes(m.shape, target)
+    except ValueError:
+        bshape = None
+    if bshape != target:
+        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
+                         f"the attention shape {target}")
+    if any(s % m.itemsize for s in m.strides):
+        m = np.ascontiguousarray(m)
+    m = m.reshape((1,) * (len(target) - m.ndim) + m.shape)
+    own_batch = m.shape[:-2]
+    Lm, Sm = m.shape[-2], m.shape[-1]
+    msq = m.strides[-2] // m.itemsize if Lm > 1 else 0
+    msk = m.strides[-1] // m.itemsize if Sm > 1 else 0
+    moff = _offsets(m, tuple(batch_shape))
+    own = _offsets(m, own_batch)
+    ntab = own.size
+    tidx = np.ascontiguousarray(np.broadcast_to(
+        np.arange(ntab, dtype=np.int64).reshape(own_batch), batch_shape).reshape(-1))
+    nq = -(-Lm // _k.TILE_ROWS) if Lm > 1 else 1
+    nk = -(-Sm // _k.TILE_KEYS) if Sm > 1 else 1
+    tab = np.empty((ntab, nq, nk), dtype=np.uint8)
+    _k.classify_mask(m, kind, own, msq, msk, Lm, Sm, tab,
+                     _n_threads(None, m.size * 64))
+    return kind, m, moff, msq, msk, tab, tidx
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None,
+                                 dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, causal_alignment="top_left",
+                                 window=None, alibi_slopes=None, out=None,
+                                 num_threads=None):
+    """Attention ``softmax(scale * query @ key^T + bias) @ value``, fused.
+
+    Same semantics as ``torch.nn.functional.scaled_dot_product_attention``
+    on NumPy arrays, computed by a tiled online-softmax kernel that never
+    materialises the ``(L, S)`` score matrix.
+
+    Parameters
+    ----------
+    query : ndarray, shape (..., L, E)
+    key : ndarray, shape (..., S, E)
+    value : ndarray, shape (..., S, Ev)
+        float32 or float64, all the same dtype.  Leading dimensions broadcast
+        against each other; axis -3 (when present) is the head axis.
+    attn_mask : ndarray, optional
+        Broadcastable to ``(..., L, S)``; never expanded in memory.  Boolean:
+        True means the key takes part.  Float (the query's dtype): added to
+        the scaled scores (``-inf`` hides a key).
+    dropout_p : float
+        Must be 0: fastattn is an inference library (``NotImplementedError``
+        otherwise).
+    is_causal : bool
+        Query i sees keys ``j <= i`` (top-left alignment, PyTorch's) or
+        ``j <= i + S - L`` with ``causal_alignment="bottom_right"`` (what
+        decoding with a KV cache needs).  Unlike PyTorch it may be combined
+        with ``attn_mask``: both apply.
+    scale : float, optional
+        Defaults to ``1 / sqrt(E)``; must be finite.
+    enable_gqa : bool
+        Let key/value have fewer heads (axis -3) than query; query head ``h``
+        uses kv head ``h // (Hq // Hkv)``.  K and V are not copied.
+    causal_alignment : {"top_left", "bottom_right"}
+        Alignment of ``is_causal`` and ``window`` when ``L != S``.
+    window : (left, right), optional
+        Sliding-window (local) attention: query i sees keys
+        ``i' - left <= j <= i' + right`` with ``i'`` the aligned position
+        (``i`` or ``i + S - L``); ``None`` or ``-1`` leaves a side unbounded.
+        Tiles outside the window are skipped.
+    alibi_slopes : array_like, shape (H,), optional
+        ALiBi: adds ``-slope[h] * |i' - j|`` to head h's scores inside the
+        kernel (no bias tensor is built).  H is the size of the head axis.
+    out : ndarray, optional
+        Written in place and returned; shape ``(..., L, Ev)``, same dtype,
+        writeable, contiguous last axis, not overlapping any input.
+    num_threads : int, optional
+        Threads for this call (default: ``fastattn.get_num_threads()``).
+
+    Returns
+    -------
+    ndarray, shape (..., L, Ev)
+        A query row that sees no key (fully masked) is all zeros, never NaN.
+    """
+    q = _as_float_array(query, "query")
+    k = _as_float_array(key, "key")
+    v = _as_float_array(value, "value")
+    dtype = _same_dtype([("query", q), ("key", k), ("value", v)])
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions "
+                             f"(..., seq, features), got shape {x.shape}")
+    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
+    if dropout_p != 0:
+        raise NotImplementedError("dropout_p != 0 is not supported: fastattn "
+                                  "is an inference library")
+    L, E = q.shape[-2:]
+    S, Ek = k.shape[-2:]
+    Sv, Ev = v.shape[-2:]
+    if Ek != E:
+        raise ValueError(f"query and key embedding sizes differ: query "
+                         f"{q.shape}, key {k.shape}")
+    if Sv != S:
+        raise ValueError(f"key and value lengths differ: key {k.shape}, "
+                         f"value {v.shape}")
+    if E == 0:
+        raise ValueError(f"query/key embedding size must be >= 1, got shapes "
+                         f"query {q.shape}, key {k.shape}")
+    _check_size("embedding size E", E)
+    _check_size("value size Ev", Ev)
+    if not isinstance(enable_gqa, (bool, np.bool_)):
+        raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+
+    # batch / head structure
+    qb, kb, vb = q.shape[:-2], k.shape[:-2], v.shape[:-2]
+    if enable_gqa:
+        if min(len(qb), len(kb), len(vb)) < 1:
+            raise ValueError("enable_gqa needs a head axis (-3) on query, key "
+                             f"and value; got query {q.shape}, key {k.shape}, "
+                             f"value {v.shape}")
+        Hq, Hk, Hv = qb[-1], kb[-1], vb[-1]
+        if Hk != Hv:
+            raise ValueError(f"key and value head counts differ: key {k.shape},"
+                             f" value {v.shape}")
+        if Hk == 0 or Hq % Hk:
+            raise ValueError(f"enable_gqa: query heads ({Hq}) must be a "
+                             f"multiple of key/value heads ({Hk}); query "
+                             f"{q.shape}, key {k.shape}")
+        prefix = _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
+                             ("value", vb[:-1])], "batch dimensions")
+        Hout, Hkv = Hq, Hk
+    else:
+        try:
+            full = tuple(np.broadcast_shapes(qb, kb, vb))
+        except ValueError:
+            hint = ""
+            if min(len(qb), len(kb), len(vb)) >= 1 and len({qb[-1], kb[-1], vb[-1]}) > 1:
+                hint = " (head counts differ: pass enable_gqa=True for grouped-query attention)"
+            raise ValueError(f"batch dimensions do not broadcast: query "
+                             f"{q.shape}, key {k.shape}, value {v.shape}{hint}") from None
+        if len(full) >= 1:
+            prefix, Hout = full[:-1], full[-1]
+            Hk = kb[-1] if len(kb) == len(full) else 1
+            Hv = vb[-1] if len(vb) == len(full) else 1
+            # K/V broadcast over heads (MQA by broadcasting): group the heads
+            Hkv = Hk if (Hk == Hv and Hk >= 1 and Hout % Hk == 0) else Hout
+        else:
+            prefix, Hout, Hkv = (), 1, 1
+    batch_out = tuple(prefix) + ((Hout,) if (enable_gqa or len(qb) or len(kb) or len(vb)) else ())
+    out_shape = batch_out + (L, Ev)
+    scale = _check_scale(scale, E)
+    left, right, off = _window_bounds(is_causal, causal_alignment, window, L, S)
+
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes)
+        if slopes.dtype.kind not in "fiu":
+            raise TypeError(f"alibi_slopes must be real numbers, got dtype {slopes.dtype}")
+        slopes = np.ascontiguousarray(slopes, dtype=np.float64).reshape(-1) \
+            if slopes.ndim <= 1 else None
+        if slopes is None or slopes.size != Hout:
+            raise ValueError(f"alibi_slopes must have shape ({Hout},) (one per "
+                             f"head), got {np.shape(alibi_slopes)}")
+        if not np.all(np.isfinite(slopes)):
+            raise ValueError("alibi_slopes must be finite")
+
+    mask_parts = None
+    if attn_mask is not None:
+        mask_parts = _prepare_mask(attn_mask, dtype, batch_out, L, S)
+
+    if out is None:
+        out = np.empty(out_shape, dtype=dtype)
+    else:
+        _check_out(out, out_shape, dtype, [("query", q), ("key", k), ("value", v),
+                                           ("attn_mask", mask_parts and mask_parts[1])])
+    if out.size == 0:
+        return out
+    if S == 0:
+        out[...] = 0
+        return out
+
+    q, k, v = _readable(q), _readable(k), _readable(v)
+    nb = int(np.prod(prefix, dtype=np.int64))
+    bshape_q = tuple(prefix) + (Hout,)
+    bshape_kv = tuple(prefix) + (Hkv,)
+    if not batch_out:   # plain (L, E) inputs
+        bshape_q = bshape_kv = (1,)
+    qoff = _offsets(q, bshape_q)
+    koff = _offsets(k, bshape_kv)
+    voff = _offsets(v, bshape_kv)
+    ooff = _offsets(out, bshape_q)
+    if mask_parts is None:
+        kind, m, moff, msq, msk, tab, tidx = 0, None, None, 0, 0, None, None
+    else:
+        kind, m, moff, msq, msk, tab, tidx = mask_parts
+    flops = 4 * nb * Hout * L * S * max(E, Ev)
+    _k.flash(q, qoff, _row_stride(q), k, koff, _row_stride(k),
+             v, voff, _row_stride(v), out, ooff, _row_stride(out),
+             L, S, E, Ev, nb, Hout, Hkv, scale,
+             kind, m, moff, msq, msk, tab, tidx,
+             left is not None, left or 0, right is not None, right or 0, off,
+             slopes, _n_threads(num_threads, flops))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# materialised path
+# ---------------------------------------------------------------------------
+
+def attention_scores(q, k, scale=None, *, out=None, num_threads=None):
+    """``scale * q @ k^T`` over broadcast leading dimensions.
+
+    Parameters
+    ----------
+    q : ndarray, shape (..., L, E)
+    k : ndarray, shape (..., S, E)
+    scale : float, optional
+        Defaults to ``1 / sqrt(E)``; must be finite.
+    out : ndarray, optional, shape (..., L, S)
+
+    Returns
+    -------
+    ndarray, shape (..., L, S)
+    """
+    q = _as_float_array(q, "q")
+    k = _as_float_array(k, "k")
+    dtype = _same_dtype([("q", q), ("k", k)])
+    for name, x in (("q", q), ("k", k)):
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {x.shape}")
+    L, E = q.shape[-2:]
+    S, Ek = k.shape[-2:]
+    if E != Ek:
+        raise ValueError(f"q and k embedding sizes differ: q {q.shape}, k {k.shape}")
+    if E == 0:
+        raise ValueError(f"embedding size must be >= 1, got q {q.shape}, k {k.shape}")
+    _check_size("embedding size E", E)
+    batch = _broadcast([("q", q.shape[:-2]), ("k", k.shape[:-2])], "batch dimensions")
+    scale = _check_scale(scale, E)
+    shape = batch + (L, S)
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    else:
+        _check_out(out, shape, dtype, [("q", q), ("k", k)])
+    if out.size == 0:
+        return out
+    q, k = _readable(q), _readable(k)
+    bs = batch if batch else (1,)
+    _k.scores(q, _offsets(q, bs), _row_stride(q), k, _offsets(k, bs),
+              _row_stride(k), out, _offsets(out, bs), _row_stride(out),
+              L, S, E, scale, _n_threads(num_threads, 2 * out.size * E))
+    return out
+
+
+def softmax(x, axis=-1, *, out=None, num_threads=None):
+    """Numerically stable softmax along ``axis`` (row max subtracted).
+
+    Matches ``scipy.special.softmax``; rows of ``-inf`` (fully masked) give
+    zeros instead of NaN; a NaN in a row makes the row NaN.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any strides (never copied)
+    axis : int
+    out : ndarray, optional
+        Same shape and dtype; may be ``x`` itself (in place), must not
+        otherwise overlap it.
+    """
+    x = _as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension, got a scalar")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for x of shape {x.shape}")
+    axis = axis % x.ndim
+    if out is None:
+        out = np.empty(x.shape, dtype=x.dtype)
+    elif out is x:
+        if not x.flags.writeable:
+            raise ValueError("out (= x) is read-only")
+    else:
+        _check_out_any(out, x)
+    if x.size == 0:
+        return out
+    if any(s % x.itemsize for s in x.strides):
+        raise ValueError("x has strides that are not whole elements")
+    xr = np.moveaxis(x, axis, -1)
+    orr = np.moveaxis(out, axis, -1)
+    rows = xr.shape[:-1]
+    xoff = _offsets(xr[..., None], rows) if rows else np.zeros(1, np.int64)
+    ooff = _offsets(orr[..., None], rows) if rows else np.zeros(1, np.int64)
+    C = x.shape[axis]
+    _k.softmax(x, xoff, xr.strides[-1] // x.itemsize, out, ooff,
+               orr.strides[-1] // out.itemsize, C,
+               _n_threads(num_threads, 16 * x.size))
+    return out
+
+
+def _check_out_any(out, x):
+    """out for an elementwise op on x: same shape/dtype, writeable, no
+    internal overlap and no overlap with x (any strides allowed)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {x.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if any(s % out.itemsize for s in out.strides):
+        raise ValueError(f"out has strides {out.strides} that are not whole elements")
+    if out.size and _internal_overlap(out):
+        raise ValueError(f"out has overlapping strides {out.strides}")
+    if out.size and x.size:
+        try:
+            shared = np.shares_memory(out, x, max_work=100_000)
+        except np.exceptions.TooHardError:
+            shared = True
+        if shared:
+            raise ValueError("out overlaps x; pass out=x for in place, or a separate array")
+
+
+def weighted_sum(p, v, *, out=None, num_threads=None):
+    """``p @ v`` over broadcast leading dimensions (attention weights times
+    values).
+
+    Parameters
+    ----------
+    p : ndarray, shape (..., L, S)
+    v : ndarray, shape (..., S, Ev)
+    out : ndarray, optional, shape (..., L, Ev)
+    """
+    p = _as_float_array(p, "p")
+    v = _as_float_array(v, "v")
+    dtype = _same_dtype([("p", p), ("v", v)])
+    for name, x in (("p", p), ("v", v)):
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {x.shape}")
+    L, S = p.shape[-2:]
+    Sv, Ev = v.shape[-2:]
+    if S != Sv:
+        raise ValueError(f"p has {S} columns but v has {Sv} rows: p {p.shape}, v {v.shape}")
+    _check_size("value size Ev", Ev)
+    batch = _broadcast([("p", p.shape[:-2]), ("v", v.shape[:-2])], "batch dimensions")
+    shape = batch + (L, Ev)
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    else:
+        _check_out(out, shape, dtype, [("p", p), ("v", v)])
+    if out.size == 0:
+        return out
+    if S == 0:
+        out[...] = 0
+        return out
+    p, v = _readable(p), _readable(v)
+    bs = batch if batch else (1,)
+    _k.weighted_sum(p, _offsets(p, bs), _row_stride(p), v, _offsets(v, bs),
+                    _row_stride(v), out, _offsets(out, bs), _row_stride(out),
+                    L, S, Ev, _n_threads(num_threads, 2 * out.size * S))
+    return out
+
+
+def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
+                      enable_gqa=False, *, causal_alignment="top_left",
+                      window=None, alibi_slopes=None, num_threads=None):
+    """The attention probabilities ``softmax(scale * q @ k^T + bias)``,
+    materialised, shape ``(..., L, S)`` (what ``need_weights`` returns).
+
+    Same arguments and masking rules as :func:`scaled_dot_product_attention`;
+    fully masked rows are zeros.  Uses O(L*S) memory per head by design.
+    """
+    q = _as_float_array(query, "query")
+    k = _as_float_array(key, "key")
+    dtype = _same_dtype([("query", q), ("key", k)])
+    for name, x in (("query", q), ("key", k)):
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {x.shape}")
+    L, E = q.shape[-2:]
+    S = k.shape[-2]
+    if enable_gqa:
+        if q.ndim < 3 or k.ndim < 3:
+            raise ValueError("enable_gqa needs a head axis (-3) on query and key; "
+                             f"got query {q.shape}, key {k.shape}")
+        Hq, Hk = q.shape[-3], k.shape[-3]
+        if Hk == 0 or Hq % Hk:
+            raise ValueError(f"enable_gqa: query heads ({Hq}) must be a multiple "
+                             f"of key heads ({Hk}); query {q.shape}, key {k.shape}")
+        G = Hq // Hk
+        # (…, Hkv, G*L, E) against (…, Hkv, S, E): no copy of K
+        qg = q.reshape(q.shape[:-3] + (Hk, G * L, E)) if q.flags.c_contiguous or G == 1 \
+            else np.ascontiguousarray(q).reshape(q.shape[:-3] + (Hk, G * L, E))
+        sc = attention_scores(qg, k, scale, num_threads=num_threads)
+        sc = sc.reshape(sc.shape[:-3] + (Hq, L, S))
+    else:
+        sc = attention_scores(q, k, scale, num_threads=num_threads)
+    batch = sc.shape[:-2]
+    left, right, off = _window_bounds(is_causal, causal_alignment, window, L, S)
+    if left is not None or right is not None:
+        i = np.arange(L)[:, None] + off
+        j = np.arange(S)[None, :]
+        vis = np.ones((L, S), dtype=bool)
+        if left is not None:
+            vis &= j >= i - left
+        if right is not None:
+            vis &= j <= i + right
+        sc[..., ~vis] = -np.inf
+    if alibi_slopes is not None:
+        H = batch[-1] if batch else 1
+        slopes = np.asarray(alibi_slopes, dtype=np.float64).reshape(-1)
+        if slopes.size != H or not np.all(np.isfinite(slopes)):
+            raise ValueError(f"alibi_slopes must be {H} finite numbers, got "
+                             f"shape {np.shape(alibi_slopes)}")
+        dist = np.abs(np.arange(L)[:, None] + off - np.arange(S)[None, :])
+        sc -= (slopes[:, None, None] * dist).astype(dtype)
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        if m.dtype != np.bool_ and m.dtype != dtype:
+            raise TypeError(f"attn_mask must be bool or {dtype}, got {m.dtype}")
+        try:
+            ok = np.broadcast_shapes(m.shape, sc.shape) == sc.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
+                             f"{sc.shape}") from None
+        if m.dtype == np.bool_:
+            np.copyto(sc, -np.inf, where=~m)
+        else:
+            sc += m
+    return softmax(sc, axis=-1, out=sc, num_threads=num_threads)

@@ -1,0 +1,1 @@
+"""Pretrained model families (BERT-style encoders, GPT-style decoders)."""

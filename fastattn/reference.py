@@ -1,0 +1,129 @@
+"""float64 NumPy references for every public kernel.
+
+Plain, obviously-correct NumPy: the oracle fastattn's tests compare against,
+and public so users can validate their own pipelines the same way.  Each
+function takes the same arguments as its counterpart in
+:mod:`fastattn.functional` and returns float64, materialising the full
+``(..., L, S)`` score matrix (so it needs O(L*S) memory per head).
+
+Edge cases are defined here first and the kernels match them:
+a row whose keys are all hidden (boolean False or ``-inf``) gives zeros;
+NaN anywhere in a row's scores makes that row NaN; ``S == 0`` gives zeros.
+"""
+import math
+
+import numpy as np
+
+__all__ = ["softmax", "attention_scores", "weighted_sum", "visibility_mask",
+           "scaled_dot_product_attention", "attention_weights"]
+
+
+def softmax(x, axis=-1):
+    """Stable softmax in float64 along ``axis``; all ``-inf`` rows give 0.
+
+    Parameters
+    ----------
+    x : array_like
+    axis : int
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    mx = np.max(x, axis=axis, keepdims=True)
+    masked = np.isneginf(mx)
+    mx = np.where(masked, 0.0, mx)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(x - mx)
+        s = np.sum(e, axis=axis, keepdims=True)
+        out = e / np.where(masked, 1.0, s)
+    return np.where(masked, 0.0, out)
+
+
+def attention_scores(q, k, scale=None):
+    """``scale * q @ k^T`` in float64; scale defaults to ``1/sqrt(E)``."""
+    q = np.asarray(q, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return (q @ np.swapaxes(k, -1, -2)) * scale
+
+
+def weighted_sum(p, v):
+    """``p @ v`` in float64."""
+    return np.asarray(p, dtype=np.float64) @ np.asarray(v, dtype=np.float64)
+
+
+def visibility_mask(L, S, is_causal=False, causal_alignment="top_left",
+                    window=None):
+    """The boolean (L, S) mask that ``is_causal`` / ``window`` stand for:
+    query i sees key j iff ``i' - left <= j <= i' + right``, where
+    ``i' = i`` (top-left) or ``i + S - L`` (bottom-right) and causal means
+    ``right = 0``."""
+    left = right = None
+    if window is not None:
+        left, right = (None if w is None or w == -1 else int(w) for w in window)
+    if is_causal:
+        right = 0 if right is None else min(right, 0)
+    off = S - L if causal_alignment == "bottom_right" else 0
+    i = np.arange(L)[:, None] + off
+    j = np.arange(S)[None, :]
+    vis = np.ones((L, S), dtype=bool)
+    if left is not None:
+        vis &= j >= i - left
+    if right is not None:
+        vis &= j <= i + right
+    return vis
+
+
+def _bias(L, S, attn_mask, is_causal, causal_alignment, window, alibi_slopes,
+          n_heads):
+    bias = np.zeros((L, S))
+    bias[~visibility_mask(L, S, is_causal, causal_alignment, window)] = -np.inf
+    if alibi_slopes is not None:
+        off = S - L if causal_alignment == "bottom_right" else 0
+        dist = np.abs(np.arange(L)[:, None] + off - np.arange(S)[None, :])
+        slopes = np.asarray(alibi_slopes, dtype=np.float64).reshape(-1)
+        bias = bias - slopes.reshape(-1, 1, 1) * dist   # (H, L, S)
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        if m.dtype == np.bool_:
+            bias = bias + np.where(m, 0.0, -np.inf)
+        else:
+            bias = bias + m.astype(np.float64)
+    return bias
+
+
+def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
+                      enable_gqa=False, causal_alignment="top_left",
+                      window=None, alibi_slopes=None):
+    """float64 attention probabilities, shape (..., L, S)."""
+    q = np.asarray(query, dtype=np.float64)
+    k = np.asarray(key, dtype=np.float64)
+    if enable_gqa:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+    L, S = q.shape[-2], k.shape[-2]
+    sc = attention_scores(q, k, scale)
+    H = q.shape[-3] if q.ndim >= 3 else 1
+    with np.errstate(invalid="ignore"):
+        sc = sc + _bias(L, S, attn_mask, is_causal, causal_alignment, window,
+                        alibi_slopes, H)
+    return softmax(sc, axis=-1)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None,
+                                 dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, causal_alignment="top_left",
+                                 window=None, alibi_slopes=None):
+    """float64 reference of :func:`fastattn.scaled_dot_product_attention`
+    (same arguments, same masking rules), by explicit masks and matmuls."""
+    if dropout_p:
+        raise NotImplementedError("dropout_p != 0 is not supported")
+    v = np.asarray(value, dtype=np.float64)
+    if enable_gqa:
+        v = np.repeat(v, np.shape(query)[-3] // v.shape[-3], axis=-3)
+    p = attention_weights(query, key, attn_mask, is_causal, scale, enable_gqa,
+                          causal_alignment, window, alibi_slopes)
+    if p.shape[-1] == 0:
+        return np.zeros(np.broadcast_shapes(p.shape[:-1], v.shape[:-2] + (1,))
+                        + (v.shape[-1],))
+    return p @ v

@@ -1,0 +1,379 @@
+/* Correctness tests of fa_tiles.h, instantiated for float and double by
+ * fa_test.c (T, RT = wider reference type, F(name) = name##_f32/_f64,
+ * TEPS = unit roundoff of T, TLO = exp2 flush threshold, TMIN = smallest
+ * normal). */
+
+static T F(rnd)(void) { return (T)(urand() * 2.0 - 1.0); }
+
+/* exp2 reference with the header's flushing rule, evaluated in RT */
+static RT F(exp2_ref)(T a)
+{
+    if (a != a) return (RT)NAN;
+    if (a < TLO) return 0;
+    return exp2l((long double)a);
+}
+
+static int F(close)(T got, RT ref, RT tol)
+{
+    if (ref != ref) return got != got;
+    if (isinf((double)ref)) return (RT)got == ref;
+    if (got != got) return 0;
+    RT e = (RT)got - ref;
+    if (e < 0) e = -e;
+    return e <= tol;
+}
+
+static int F(is_denormal)(T x) { return x != 0 && fabsl((long double)x) < TMIN; }
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            if (nfail_local < 5) { printf("  FAIL " __VA_ARGS__); printf("\n"); } \
+            nfail_local++;                                                 \
+        }                                                                  \
+    } while (0)
+
+static const int F(dims)[] = {1, 3, 7, 17, 63, 64, 65, 80, 96, 128, 129, 256};
+#define NDIMS ((int)(sizeof(F(dims)) / sizeof(int)))
+static const int F(nks)[] = {0, 1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 31, 33, 48, 63, 64};
+#define NNKS ((int)(sizeof(F(nks)) / sizeof(int)))
+
+/* inject specials into a buffer with probability pr */
+static void F(specials)(T *x, size_t n, double pr, int allow_nan)
+{
+    for (size_t i = 0; i < n; i++) {
+        double u = urand();
+        if (u < pr) {
+            int k = (int)(urand() * (allow_nan ? 4 : 3));
+            x[i] = k == 0 ? (T)INFINITY : k == 1 ? -(T)INFINITY : k == 2 ? (T)1e30 : (T)NAN;
+        }
+    }
+}
+
+static int F(test_qk)(void)
+{
+    int nfail_local = 0;
+    const int maxD = 256, ks_extra = 5;
+    T *K = xalloc(sizeof(T) * FA_BC * (maxD + ks_extra));
+    T *Qt = xalloc(sizeof(T) * maxD * FA_BR);
+    T *St = xalloc(sizeof(T) * (FA_BC + 1) * FA_BR);
+    T *Sr = xalloc(sizeof(T) * (FA_BC + 1) * FA_BR);
+    for (int di = 0; di < NDIMS; di++)
+        for (int ni = 0; ni < NNKS; ni++)
+            for (int sp = 0; sp < 2; sp++) {
+                int D = F(dims)[di], nk = F(nks)[ni];
+                ptrdiff_t ks = D + (ni % 3 == 0 ? 0 : ks_extra);
+                for (ptrdiff_t i = 0; i < FA_BC * ks; i++) K[i] = F(rnd)();
+                for (ptrdiff_t i = 0; i < (ptrdiff_t)D * FA_BR; i++) Qt[i] = F(rnd)();
+                if (sp) { F(specials)(K, (size_t)FA_BC * ks, 0.002, 1); F(specials)(Qt, (size_t)D * FA_BR, 0.001, 1); }
+                for (int i = 0; i < (FA_BC + 1) * FA_BR; i++) St[i] = (T)777;
+                F(fa_qk)(K, ks, nk, D, Qt, St);
+                for (int j = 0; j < nk; j++)
+                    for (int i = 0; i < FA_BR; i++) {
+                        RT acc = 0, aa = 0;
+                        for (int d = 0; d < D; d++) {
+                            RT t = (RT)K[j * ks + d] * (RT)Qt[d * FA_BR + i];
+                            acc += t; aa += fabsl((long double)t);
+                        }
+                        T got = St[j * FA_BR + i];
+                        if (sp) {
+                            /* classification against the spec order, in T */
+                            T s = 0;
+                            for (int d = 0; d < D; d++) s += K[j * ks + d] * Qt[d * FA_BR + i];
+                            int ok = (s != s) ? (got != got) : isinf((double)s) ? (got == s) : (got == got && !isinf((double)got));
+                            CHECK(ok, "qk special D=%d nk=%d j=%d i=%d got %g spec %g", D, nk, j, i, (double)got, (double)s);
+                        } else {
+                            CHECK(F(close)(got, acc, (D + 4) * TEPS * aa + TMIN),
+                                  "qk D=%d nk=%d ks=%d j=%d i=%d got %.9g ref %.9Lg", D, nk, (int)ks, j, i,
+                                  (double)got, (long double)acc);
+                        }
+                    }
+                for (int i = nk * FA_BR; i < (FA_BC + 1) * FA_BR; i++)
+                    CHECK(St[i] == (T)777, "qk wrote past nk (D=%d nk=%d)", D, nk);
+            }
+    (void)Sr;
+    free(K); free(Qt); free(St); free(Sr);
+    return nfail_local;
+}
+
+static int F(test_pv)(void)
+{
+    int nfail_local = 0;
+    const int maxD = 257, vs_extra = 3;
+    T *V = xalloc(sizeof(T) * FA_BC * (maxD + vs_extra));
+    T *Pt = xalloc(sizeof(T) * FA_BC * FA_BR);
+    T *Ot = xalloc(sizeof(T) * (maxD + 1) * FA_BR);
+    T *O0 = xalloc(sizeof(T) * (maxD + 1) * FA_BR);
+    for (int di = 0; di < NDIMS; di++)
+        for (int ni = 0; ni < NNKS; ni++)
+            for (int sp = 0; sp < 2; sp++) {
+                int Dv = F(dims)[di], nk = F(nks)[ni];
+                ptrdiff_t vs = Dv + (ni % 2 ? vs_extra : 0);
+                for (ptrdiff_t i = 0; i < FA_BC * vs; i++) V[i] = F(rnd)();
+                for (int i = 0; i < FA_BC * FA_BR; i++) Pt[i] = (T)urand();
+                for (int i = 0; i < (maxD + 1) * FA_BR; i++) O0[i] = Ot[i] = (i < Dv * FA_BR) ? F(rnd)() : (T)555;
+                if (sp) { F(specials)(V, (size_t)FA_BC * vs, 0.002, 1); F(specials)(Pt, FA_BC * FA_BR, 0.001, 1); }
+                for (int i = 0; i < Dv * FA_BR; i++) O0[i] = Ot[i];
+                F(fa_pv)(V, vs, nk, Dv, Pt, Ot);
+                for (int d = 0; d < Dv; d++)
+                    for (int i = 0; i < FA_BR; i++) {
+                        RT acc = O0[d * FA_BR + i], aa = fabsl((long double)acc);
+                        T s = O0[d * FA_BR + i];
+                        for (int j = 0; j < nk; j++) {
+                            RT t = (RT)V[j * vs + d] * (RT)Pt[j * FA_BR + i];
+                            acc += t; aa += fabsl((long double)t);
+                            s += V[j * vs + d] * Pt[j * FA_BR + i];
+                        }
+                        T got = Ot[d * FA_BR + i];
+                        if (sp) {
+                            int ok = (s != s) ? (got != got) : isinf((double)s) ? (got == s) : (got == got && !isinf((double)got));
+                            CHECK(ok, "pv special Dv=%d nk=%d d=%d i=%d got %g spec %g", Dv, nk, d, i, (double)got, (double)s);
+                        } else {
+                            CHECK(F(close)(got, acc, (nk + 4) * TEPS * aa + TMIN),
+                                  "pv Dv=%d nk=%d d=%d i=%d got %.9g ref %.9Lg", Dv, nk, d, i, (double)got, (long double)acc);
+                        }
+                    }
+                for (int i = Dv * FA_BR; i < (maxD + 1) * FA_BR; i++)
+                    CHECK(Ot[i] == (T)555, "pv wrote past Dv (Dv=%d nk=%d)", Dv, nk);
+            }
+    free(V); free(Pt); free(Ot); free(O0);
+    return nfail_local;
+}
+
+/* softmax: several scenarios, lane-wise double reference with the header's
+ * semantics (see fa_tiles.h: NaN scores in a lane whose max is -inf give NaN) */
+static int F(test_softmax)(void)
+{
+    int nfail_local = 0;
+    T *St = xalloc(sizeof(T) * FA_BC * FA_BR), *S0 = xalloc(sizeof(T) * FA_BC * FA_BR);
+    T *m = xalloc(sizeof(T) * FA_BR), *l = xalloc(sizeof(T) * FA_BR), *al = xalloc(sizeof(T) * FA_BR);
+    T *m0 = xalloc(sizeof(T) * FA_BR), *l0 = xalloc(sizeof(T) * FA_BR);
+    for (int ni = 0; ni < NNKS; ni++)
+        for (int sc = 0; sc < 6; sc++) {
+            int nk = F(nks)[ni];
+            for (int i = 0; i < FA_BC * FA_BR; i++) S0[i] = (T)(urand() * 40 - 30);
+            for (int i = 0; i < FA_BR; i++) {
+                m0[i] = (sc == 0) ? -(T)INFINITY : (T)(urand() * 20 - 10);
+                l0[i] = (m0[i] == -(T)INFINITY) ? 0 : (T)(urand() * 10);
+            }
+            if (sc == 2) {      /* masked: some lanes fully -inf, some scores -inf */
+                for (int j = 0; j < FA_BC; j++)
+                    for (int i = 0; i < FA_BR; i++)
+                        if (i % 7 == 3 || urand() < 0.3) S0[j * FA_BR + i] = -(T)INFINITY;
+                for (int i = 0; i < FA_BR; i++) if (i % 7 == 3 && i % 2) { m0[i] = -(T)INFINITY; l0[i] = 0; }
+            }
+            if (sc == 3) F(specials)(S0, FA_BC * FA_BR, 0.01, 1);
+            if (sc == 4) {      /* wide range: many flushed, tiny arguments near -126 */
+                for (int i = 0; i < FA_BC * FA_BR; i++) S0[i] = (T)(urand() * 300 - 150);
+            }
+            if (sc == 5) {      /* NaN and +inf in m, all -inf lanes with a NaN */
+                for (int i = 0; i < FA_BR; i++) {
+                    if (i % 9 == 1) m0[i] = (T)NAN;
+                    if (i % 9 == 2) m0[i] = (T)INFINITY;
+                    if (i % 9 == 3) { m0[i] = -(T)INFINITY; l0[i] = 0;
+                        for (int j = 0; j < FA_BC; j++) S0[j * FA_BR + i] = -(T)INFINITY;
+                        if (nk > 1) S0[(nk / 2) * FA_BR + i] = (T)NAN; }
+                    if (i % 9 == 4) { m0[i] = -(T)INFINITY; l0[i] = 0;
+                        for (int j = 0; j < FA_BC; j++) S0[j * FA_BR + i] = -(T)INFINITY; }
+                }
+            }
+            memcpy(St, S0, sizeof(T) * FA_BC * FA_BR);
+            memcpy(m, m0, sizeof(T) * FA_BR);
+            memcpy(l, l0, sizeof(T) * FA_BR);
+            F(fa_softmax)(St, nk, m, l, al);
+            for (int i = 0; i < FA_BR; i++) {
+                T mx = m0[i];
+                for (int j = 0; j < nk; j++) { T s = S0[j * FA_BR + i]; mx = (s > mx) ? s : mx; }
+                T me = (mx == -(T)INFINITY) ? 0 : mx;
+                RT a = F(exp2_ref)(m0[i] - me), sum = 0;
+                int mok = (mx != mx) ? (m[i] != m[i]) : (m[i] == mx);
+                CHECK(mok, "softmax m sc=%d nk=%d i=%d got %g ref %g", sc, nk, i, (double)m[i], (double)mx);
+                CHECK(F(close)(al[i], a, 6 * TEPS * a), "softmax alpha sc=%d nk=%d i=%d got %g ref %Lg", sc, nk, i,
+                      (double)al[i], (long double)a);
+                CHECK(!F(is_denormal)(al[i]), "softmax alpha denormal");
+                for (int j = 0; j < nk; j++) {
+                    RT p = F(exp2_ref)(S0[j * FA_BR + i] - me);
+                    T got = St[j * FA_BR + i];
+                    sum += p;
+                    CHECK(F(close)(got, p, 6 * TEPS * p), "softmax P sc=%d nk=%d j=%d i=%d s=%g mx=%g got %.9g ref %.9Lg",
+                          sc, nk, j, i, (double)S0[j * FA_BR + i], (double)mx, (double)got, (long double)p);
+                    CHECK(!F(is_denormal)(got), "softmax P denormal %g", (double)got);
+                }
+                RT lr = (RT)l0[i] * a + sum;
+                CHECK(F(close)(l[i], lr, (nk + 8) * TEPS * (lr < 0 ? -lr : lr) + TMIN),
+                      "softmax l sc=%d nk=%d i=%d got %.9g ref %.9Lg", sc, nk, i, (double)l[i], (long double)lr);
+            }
+            for (int i = nk * FA_BR; i < FA_BC * FA_BR; i++) {
+                int same = (St[i] == S0[i]) || (St[i] != St[i] && S0[i] != S0[i]);
+                CHECK(same, "softmax wrote past nk");
+            }
+        }
+    free(St); free(S0); free(m); free(l); free(al); free(m0); free(l0);
+    return nfail_local;
+}
+
+static int F(test_rescale)(void)
+{
+    int nfail_local = 0;
+    T *Ot = xalloc(sizeof(T) * 258 * FA_BR), *O0 = xalloc(sizeof(T) * 258 * FA_BR), *al = xalloc(sizeof(T) * FA_BR);
+    for (int di = 0; di < NDIMS; di++) {
+        int Dv = F(dims)[di];
+        for (int i = 0; i < 258 * FA_BR; i++) O0[i] = Ot[i] = F(rnd)();
+        for (int i = 0; i < FA_BR; i++) al[i] = (i % 5 == 0) ? 0 : (T)urand();
+        F(fa_rescale)(Ot, Dv, al);
+        for (int d = 0; d < 258; d++)
+            for (int i = 0; i < FA_BR; i++) {
+                T want = d < Dv ? O0[d * FA_BR + i] * al[i] : O0[d * FA_BR + i];
+                CHECK(Ot[d * FA_BR + i] == want, "rescale Dv=%d d=%d i=%d", Dv, d, i);
+            }
+    }
+    free(Ot); free(O0); free(al);
+    return nfail_local;
+}
+
+static int F(test_rows)(void)
+{
+    int nfail_local = 0;
+    const int maxR = 9, maxN = 300, maxD = 259;
+    T *Q = xalloc(sizeof(T) * maxR * maxD), *K = xalloc(sizeof(T) * maxN * (maxD + 7));
+    T *s = xalloc(sizeof(T) * maxR * (maxN + 5)), *O = xalloc(sizeof(T) * maxR * maxD), *O0 = xalloc(sizeof(T) * maxR * maxD);
+    const int Rs[] = {1, 2, 3, 4, 5, 7, 8, 9};
+    const int ns[] = {1, 3, 8, 17, 33, 64, 65, 100, 257};
+    for (int ri = 0; ri < 8; ri++)
+        for (int di = 0; di < NDIMS; di++)
+            for (int ni = 0; ni < 9; ni++) {
+                int R = Rs[ri], D = F(dims)[di], nk = ns[ni];
+                if ((ri + di + ni) % 2) continue;    /* keep it quick: half of the grid */
+                ptrdiff_t ks = D + (ni % 2 ? 7 : 0);
+                int lds = nk + (ri % 2 ? 5 : 0);
+                for (int i = 0; i < R * D; i++) Q[i] = F(rnd)();
+                for (ptrdiff_t i = 0; i < nk * ks; i++) K[i] = F(rnd)();
+                for (int i = 0; i < maxR * (maxN + 5); i++) s[i] = (T)777;
+                F(fa_dot_rows)(Q, R, K, ks, nk, D, s, lds);
+                for (int r = 0; r < R; r++)
+                    for (int j = 0; j < lds; j++) {
+                        if (j >= nk) { CHECK(s[r * lds + j] == (T)777, "dot_rows wrote past nk"); continue; }
+                        RT acc = 0, aa = 0;
+                        for (int d = 0; d < D; d++) {
+                            RT t = (RT)Q[r * D + d] * (RT)K[j * ks + d];
+                            acc += t; aa += fabsl((long double)t);
+                        }
+                        CHECK(F(close)(s[r * lds + j], acc, (D + 4) * TEPS * aa + TMIN),
+                              "dot_rows R=%d D=%d nk=%d r=%d j=%d got %.9g ref %.9Lg", R, D, nk, r, j,
+                              (double)s[r * lds + j], (long double)acc);
+                    }
+                /* axpy_rows: P = s (as R x ldp), V = K with Dv = D */
+                int Dv = D, ldp = lds;
+                ptrdiff_t vs = ks;
+                for (int i = 0; i < R * ldp; i++) s[i] = (T)urand();
+                for (int i = 0; i < maxR * maxD; i++) O0[i] = O[i] = (i < R * Dv) ? F(rnd)() : (T)555;
+                F(fa_axpy_rows)(s, R, ldp, K, vs, nk, Dv, O);
+                for (int r = 0; r < R; r++)
+                    for (int d = 0; d < Dv; d++) {
+                        RT acc = O0[r * Dv + d], aa = fabsl((long double)acc);
+                        for (int j = 0; j < nk; j++) {
+                            RT t = (RT)s[r * ldp + j] * (RT)K[j * vs + d];
+                            acc += t; aa += fabsl((long double)t);
+                        }
+                        CHECK(F(close)(O[r * Dv + d], acc, (nk + 4) * TEPS * aa + TMIN),
+                              "axpy_rows R=%d Dv=%d nk=%d r=%d d=%d got %.9g ref %.9Lg", R, Dv, nk, r, d,
+                              (double)O[r * Dv + d], (long double)acc);
+                    }
+                for (int i = R * Dv; i < maxR * maxD; i++) CHECK(O[i] == (T)555, "axpy_rows wrote past R*Dv");
+            }
+    /* specials through the row path: NaN/inf propagate like the spec order */
+    {
+        int R = 3, D = 65, nk = 40;
+        for (int i = 0; i < R * D; i++) Q[i] = F(rnd)();
+        for (int i = 0; i < nk * D; i++) K[i] = F(rnd)();
+        K[5 * D + 7] = (T)NAN; K[9 * D + 64] = (T)INFINITY; Q[1 * D + 3] = (T)INFINITY;
+        F(fa_dot_rows)(Q, R, K, D, nk, D, s, nk);
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < nk; j++) {
+                T sp = 0;
+                for (int d = 0; d < D; d++) sp += Q[r * D + d] * K[j * D + d];
+                T got = s[r * nk + j];
+                int ok = (sp != sp) ? (got != got) : isinf((double)sp) ? (got == sp) : (got == got && !isinf((double)got));
+                CHECK(ok, "dot_rows special r=%d j=%d got %g spec %g", r, j, (double)got, (double)sp);
+            }
+    }
+    free(Q); free(K); free(s); free(O); free(O0);
+    return nfail_local;
+}
+
+static int F(test_exp_sum_max)(void)
+{
+    int nfail_local = 0;
+    const int ns[] = {0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 4099};
+    T *x = xalloc(sizeof(T) * 4200), *x0 = xalloc(sizeof(T) * 4200);
+    for (int ni = 0; ni < 18; ni++)
+        for (int sc = 0; sc < 5; sc++) {
+            int n = ns[ni], off = sc % 3;   /* unaligned starts */
+            for (int i = 0; i < n + 3; i++) x0[i] = (T)(urand() * 200 - 150);
+            if (sc == 1) F(specials)(x0, n + 3, 0.05, 0);           /* +-inf, huge */
+            if (sc == 2) for (int i = 0; i < n + 3; i++) x0[i] = -(T)INFINITY;
+            if (sc == 3) F(specials)(x0, n + 3, 0.02, 1);
+            /* max */
+            T mref = -(T)INFINITY;
+            for (int i = 0; i < n; i++) mref = (x0[off + i] > mref) ? x0[off + i] : mref;
+            T mg = F(fa_max)(x0 + off, n);
+            if (sc != 3) CHECK(mg == mref, "max n=%d sc=%d got %g ref %g", n, sc, (double)mg, (double)mref);
+            /* exp2_sub_sum with the true max (or a given one) */
+            T mx = (sc == 4) ? (T)3.25 : mref;
+            if (sc == 3) mx = (T)10;
+            memcpy(x, x0, sizeof(T) * (n + 3));
+            T sum = F(fa_exp2_sub_sum)(x + off, n, mx);
+            RT sref = 0;
+            int has_nan = 0;
+            for (int i = 0; i < n; i++) {
+                T a = x0[off + i];
+                RT p = (mx == -(T)INFINITY) ? ((a != a) ? (RT)NAN : 0) : F(exp2_ref)(a - mx);
+                if (p != p) has_nan = 1;
+                sref += p;
+                CHECK(F(close)(x[off + i], p, 6 * TEPS * p), "exp2_sub_sum n=%d sc=%d i=%d x=%g mx=%g got %.9g ref %.9Lg",
+                      n, sc, i, (double)a, (double)mx, (double)x[off + i], (long double)p);
+                CHECK(!F(is_denormal)(x[off + i]), "exp2_sub_sum denormal");
+            }
+            if (has_nan) CHECK(sum != sum, "exp2_sub_sum NaN sum");
+            else CHECK(F(close)(sum, sref, (n + 4) * TEPS * sref + TMIN), "exp2_sub_sum sum n=%d sc=%d got %.9g ref %.9Lg",
+                       n, sc, (double)sum, (long double)sref);
+            for (int i = 0; i < off; i++) CHECK(x[i] == x0[i] || (x[i] != x[i] && x0[i] != x0[i]), "exp2_sub_sum wrote before");
+            for (int i = off + n; i < n + 3; i++) CHECK(x[i] == x0[i] || (x[i] != x[i] && x0[i] != x0[i]), "exp2_sub_sum wrote after");
+        }
+    free(x); free(x0);
+    return nfail_local;
+}
+
+/* scalar fa_exp2 on special inputs */
+static int F(test_exp2_special)(void)
+{
+    int nfail_local = 0;
+    const T xs[] = {(T)NAN, (T)INFINITY, -(T)INFINITY, 0, -0.0, 1, -1, 0.5, -0.5, TLO, TLO - (T)0.5,
+                    TLO + (T)1e-3, -TLO + 1, -TLO + 2, -TLO + 1.5, -TLO + 2.5, -TLO + 1 - (T)1e-3, (T)1e30, (T)-1e30,
+                    (T)1e-30, (T)-1e-30};
+    for (int k = 0; k < (int)(sizeof(xs) / sizeof(xs[0])); k++) {
+        T x = xs[k];
+        T got = F(fa_exp2)(x);
+        RT ref;
+        if (x != x) ref = (RT)NAN;
+        else if (x < TLO) ref = 0;
+        else { long double r = exp2l((long double)x); ref = (RT)(T)r; if (isinf((double)(T)r)) ref = (RT)INFINITY; }
+        CHECK(F(close)(got, ref, 4 * TEPS * (ref < 0 ? -ref : ref)), "exp2(%.9g) got %.9g ref %.9Lg", (double)x, (double)got,
+              (long double)ref);
+        CHECK(!F(is_denormal)(got), "exp2 denormal");
+    }
+    return nfail_local;
+}
+
+static int F(run_tests)(const char *tname)
+{
+    int tot = 0, n;
+#define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0;
+    RUN(test_qk) RUN(test_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
+    RUN(test_exp2_special)
+#undef RUN
+    return tot;
+}
+#undef CHECK
+#undef NDIMS
+#undef NNKS
