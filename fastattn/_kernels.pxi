@@ -177,30 +177,85 @@ cdef inline int _mask_class(const FlashArgs *a, Py_ssize_t n, Py_ssize_t qb,
     return a.tab[(a.tidx[n] * a.tab_nq + qb) * a.tab_nk + kb]
 
 
-cdef inline void _mask_score(const FlashArgs *a, floating *s, Py_ssize_t n,
-                             Py_ssize_t qi, Py_ssize_t kj, int geo, int mcls,
-                             floating slope) noexcept nogil:
-    """Apply bounds, mask and ALiBi to one score (log2 units)."""
-    cdef Py_ssize_t mo
-    cdef floating val
-    cdef Py_ssize_t dist
-    if geo == T_PARTIAL:
-        if kj < _row_lo(a, qi) or kj > _row_hi(a, qi):
-            s[0] = -INFINITY
-            return
-    if mcls == T_PARTIAL:
-        mo = a.moff[n] + qi * a.msq + kj * a.msk
-        if a.mask_kind == 1:
-            if (<const uint8_t *>a.mask)[mo] == 0:
-                s[0] = -INFINITY
-                return
-        else:
-            s[0] = s[0] + (<const floating *>a.mask)[mo] * <floating>LOG2E
+cdef inline void _fill_neginf(floating *x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        x[i] = -INFINITY
+
+
+cdef void _bias_tile(const FlashArgs *a, floating *St, Py_ssize_t n,
+                     Py_ssize_t h, Py_ssize_t q0, Py_ssize_t nr, Py_ssize_t k0,
+                     Py_ssize_t nk, int geo, int mcls) noexcept nogil:
+    """Bounds, mask and ALiBi for a lanes tile (St[j][i], log2 units).  Key j
+    sees a contiguous range of rows, so the bounds are two fills per key."""
+    cdef Py_ssize_t j, i, kj, ilo, ihi
+    cdef floating *row
+    cdef floating c
+    cdef floating slope = 0
+    cdef const uint8_t *mb
+    cdef const floating *mf
     if a.slopes != NULL:
-        dist = qi + a.off - kj
-        if dist < 0:
-            dist = -dist
-        s[0] = s[0] - slope * <floating>dist
+        slope = <floating>(a.slopes[h] * LOG2E)
+    for j in range(nk):
+        kj = k0 + j
+        row = St + j * FA_BR
+        if geo == T_PARTIAL:
+            # row i sees kj iff i >= kj - off - right and i <= kj - off + left
+            ilo = kj - a.off - a.right - q0 if a.has_hi else 0
+            ihi = kj - a.off + a.left - q0 if a.has_lo else nr - 1
+            _fill_neginf(row, 0, min(max(ilo, 0), nr))
+            _fill_neginf(row, min(max(ihi + 1, 0), nr), nr)
+        if mcls == T_PARTIAL:
+            if a.mask_kind == 1:
+                mb = (<const uint8_t *>a.mask) + a.moff[n] + q0 * a.msq + kj * a.msk
+                if a.msq == 0:
+                    if mb[0] == 0:
+                        _fill_neginf(row, 0, nr)
+                else:
+                    for i in range(nr):
+                        if mb[i * a.msq] == 0:
+                            row[i] = -INFINITY
+            else:
+                mf = (<const floating *>a.mask) + a.moff[n] + q0 * a.msq + kj * a.msk
+                if a.msq == 0:
+                    c = mf[0] * <floating>LOG2E
+                    for i in range(nr):
+                        row[i] = row[i] + c
+                else:
+                    for i in range(nr):
+                        row[i] = row[i] + mf[i * a.msq] * <floating>LOG2E
+        if a.slopes != NULL:
+            for i in range(nr):
+                row[i] = row[i] - slope * <floating>fabs(<double>(q0 + i + a.off - kj))
+
+
+cdef void _bias_row(const FlashArgs *a, floating *s, Py_ssize_t n, Py_ssize_t h,
+                    Py_ssize_t qi, Py_ssize_t k0, Py_ssize_t nk, int geo,
+                    int mcls) noexcept nogil:
+    """Bounds, mask and ALiBi for one query row against keys k0..k0+nk."""
+    cdef Py_ssize_t j, jlo, jhi
+    cdef floating slope
+    cdef const uint8_t *mb
+    cdef const floating *mf
+    if geo == T_PARTIAL:
+        jlo = _row_lo(a, qi) - k0
+        jhi = _row_hi(a, qi) - k0
+        _fill_neginf(s, 0, min(max(jlo, 0), nk))
+        _fill_neginf(s, min(max(jhi + 1, 0), nk), nk)
+    if mcls == T_PARTIAL:
+        if a.mask_kind == 1:
+            mb = (<const uint8_t *>a.mask) + a.moff[n] + qi * a.msq + k0 * a.msk
+            for j in range(nk):
+                if mb[j * a.msk] == 0:
+                    s[j] = -INFINITY
+        else:
+            mf = (<const floating *>a.mask) + a.moff[n] + qi * a.msq + k0 * a.msk
+            for j in range(nk):
+                s[j] = s[j] + mf[j * a.msk] * <floating>LOG2E
+    if a.slopes != NULL:
+        slope = <floating>(a.slopes[h] * LOG2E)
+        for j in range(nk):
+            s[j] = s[j] - slope * <floating>fabs(<double>(qi + a.off - k0 - j))
 
 
 cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
@@ -235,7 +290,6 @@ cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noe
     cdef Py_ssize_t g, h, n, i, d, j, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
     cdef int geo, mcls
     cdef floating qscale = <floating>a.qscale
-    cdef floating slope = 0
     cdef floating inv
 
     for g in range(G):
@@ -291,12 +345,7 @@ cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noe
             else:
                 fa_qk_f64(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Qt, St)
             if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
-                if a.slopes != NULL:
-                    slope = <floating>(a.slopes[hkv * G + g] * LOG2E)
-                for j in range(nk):
-                    for i in range(nr):
-                        _mask_score(a, &St[j * FA_BR + i], n, q0 + i, k0 + j,
-                                    geo, mcls, slope)
+                _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
             if floating is float:
                 fa_softmax_f32(St, <int>nk, m, l, alpha)
                 fa_rescale_f32(Ot, <int>Dv, alpha)
@@ -345,7 +394,6 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
     cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1
     cdef int geo, mcls, any_vis
     cdef floating qscale = <floating>a.qscale
-    cdef floating slope = 0
     cdef floating mx, al, sm
 
     for r in range(R):
@@ -396,10 +444,7 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
                 for j in range(nk):
                     s[r * FA_BC + j] = -INFINITY
             elif geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
-                if a.slopes != NULL:
-                    slope = <floating>(a.slopes[hkv * a.G + g] * LOG2E)
-                for j in range(nk):
-                    _mask_score(a, &s[r * FA_BC + j], n, i, k0 + j, geo, mcls, slope)
+                _bias_row(a, &s[r * FA_BC], n, hkv * a.G + g, i, k0, nk, geo, mcls)
             if floating is float:
                 mx = fa_max_f32(&s[r * FA_BC], <int>nk)
             else:
