@@ -84,16 +84,14 @@ def _offsets(x, batch_shape):
     """int64 element offsets of every (broadcast) leading index of ``x``
     against ``batch_shape`` (C order), as a flat contiguous array."""
     nlead = x.ndim - 2
-    lead_shape = (1,) * (len(batch_shape) - nlead) + x.shape[:nlead]
-    lead_strides = (0,) * (len(batch_shape) - nlead) + x.strides[:nlead]
-    off = np.zeros(batch_shape, dtype=np.int64)
-    for axis, (n, st, m) in enumerate(zip(lead_shape, lead_strides, batch_shape)):
-        if n == 1 or m == 0:
-            continue
-        shape = [1] * len(batch_shape)
-        shape[axis] = m
-        off += (np.arange(m, dtype=np.int64) * (st // x.itemsize)).reshape(shape)
-    return np.ascontiguousarray(off.reshape(-1))
+    pad = len(batch_shape) - nlead
+    off = np.zeros(1, dtype=np.int64)
+    for axis, m in enumerate(batch_shape):
+        n = x.shape[axis - pad] if axis >= pad else 1
+        st = x.strides[axis - pad] // x.itemsize if (axis >= pad and n > 1) else 0
+        # C order: the running offsets vary slowest, this axis fastest
+        off = (off[:, None] + np.arange(m, dtype=np.int64) * st).reshape(-1)
+    return off
 
 
 def _row_stride(x):

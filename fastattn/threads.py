@@ -7,6 +7,7 @@ another's calls), the process-wide ``set_num_threads(n)``, then
 ``OMP_NUM_THREADS``, then the number of CPUs this process may run on.
 """
 import contextlib
+import functools
 import contextvars
 import operator
 import os
@@ -27,6 +28,7 @@ def _check(n, what="num_threads"):
     return n
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_count():
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,269 @@
+"""Linear, LayerNorm, RMSNorm and FeedForward.
+
+Projections are single NumPy ``@`` calls (BLAS) on ``(tokens, features)``
+matrices; everything after them (bias, activation, residual, norm) is one
+fused Cython pass over the rows (:mod:`fastattn.nn._ops`).  BLAS and the
+OpenMP row kernels run one after the other, never nested.
+"""
+import numbers
+
+import numpy as np
+
+from . import _ops
+from .module import Module, check_input, _kaiming_uniform
+
+__all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows",
+           "ACTIVATIONS"]
+
+#: activation names accepted by FeedForward and the transformer layers
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu")
+
+
+def rows(x, C):
+    """``x`` as an ``(N, C)`` matrix with a contiguous last axis (a view when
+    possible, else one copy)."""
+    x2 = x.reshape(-1, C)
+    if C > 1 and x2.strides[1] != x2.itemsize or (x2.shape[0] > 1 and x2.strides[0] < C * x2.itemsize):
+        x2 = np.ascontiguousarray(x2)
+    return x2
+
+
+def _rng(rng):
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def _pos_int(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _norm_shape(normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    shape = tuple(int(s) for s in normalized_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"normalized_shape must be positive sizes, got {normalized_shape!r}")
+    return shape
+
+
+def gemm(x2, w, out=None):
+    """``x2 @ w.T`` for a (N, in) matrix and a torch-layout (out, in) weight."""
+    return np.matmul(x2, w.T, out=out)
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` (``torch.nn.Linear``).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    dtype : float32 (default) or float64
+    rng : int or numpy.random.Generator, optional
+        Seeds the random initialisation (torch's default uniform bounds).
+
+    Attributes
+    ----------
+    weight : ndarray, shape (out_features, in_features)
+    bias : ndarray, shape (out_features,) or None
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=None, rng=None):
+        super().__init__(dtype)
+        self.in_features = _pos_int(in_features, "in_features")
+        self.out_features = _pos_int(out_features, "out_features")
+        g = _rng(rng)
+        self._param("weight", _kaiming_uniform(g, (out_features, in_features),
+                                               in_features, self.dtype))
+        self._param("bias", _kaiming_uniform(g, (out_features,), in_features,
+                                             self.dtype) if bias else None)
+
+    def forward(self, x):
+        """x : (..., in_features) -> (..., out_features)"""
+        x = check_input(x, "input", self.dtype, self.in_features,
+                        ndims=tuple(range(1, 33)))
+        x2 = rows(x, self.in_features)
+        y = gemm(x2, self.weight)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(x.shape[:-1] + (self.out_features,))
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dtype={self.dtype}")
+
+
+class _Norm(Module):
+    _mode = None
+
+    def _apply(self, x, residual=None, residual_out=None):
+        x = check_input(x, "input", self.dtype, ndims=tuple(range(1, 33)))
+        k = len(self.normalized_shape)
+        if x.shape[x.ndim - k:] != self.normalized_shape:
+            raise ValueError(f"input of shape {x.shape} does not end with "
+                             f"normalized_shape {self.normalized_shape}")
+        C = int(np.prod(self.normalized_shape))
+        x2 = rows(x, C)
+        r2 = None
+        if residual is not None:
+            residual = check_input(residual, "residual", self.dtype,
+                                   ndims=(x.ndim,))
+            if residual.shape != x.shape:
+                raise ValueError(f"residual has shape {residual.shape}, "
+                                 f"input {x.shape}")
+            r2 = rows(residual, C)
+        w = None if self.weight is None else self.weight.reshape(-1)
+        b = None if self.bias is None else self.bias.reshape(-1)
+        _, n = _ops.add_norm(x2, None, r2, self._mode, w, b, self._eps(), n=None)
+        return n.reshape(x.shape)
+
+    def forward(self, x):
+        """x : (..., *normalized_shape) -> same shape"""
+        return self._apply(x)
+
+    def add_forward(self, x, residual):
+        """``norm(x + residual)`` in one fused pass (same shapes)."""
+        return self._apply(x, residual)
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.weight is not None}, dtype={self.dtype}")
+
+
+class LayerNorm(_Norm):
+    """Layer normalisation over the last ``len(normalized_shape)`` axes
+    (``torch.nn.LayerNorm``): ``(x - mean) / sqrt(var + eps) * weight + bias``
+    with the biased variance; one fused Cython pass per row.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+    eps : float
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) and, if ``bias``, ``bias`` (zeros).
+    bias : bool
+    dtype : float32 (default) or float64
+    """
+    _mode = "layer"
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True,
+                 bias=True, dtype=None):
+        super().__init__(dtype)
+        self.normalized_shape = _norm_shape(normalized_shape)
+        self.eps = float(eps)
+        self._param("weight", np.ones(self.normalized_shape) if elementwise_affine else None)
+        self._param("bias", np.zeros(self.normalized_shape)
+                    if (elementwise_affine and bias) else None)
+
+    def _eps(self):
+        return self.eps
+
+
+class RMSNorm(_Norm):
+    """Root-mean-square normalisation (``torch.nn.RMSNorm``):
+    ``x / sqrt(mean(x**2) + eps) * weight``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+    eps : float, optional
+        Defaults to the machine epsilon of the dtype, like PyTorch.
+    elementwise_affine : bool
+    dtype : float32 (default) or float64
+    """
+    _mode = "rms"
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=None):
+        super().__init__(dtype)
+        self.normalized_shape = _norm_shape(normalized_shape)
+        self.eps = None if eps is None else float(eps)
+        self._param("weight", np.ones(self.normalized_shape) if elementwise_affine else None)
+        self.bias = None
+
+    def _eps(self):
+        return float(np.finfo(self.dtype).eps) if self.eps is None else self.eps
+
+
+def check_activation(activation):
+    """Normalise an activation given as a name, a torch function/module name
+    or a NumPy callable."""
+    if callable(activation) and not isinstance(activation, str):
+        return activation
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a name or a callable, got {activation!r}")
+    name = activation.lower().replace("-", "_")
+    name = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+            "swish": "silu"}.get(name, name)
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or a "
+                         f"callable, got {activation!r}")
+    return name
+
+
+def feed_forward_rows(x2, linear1, linear2, activation, add_bias2=True):
+    """The position-wise feed-forward on (N, d) rows: two GEMMs and a fused
+    bias + activation between them.  Returns ``(N, d)``; ``linear2``'s bias is
+    left out when ``add_bias2`` is False (the caller fuses it)."""
+    h = gemm(x2, linear1.weight)
+    if activation == "swiglu":
+        h = _ops.swiglu(h, linear1.bias, out=h[:, :h.shape[1] // 2])
+    elif isinstance(activation, str):
+        _ops.bias_act(h, linear1.bias, activation, out=h)
+    else:
+        if linear1.bias is not None:
+            h += linear1.bias
+        h = np.ascontiguousarray(activation(h), dtype=h.dtype)
+    y = gemm(h, linear2.weight)
+    if add_bias2 and linear2.bias is not None:
+        y += linear2.bias
+    return y
+
+
+class FeedForward(Module):
+    """Position-wise feed-forward network ``linear2(act(linear1(x)))``.
+
+    Parameters
+    ----------
+    d_model : int
+    dim_feedforward : int
+    activation : {"relu", "gelu", "gelu_tanh", "silu", "swiglu"} or callable
+        ``"gelu"`` is the exact (erf) GELU, ``"gelu_tanh"`` the tanh
+        approximation.  ``"swiglu"``: ``linear1`` is the fused gate and up
+        projection, shape ``(2 * dim_feedforward, d_model)`` with the gate
+        rows first, and the hidden vector is ``silu(gate) * up``.  A callable
+        gets the (N, F) pre-activation array and returns an array.
+    bias : bool
+    dtype : float32 (default) or float64
+    rng : int or Generator, optional
+
+    Attributes
+    ----------
+    linear1 : Linear, (F or 2F, d_model)
+    linear2 : Linear, (d_model, F)
+    """
+
+    def __init__(self, d_model, dim_feedforward, activation="relu", bias=True,
+                 dtype=None, rng=None):
+        super().__init__(dtype)
+        self.activation = check_activation(activation)
+        self.d_model = _pos_int(d_model, "d_model")
+        self.dim_feedforward = _pos_int(dim_feedforward, "dim_feedforward")
+        g = _rng(rng)
+        n1 = 2 * dim_feedforward if self.activation == "swiglu" else dim_feedforward
+        self._child("linear1", Linear(d_model, n1, bias, dtype=self.dtype, rng=g))
+        self._child("linear2", Linear(dim_feedforward, d_model, bias, dtype=self.dtype, rng=g))
+
+    def forward(self, x):
+        """x : (..., d_model) -> (..., d_model)"""
+        x = check_input(x, "input", self.dtype, self.d_model, ndims=tuple(range(1, 33)))
+        y = feed_forward_rows(rows(x, self.d_model), self.linear1, self.linear2,
+                              self.activation)
+        return y.reshape(x.shape)
+
+    def extra_repr(self):
+        act = self.activation if isinstance(self.activation, str) else repr(self.activation)
+        return (f"d_model={self.d_model}, dim_feedforward={self.dim_feedforward}, "
+                f"activation={act}, dtype={self.dtype}")
