@@ -27,6 +27,13 @@ import sys
 import time
 from typing import Callable, Optional
 
+# The repository root, appended (lowest priority) to sys.path so that an
+# in-place build (`python setup.py build_ext --inplace`) of fastattn is found
+# when the package is not installed; an installed fastattn still wins.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.append(REPO_ROOT)
+
 __all__ = [
     "Timing",
     "measure",
@@ -234,9 +241,11 @@ def _meminfo_gib() -> Optional[float]:
 def fastattn_info(module: str = "fastattn", timeout: float = 60.0) -> str:
     """Output of ``python -m <module> info``, or why it is unavailable."""
     try:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), REPO_ROOT) if p)
         res = subprocess.run(
             [sys.executable, "-m", module, "info"],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout, env=env,
         )
     except Exception as exc:
         return f"unavailable ({type(exc).__name__}: {exc})"
