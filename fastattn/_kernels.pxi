@@ -37,6 +37,7 @@
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport fabs, INFINITY, exp, expf
+from libc.float cimport FLT_MAX, DBL_MAX
 from libc.stdint cimport int64_t, uint8_t
 
 import numpy as np
@@ -177,6 +178,24 @@ cdef inline int _mask_class(const FlashArgs *a, Py_ssize_t n, Py_ssize_t qb,
     return a.tab[(a.tidx[n] * a.tab_nq + qb) * a.tab_nk + kb]
 
 
+cdef inline floating _log2_units(floating x) noexcept nogil:
+    """An additive mask value in log2 units, saturating at the largest finite
+    value instead of overflowing to inf (which would turn the row into
+    inf - inf = NaN); -inf and NaN pass through."""
+    cdef floating c = x * <floating>LOG2E
+    if floating is float:
+        if c > FLT_MAX and x <= FLT_MAX:
+            return FLT_MAX
+        if c < -FLT_MAX and x >= -FLT_MAX:
+            return -FLT_MAX
+    else:
+        if c > DBL_MAX and x <= DBL_MAX:
+            return DBL_MAX
+        if c < -DBL_MAX and x >= -DBL_MAX:
+            return -DBL_MAX
+    return c
+
+
 cdef inline void _fill_neginf(floating *x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
@@ -217,13 +236,19 @@ cdef void _bias_tile(const FlashArgs *a, floating *St, Py_ssize_t n,
                             row[i] = -INFINITY
             else:
                 mf = (<const floating *>a.mask) + a.moff[n] + q0 * a.msq + kj * a.msk
+                # -inf hides the key outright (like False), so a NaN score of
+                # a hidden key cannot leak; other values are added.
                 if a.msq == 0:
-                    c = mf[0] * <floating>LOG2E
-                    for i in range(nr):
-                        row[i] = row[i] + c
+                    c = _log2_units(mf[0])
+                    if c == -INFINITY:
+                        _fill_neginf(row, 0, nr)
+                    else:
+                        for i in range(nr):
+                            row[i] = row[i] + c
                 else:
                     for i in range(nr):
-                        row[i] = row[i] + mf[i * a.msq] * <floating>LOG2E
+                        c = _log2_units(mf[i * a.msq])
+                        row[i] = -INFINITY if c == -INFINITY else row[i] + c
         if a.slopes != NULL:
             for i in range(nr):
                 row[i] = row[i] - slope * <floating>fabs(<double>(q0 + i + a.off - kj))
@@ -234,7 +259,7 @@ cdef void _bias_row(const FlashArgs *a, floating *s, Py_ssize_t n, Py_ssize_t h,
                     int mcls) noexcept nogil:
     """Bounds, mask and ALiBi for one query row against keys k0..k0+nk."""
     cdef Py_ssize_t j, jlo, jhi
-    cdef floating slope
+    cdef floating slope, c
     cdef const uint8_t *mb
     cdef const floating *mf
     if geo == T_PARTIAL:
@@ -251,7 +276,8 @@ cdef void _bias_row(const FlashArgs *a, floating *s, Py_ssize_t n, Py_ssize_t h,
         else:
             mf = (<const floating *>a.mask) + a.moff[n] + qi * a.msq + k0 * a.msk
             for j in range(nk):
-                s[j] = s[j] + mf[j * a.msk] * <floating>LOG2E
+                c = _log2_units(mf[j * a.msk])
+                s[j] = -INFINITY if c == -INFINITY else s[j] + c
     if a.slopes != NULL:
         slope = <floating>(a.slopes[h] * LOG2E)
         for j in range(nk):
@@ -463,6 +489,9 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
                 sm = fa_exp2_sub_sum_f64(&s[r * FA_BC], <int>nk, mx)
             lb[r] = lb[r] * al + sm
             mb[r] = mx
+            if lb[r] != lb[r]:
+                # NaN scores: fa_max skips NaN, so carry it in m for the merge
+                mb[r] = lb[r]
             if al != 1:
                 for d in range(Dv):
                     Ob[r * Dv + d] = Ob[r * Dv + d] * al
@@ -784,7 +813,7 @@ cdef void _softmax_row(const floating *x, Py_ssize_t xs, floating *o,
     # public softmax, held to scipy.special.softmax within ~1 ulp per element.
     cdef Py_ssize_t j
     cdef floating mx = -INFINITY
-    cdef floating sm = 0
+    cdef double sm = 0          # double accumulator: error independent of C
     cdef floating e, inv
     cdef bint has_nan = False
     for j in range(C):
@@ -807,7 +836,7 @@ cdef void _softmax_row(const floating *x, Py_ssize_t xs, floating *o,
             e = exp(x[j * xs] - mx)
         o[j * os] = e
         sm = sm + e
-    inv = 1 / sm
+    inv = <floating>(1.0 / sm)
     for j in range(C):
         o[j * os] = o[j * os] * inv
 

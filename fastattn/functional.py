@@ -179,7 +179,9 @@ def _window_bounds(is_causal, causal_alignment, window, L, S):
                 vals.append(None)
             elif (isinstance(w, numbers.Integral) and
                   not isinstance(w, (bool, np.bool_)) and w >= 0):
-                vals.append(int(w))
+                # a side reaching past both sequences bounds nothing; treating
+                # it as unbounded also keeps the kernel's index sums in range
+                vals.append(int(w) if w <= L + S else None)
             else:
                 raise ValueError(f"window {side} must be a non-negative int, "
                                  f"-1 or None (unbounded), got {w!r}")
@@ -190,35 +192,34 @@ def _window_bounds(is_causal, causal_alignment, window, L, S):
     return left, right, off
 
 
-def _prepare_mask(attn_mask, dtype, batch_shape, L, S):
-    """Returns (kind, mask, moff, msq, msk, tab, tidx) for the kernel."""
+def _check_mask(attn_mask, dtype, batch_shape, L, S):
+    """Validated mask, reshaped (no copy) to the attention's number of dims."""
     m = attn_mask
     if not isinstance(m, np.ndarray):
         try:
             m = np.asarray(m)
         except Exception as e:
             raise TypeError(f"attn_mask could not be converted to an array: {e}") from None
-    if m.dtype == np.bool_:
-        kind = 1
-    elif m.dtype == dtype:
-        kind = 2
-    else:
+    if m.dtype != np.bool_ and m.dtype != dtype:
         raise TypeError(f"attn_mask must be bool or the query's dtype "
                         f"({dtype}), got {m.dtype} (shape {m.shape})")
     target = tuple(batch_shape) + (L, S)
-    if m.ndim < 2 or m.ndim > len(target):
-        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
-                         f"the attention shape {target}")
     try:
-        bshape = np.broadcast_shapes(m.shape, target)
+        ok = 1 <= m.ndim <= len(target) and np.broadcast_shapes(m.shape, target) == target
     except ValueError:
-        bshape = None
-    if bshape != target:
+        ok = False
+    if not ok:
         raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
                          f"the attention shape {target}")
     if any(s % m.itemsize for s in m.strides):
         m = np.ascontiguousarray(m)
-    m = m.reshape((1,) * (len(target) - m.ndim) + m.shape)
+    return m.reshape((1,) * (len(target) - m.ndim) + m.shape)
+
+
+def _mask_tiles(m, batch_shape, num_threads):
+    """(kind, moff, msq, msk, tab, tidx) for the kernel: element offsets per
+    (batch, head) and the per-tile summary over the mask's own shape."""
+    kind = 1 if m.dtype == np.bool_ else 2
     own_batch = m.shape[:-2]
     Lm, Sm = m.shape[-2], m.shape[-1]
     msq = m.strides[-2] // m.itemsize if Lm > 1 else 0
@@ -232,8 +233,113 @@ def _prepare_mask(attn_mask, dtype, batch_shape, L, S):
     nk = -(-Sm // _k.TILE_KEYS) if Sm > 1 else 1
     tab = np.empty((ntab, nq, nk), dtype=np.uint8)
     _k.classify_mask(m, kind, own, msq, msk, Lm, Sm, tab,
-                     _n_threads(None, m.size * 64))
-    return kind, m, moff, msq, msk, tab, tidx
+                     _n_threads(num_threads, m.size * 64))
+    return kind, moff, msq, msk, tab, tidx
+
+
+def _check_slopes(alibi_slopes, H):
+    if alibi_slopes is None:
+        return None
+    slopes = np.asarray(alibi_slopes)
+    if slopes.dtype.kind not in "fiu":
+        raise TypeError(f"alibi_slopes must be real numbers, got dtype {slopes.dtype}")
+    if slopes.ndim > 1 or slopes.size != H:
+        raise ValueError(f"alibi_slopes must have shape ({H},) (one per head), "
+                         f"got {slopes.shape}")
+    slopes = np.ascontiguousarray(slopes, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(slopes)):
+        raise ValueError("alibi_slopes must be finite")
+    return slopes
+
+
+class _Plan:
+    """Everything validated about one attention call (no C code has run)."""
+    __slots__ = ("q", "k", "v", "dtype", "L", "S", "E", "Ev", "prefix", "Hout",
+                 "Hkv", "batch_out", "scale", "left", "right", "off", "slopes",
+                 "mask")
+
+
+def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
+          enable_gqa, causal_alignment, window, alibi_slopes):
+    """Validate the arguments shared by scaled_dot_product_attention and
+    attention_weights (``value`` may be None for the latter)."""
+    p = _Plan()
+    q = _as_float_array(query, "query")
+    k = _as_float_array(key, "key")
+    named = [("query", q), ("key", k)]
+    v = None
+    if value is not None:
+        v = _as_float_array(value, "value")
+        named.append(("value", v))
+    p.dtype = _same_dtype(named)
+    for name, x in named:
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions "
+                             f"(..., seq, features), got shape {x.shape}")
+    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
+    if dropout_p != 0:
+        raise NotImplementedError("dropout_p != 0 is not supported: fastattn "
+                                  "is an inference library")
+    L, E = q.shape[-2:]
+    S, Ek = k.shape[-2:]
+    if Ek != E:
+        raise ValueError(f"query and key embedding sizes differ: query "
+                         f"{q.shape}, key {k.shape}")
+    Ev = None
+    if v is not None:
+        Sv, Ev = v.shape[-2:]
+        if Sv != S:
+            raise ValueError(f"key and value lengths differ: key {k.shape}, "
+                             f"value {v.shape}")
+        _check_size("value size Ev", Ev)
+    if E == 0:
+        raise ValueError(f"query/key embedding size must be >= 1, got shapes "
+                         f"query {q.shape}, key {k.shape}")
+    _check_size("embedding size E", E)
+    if not isinstance(enable_gqa, (bool, np.bool_)):
+        raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+    vv = v if v is not None else k
+    qb, kb, vb = q.shape[:-2], k.shape[:-2], vv.shape[:-2]
+    desc = f"query {q.shape}, key {k.shape}" + (f", value {v.shape}" if v is not None else "")
+    if enable_gqa:
+        if min(len(qb), len(kb), len(vb)) < 1:
+            raise ValueError(f"enable_gqa needs a head axis (-3) on every input; got {desc}")
+        Hq, Hk, Hv = qb[-1], kb[-1], vb[-1]
+        if Hk != Hv:
+            raise ValueError(f"key and value head counts differ: {desc}")
+        if Hk == 0 or Hq % Hk:
+            raise ValueError(f"enable_gqa: query heads ({Hq}) must be a "
+                             f"multiple of key/value heads ({Hk}); {desc}")
+        prefix = _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
+                             ("value", vb[:-1])], "batch dimensions")
+        Hout, Hkv = Hq, Hk
+    else:
+        try:
+            full = tuple(np.broadcast_shapes(qb, kb, vb))
+        except ValueError:
+            hint = ""
+            if min(len(qb), len(kb), len(vb)) >= 1 and len({qb[-1], kb[-1], vb[-1]}) > 1:
+                hint = " (head counts differ: pass enable_gqa=True for grouped-query attention)"
+            raise ValueError(f"batch dimensions {qb}, {kb}, {vb} do not broadcast "
+                             f"({desc}){hint}") from None
+        if full:
+            prefix, Hout = full[:-1], full[-1]
+            Hk = kb[-1] if len(kb) == len(full) else 1
+            Hv = vb[-1] if len(vb) == len(full) else 1
+            # K/V broadcast over heads (MQA by broadcasting): group the heads
+            Hkv = Hk if (Hk == Hv and Hk >= 1 and Hout % Hk == 0) else Hout
+        else:
+            prefix, Hout, Hkv = (), 1, 1
+    p.batch_out = tuple(prefix) + ((Hout,) if (enable_gqa or qb or kb or vb) else ())
+    p.scale = _check_scale(scale, E)
+    p.left, p.right, p.off = _window_bounds(is_causal, causal_alignment, window, L, S)
+    p.slopes = _check_slopes(alibi_slopes, Hout)
+    p.mask = None if attn_mask is None else _check_mask(attn_mask, p.dtype, p.batch_out, L, S)
+    p.q, p.k, p.v = q, k, v
+    p.L, p.S, p.E, p.Ev = L, S, E, Ev
+    p.prefix, p.Hout, p.Hkv = tuple(prefix), Hout, Hkv
+    return p
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None,
@@ -292,125 +398,42 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     ndarray, shape (..., L, Ev)
         A query row that sees no key (fully masked) is all zeros, never NaN.
     """
-    q = _as_float_array(query, "query")
-    k = _as_float_array(key, "key")
-    v = _as_float_array(value, "value")
-    dtype = _same_dtype([("query", q), ("key", k), ("value", v)])
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions "
-                             f"(..., seq, features), got shape {x.shape}")
-    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
-    if dropout_p != 0:
-        raise NotImplementedError("dropout_p != 0 is not supported: fastattn "
-                                  "is an inference library")
-    L, E = q.shape[-2:]
-    S, Ek = k.shape[-2:]
-    Sv, Ev = v.shape[-2:]
-    if Ek != E:
-        raise ValueError(f"query and key embedding sizes differ: query "
-                         f"{q.shape}, key {k.shape}")
-    if Sv != S:
-        raise ValueError(f"key and value lengths differ: key {k.shape}, "
-                         f"value {v.shape}")
-    if E == 0:
-        raise ValueError(f"query/key embedding size must be >= 1, got shapes "
-                         f"query {q.shape}, key {k.shape}")
-    _check_size("embedding size E", E)
-    _check_size("value size Ev", Ev)
-    if not isinstance(enable_gqa, (bool, np.bool_)):
-        raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
-
-    # batch / head structure
-    qb, kb, vb = q.shape[:-2], k.shape[:-2], v.shape[:-2]
-    if enable_gqa:
-        if min(len(qb), len(kb), len(vb)) < 1:
-            raise ValueError("enable_gqa needs a head axis (-3) on query, key "
-                             f"and value; got query {q.shape}, key {k.shape}, "
-                             f"value {v.shape}")
-        Hq, Hk, Hv = qb[-1], kb[-1], vb[-1]
-        if Hk != Hv:
-            raise ValueError(f"key and value head counts differ: key {k.shape},"
-                             f" value {v.shape}")
-        if Hk == 0 or Hq % Hk:
-            raise ValueError(f"enable_gqa: query heads ({Hq}) must be a "
-                             f"multiple of key/value heads ({Hk}); query "
-                             f"{q.shape}, key {k.shape}")
-        prefix = _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
-                             ("value", vb[:-1])], "batch dimensions")
-        Hout, Hkv = Hq, Hk
-    else:
-        try:
-            full = tuple(np.broadcast_shapes(qb, kb, vb))
-        except ValueError:
-            hint = ""
-            if min(len(qb), len(kb), len(vb)) >= 1 and len({qb[-1], kb[-1], vb[-1]}) > 1:
-                hint = " (head counts differ: pass enable_gqa=True for grouped-query attention)"
-            raise ValueError(f"batch dimensions do not broadcast: query "
-                             f"{q.shape}, key {k.shape}, value {v.shape}{hint}") from None
-        if len(full) >= 1:
-            prefix, Hout = full[:-1], full[-1]
-            Hk = kb[-1] if len(kb) == len(full) else 1
-            Hv = vb[-1] if len(vb) == len(full) else 1
-            # K/V broadcast over heads (MQA by broadcasting): group the heads
-            Hkv = Hk if (Hk == Hv and Hk >= 1 and Hout % Hk == 0) else Hout
-        else:
-            prefix, Hout, Hkv = (), 1, 1
-    batch_out = tuple(prefix) + ((Hout,) if (enable_gqa or len(qb) or len(kb) or len(vb)) else ())
-    out_shape = batch_out + (L, Ev)
-    scale = _check_scale(scale, E)
-    left, right, off = _window_bounds(is_causal, causal_alignment, window, L, S)
-
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = np.asarray(alibi_slopes)
-        if slopes.dtype.kind not in "fiu":
-            raise TypeError(f"alibi_slopes must be real numbers, got dtype {slopes.dtype}")
-        slopes = np.ascontiguousarray(slopes, dtype=np.float64).reshape(-1) \
-            if slopes.ndim <= 1 else None
-        if slopes is None or slopes.size != Hout:
-            raise ValueError(f"alibi_slopes must have shape ({Hout},) (one per "
-                             f"head), got {np.shape(alibi_slopes)}")
-        if not np.all(np.isfinite(slopes)):
-            raise ValueError("alibi_slopes must be finite")
-
-    mask_parts = None
-    if attn_mask is not None:
-        mask_parts = _prepare_mask(attn_mask, dtype, batch_out, L, S)
-
+    p = _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
+              enable_gqa, causal_alignment, window, alibi_slopes)
+    L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
+    out_shape = p.batch_out + (L, Ev)
     if out is None:
-        out = np.empty(out_shape, dtype=dtype)
+        out = np.empty(out_shape, dtype=p.dtype)
     else:
-        _check_out(out, out_shape, dtype, [("query", q), ("key", k), ("value", v),
-                                           ("attn_mask", mask_parts and mask_parts[1])])
+        _check_out(out, out_shape, p.dtype, [("query", p.q), ("key", p.k),
+                                             ("value", p.v), ("attn_mask", p.mask)])
     if out.size == 0:
         return out
     if S == 0:
         out[...] = 0
         return out
 
-    q, k, v = _readable(q), _readable(k), _readable(v)
-    nb = int(np.prod(prefix, dtype=np.int64))
-    bshape_q = tuple(prefix) + (Hout,)
-    bshape_kv = tuple(prefix) + (Hkv,)
-    if not batch_out:   # plain (L, E) inputs
+    q, k, v = _readable(p.q), _readable(p.k), _readable(p.v)
+    nb = int(np.prod(p.prefix, dtype=np.int64))
+    bshape_q = p.prefix + (Hout,)
+    bshape_kv = p.prefix + (Hkv,)
+    if not p.batch_out:   # plain (L, E) inputs
         bshape_q = bshape_kv = (1,)
-    qoff = _offsets(q, bshape_q)
-    koff = _offsets(k, bshape_kv)
-    voff = _offsets(v, bshape_kv)
-    ooff = _offsets(out, bshape_q)
-    if mask_parts is None:
-        kind, m, moff, msq, msk, tab, tidx = 0, None, None, 0, 0, None, None
+    if p.mask is None:
+        kind, moff, msq, msk, tab, tidx = 0, None, 0, 0, None, None
     else:
-        kind, m, moff, msq, msk, tab, tidx = mask_parts
+        kind, moff, msq, msk, tab, tidx = _mask_tiles(p.mask, p.batch_out or (1,),
+                                                      num_threads)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
-    _k.flash(q, qoff, _row_stride(q), k, koff, _row_stride(k),
-             v, voff, _row_stride(v), out, ooff, _row_stride(out),
-             L, S, E, Ev, nb, Hout, Hkv, scale,
-             kind, m, moff, msq, msk, tab, tidx,
-             left is not None, left or 0, right is not None, right or 0, off,
-             slopes, _n_threads(num_threads, flops))
+    left, right = p.left, p.right
+    _k.flash(q, _offsets(q, bshape_q), _row_stride(q),
+             k, _offsets(k, bshape_kv), _row_stride(k),
+             v, _offsets(v, bshape_kv), _row_stride(v),
+             out, _offsets(out, bshape_q), _row_stride(out),
+             L, S, E, Ev, nb, Hout, Hkv, p.scale,
+             kind, p.mask, moff, msq, msk, tab, tidx,
+             left is not None, left or 0, right is not None, right or 0, p.off,
+             p.slopes, _n_threads(num_threads, flops))
     return out
 
 
@@ -581,62 +604,39 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
     Same arguments and masking rules as :func:`scaled_dot_product_attention`;
     fully masked rows are zeros.  Uses O(L*S) memory per head by design.
     """
-    q = _as_float_array(query, "query")
-    k = _as_float_array(key, "key")
-    dtype = _same_dtype([("query", q), ("key", k)])
-    for name, x in (("query", q), ("key", k)):
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions, got shape {x.shape}")
-    L, E = q.shape[-2:]
-    S = k.shape[-2]
-    if enable_gqa:
-        if q.ndim < 3 or k.ndim < 3:
-            raise ValueError("enable_gqa needs a head axis (-3) on query and key; "
-                             f"got query {q.shape}, key {k.shape}")
-        Hq, Hk = q.shape[-3], k.shape[-3]
-        if Hk == 0 or Hq % Hk:
-            raise ValueError(f"enable_gqa: query heads ({Hq}) must be a multiple "
-                             f"of key heads ({Hk}); query {q.shape}, key {k.shape}")
+    p = _plan(query, key, None, attn_mask, 0.0, is_causal, scale, enable_gqa,
+              causal_alignment, window, alibi_slopes)
+    q, k, L, S, E = p.q, p.k, p.L, p.S, p.E
+    if enable_gqa and p.Hout != p.Hkv:
+        Hq, Hk = p.Hout, p.Hkv
         G = Hq // Hk
-        # (…, Hkv, G*L, E) against (…, Hkv, S, E): no copy of K
-        qg = q.reshape(q.shape[:-3] + (Hk, G * L, E)) if q.flags.c_contiguous or G == 1 \
-            else np.ascontiguousarray(q).reshape(q.shape[:-3] + (Hk, G * L, E))
-        sc = attention_scores(qg, k, scale, num_threads=num_threads)
+        # (..., Hkv, G*L, E) against (..., Hkv, S, E): K is not repeated
+        qg = np.reshape(q, q.shape[:-3] + (Hk, G * L, E))
+        sc = attention_scores(qg, k, p.scale, num_threads=num_threads)
         sc = sc.reshape(sc.shape[:-3] + (Hq, L, S))
     else:
-        sc = attention_scores(q, k, scale, num_threads=num_threads)
-    batch = sc.shape[:-2]
-    left, right, off = _window_bounds(is_causal, causal_alignment, window, L, S)
-    if left is not None or right is not None:
-        i = np.arange(L)[:, None] + off
+        sc = attention_scores(q, k, p.scale, num_threads=num_threads)
+    if sc.shape[:-2] != p.batch_out:   # a head-less key/query pair
+        sc = np.ascontiguousarray(np.broadcast_to(sc, p.batch_out + (L, S)))
+    if p.left is not None or p.right is not None:
+        i = np.arange(L)[:, None] + p.off
         j = np.arange(S)[None, :]
         vis = np.ones((L, S), dtype=bool)
-        if left is not None:
-            vis &= j >= i - left
-        if right is not None:
-            vis &= j <= i + right
-        sc[..., ~vis] = -np.inf
-    if alibi_slopes is not None:
-        H = batch[-1] if batch else 1
-        slopes = np.asarray(alibi_slopes, dtype=np.float64).reshape(-1)
-        if slopes.size != H or not np.all(np.isfinite(slopes)):
-            raise ValueError(f"alibi_slopes must be {H} finite numbers, got "
-                             f"shape {np.shape(alibi_slopes)}")
-        dist = np.abs(np.arange(L)[:, None] + off - np.arange(S)[None, :])
-        sc -= (slopes[:, None, None] * dist).astype(dtype)
-    if attn_mask is not None:
-        m = np.asarray(attn_mask)
-        if m.dtype != np.bool_ and m.dtype != dtype:
-            raise TypeError(f"attn_mask must be bool or {dtype}, got {m.dtype}")
-        try:
-            ok = np.broadcast_shapes(m.shape, sc.shape) == sc.shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to "
-                             f"{sc.shape}") from None
+        if p.left is not None:
+            vis &= j >= i - p.left
+        if p.right is not None:
+            vis &= j <= i + p.right
+        np.copyto(sc, -np.inf, where=~vis)
+    if p.slopes is not None:
+        dist = np.abs(np.arange(L)[:, None] + p.off - np.arange(S)[None, :])
+        bias = p.slopes[:, None, None] * dist if sc.ndim >= 3 else p.slopes[0] * dist
+        sc -= bias.astype(p.dtype)
+    if p.mask is not None:
+        m = p.mask.reshape(p.mask.shape[len(p.mask.shape) - sc.ndim:]) \
+            if p.mask.ndim > sc.ndim else p.mask
         if m.dtype == np.bool_:
             np.copyto(sc, -np.inf, where=~m)
-        else:
+        else:   # -inf hides the key outright, other values are added
             sc += m
+            np.copyto(sc, -np.inf, where=np.isneginf(m))
     return softmax(sc, axis=-1, out=sc, num_threads=num_threads)

@@ -75,22 +75,30 @@ def visibility_mask(L, S, is_causal=False, causal_alignment="top_left",
     return vis
 
 
-def _bias(L, S, attn_mask, is_causal, causal_alignment, window, alibi_slopes,
-          n_heads):
-    bias = np.zeros((L, S))
-    bias[~visibility_mask(L, S, is_causal, causal_alignment, window)] = -np.inf
+def _apply_bias(sc, L, S, attn_mask, is_causal, causal_alignment, window,
+                alibi_slopes):
+    """Scores with every bias applied.  Hidden keys (outside the causal /
+    window bounds, boolean False, additive ``-inf``) are *replaced* by
+    ``-inf``, so a NaN score of a hidden key cannot leak; other additive
+    values (NaN included) are added."""
+    vis = visibility_mask(L, S, is_causal, causal_alignment, window)
     if alibi_slopes is not None:
         off = S - L if causal_alignment == "bottom_right" else 0
         dist = np.abs(np.arange(L)[:, None] + off - np.arange(S)[None, :])
         slopes = np.asarray(alibi_slopes, dtype=np.float64).reshape(-1)
-        bias = bias - slopes.reshape(-1, 1, 1) * dist   # (H, L, S)
+        if np.ndim(sc) >= 3:
+            sc = sc - slopes.reshape(-1, 1, 1) * dist   # (H, L, S)
+        else:
+            sc = sc - slopes[0] * dist
     if attn_mask is not None:
         m = np.asarray(attn_mask)
         if m.dtype == np.bool_:
-            bias = bias + np.where(m, 0.0, -np.inf)
+            vis = vis & m
         else:
-            bias = bias + m.astype(np.float64)
-    return bias
+            m = m.astype(np.float64)
+            vis = vis & ~np.isneginf(m)
+            sc = sc + np.where(np.isneginf(m), 0.0, m)
+    return np.where(vis, sc, -np.inf)
 
 
 def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
@@ -103,10 +111,9 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
         k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
     L, S = q.shape[-2], k.shape[-2]
     sc = attention_scores(q, k, scale)
-    H = q.shape[-3] if q.ndim >= 3 else 1
     with np.errstate(invalid="ignore"):
-        sc = sc + _bias(L, S, attn_mask, is_causal, causal_alignment, window,
-                        alibi_slopes, H)
+        sc = _apply_bias(sc, L, S, attn_mask, is_causal, causal_alignment,
+                         window, alibi_slopes)
     return softmax(sc, axis=-1)
 
 

@@ -1,0 +1,104 @@
+"""Shared fixtures and helpers for fastattn's tests.
+
+* ``rng``: a seeded ``numpy.random.Generator``, different per test (seeded from
+  the test's node id) but identical from run to run.
+* ``TOL``: the per-dtype tolerance table every comparison uses.
+* ``assert_close``: compare against a float64 reference, NaN positions
+  included, with the table's tolerance and a helpful message.
+* ``many_threads``: lowers the "work per thread" threshold so that even small
+  problems really run on the requested number of OpenMP threads.
+"""
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import fastattn
+import fastattn.functional as _functional
+
+DTYPES = (np.float32, np.float64)
+
+# Max abs error of an attention output against the float64 reference for
+# N(0, 1) inputs (outputs are convex combinations of V rows, so O(1)).
+# ``softmax_rtol`` is the issue's bound against scipy.special.softmax.
+TOL = {
+    np.dtype(np.float32): {"atol": 1e-5, "softmax_rtol": 1e-6,
+                           "scores_rtol": 1e-5},
+    np.dtype(np.float64): {"atol": 1e-12, "softmax_rtol": 1e-13,
+                           "scores_rtol": 1e-12},
+}
+
+
+def tol(dtype, key="atol"):
+    return TOL[np.dtype(dtype)][key]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long-running test (deselect with -m 'not slow')")
+    # hypothesis imports mypy_extensions while reporting a failing example;
+    # under filterwarnings=error its DeprecationWarning would turn a test
+    # failure into a pytest INTERNALERROR and hide the falsifying example.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def rng(request):
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def many_threads(monkeypatch):
+    """Make every call big enough to use all the threads it is given."""
+    monkeypatch.setattr(_functional, "_FLOPS_PER_THREAD", 1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_setting():
+    """A test that calls set_num_threads must not leak it to other tests."""
+    _threads = sys.modules["fastattn.threads"]   # the module, not fastattn.threads()
+    saved = _threads._global
+    yield
+    _threads._global = saved
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def assert_close(actual, expected, atol, rtol=0.0, what=""):
+    """Shape, NaN positions and max abs error (finite entries) agree."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {actual.shape} != expected {expected.shape}")
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    assert np.array_equal(nan_a, nan_e), (
+        f"{what}: NaN positions differ ({int(np.sum(nan_a & ~nan_e))} "
+        f"unexpected NaN, {int(np.sum(nan_e & ~nan_a))} missing NaN)")
+    inf_a, inf_e = np.isinf(actual), np.isinf(expected)
+    assert np.array_equal(inf_a, inf_e), f"{what}: inf positions differ"
+    assert np.array_equal(actual[inf_a], expected[inf_e]), f"{what}: inf signs differ"
+    fin = ~(nan_e | inf_e)
+    if not fin.any():
+        return
+    a = actual[fin].astype(np.float64)
+    e = expected[fin].astype(np.float64)
+    err = np.abs(a - e)
+    bound = atol + rtol * np.abs(e)
+    bad = err > bound
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {err.size} entries off; max abs error "
+        f"{err.max():.3e} (atol {atol:g}, rtol {rtol:g})")
+
+
+skip_no_openmp_test = pytest.mark.skipif(
+    os.environ.get("FASTATTN_SKIP_OPENMP_TEST", "0") == "1",
+    reason="FASTATTN_SKIP_OPENMP_TEST=1")
+
+__all__ = ["DTYPES", "TOL", "assert_close", "fastattn", "randn", "tol"]

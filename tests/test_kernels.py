@@ -1,0 +1,234 @@
+"""Kernel level: every compiled build (baseline, avx2, avx512 where the CPU
+runs it) and both layouts of the fused kernel (``force_path=1`` lanes,
+``force_path=2`` rows/split-K) give the reference's results on the same
+inputs; the tile classifier is exact."""
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close, randn, tol
+
+import fastattn
+import fastattn.functional as F
+from fastattn import _dispatch
+from fastattn import reference as ref
+
+BUILDS = _dispatch.available_builds()
+sdpa = fastattn.scaled_dot_product_attention
+
+
+class _Build:
+    """A kernel module with ``flash`` pinned to one layout."""
+
+    def __init__(self, mod, force_path):
+        self._mod, self._force = mod, force_path
+
+    def __getattr__(self, name):
+        return getattr(self._mod, name)
+
+    def flash(self, *args, **kwargs):
+        return self._mod.flash(*args, force_path=self._force, **kwargs)
+
+
+@pytest.fixture(params=BUILDS)
+def build(request, monkeypatch):
+    mod = _dispatch.load_build(request.param)
+    monkeypatch.setattr(F, "_k", mod)
+    return mod
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """use(build_name, force_path) routes the public API to that kernel."""
+    def _use(name, force_path=0):
+        monkeypatch.setattr(F, "_k", _Build(_dispatch.load_build(name), force_path))
+    return _use
+
+
+def test_build_metadata():
+    assert BUILDS[-1] == "baseline"
+    for name in BUILDS:
+        mod = _dispatch.load_build(name)
+        assert mod.ISA == name
+        assert mod.TILE_ROWS == F._k.TILE_ROWS and mod.TILE_KEYS == F._k.TILE_KEYS
+        assert mod.SPLIT_KEYS == 1024
+        assert mod.ROWS_PATH_MAX >= 1
+
+
+# Cases: (Hq, Hkv, L, S, E, Ev).  E/Ev cover 1, odd, not a multiple of the
+# vector width, and > one register block; S > 1024 gives several split-K
+# chunks on the rows layout.
+CASES = [(1, 1, 1, 1, 1, 1), (2, 1, 1, 2500, 64, 64), (4, 2, 3, 130, 80, 96),
+         (2, 2, 17, 63, 7, 5), (4, 1, 65, 129, 128, 33), (1, 1, 70, 1030, 256, 8),
+         (3, 3, 129, 65, 96, 1)]
+
+
+def _options(rng, dtype, Hq, L, S, E):
+    bm = rng.random((2, Hq, L, S)) > 0.3
+    bm[0, 0, 0] = False                                   # a fully masked row
+    fm = np.where(rng.random((L, S)) > 0.4, randn(rng, (L, S), dtype), -np.inf)
+    return [
+        {},
+        {"is_causal": True},
+        {"is_causal": True, "causal_alignment": "bottom_right", "attn_mask": bm},
+        {"attn_mask": fm.astype(dtype)},
+        {"attn_mask": bm[:, :1, :1]},                      # (B, 1, 1, S)
+        {"window": (40, 3), "alibi_slopes": np.linspace(0.05, 1, Hq)},
+        {"window": (0, 0), "causal_alignment": "bottom_right"},
+        {"scale": 1.5 / np.sqrt(E)},
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_build_and_layout_matches_reference(rng, use, dtype, case):
+    Hq, Hkv, L, S, E, Ev = case
+    q = randn(rng, (2, Hq, L, E), dtype)
+    k = randn(rng, (2, Hkv, S, E), dtype)
+    v = randn(rng, (2, Hkv, S, Ev), dtype)
+    for kw in _options(rng, dtype, Hq, L, S, E):
+        expected = ref.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+        results = {}
+        for name in BUILDS:
+            for path in (1, 2):
+                use(name, path)
+                out = sdpa(q, k, v, enable_gqa=True, **kw)
+                assert_close(out, expected, tol(dtype), what=f"{name} path={path} {kw}")
+                results[name, path] = out
+        # the two layouts, and the builds, agree with each other
+        first = results[BUILDS[0], 1]
+        for key, out in results.items():
+            assert_close(out, first, 2 * tol(dtype), what=f"{key} vs {BUILDS[0]}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", [1, 2])
+def test_layouts_with_strided_views(rng, use, dtype, path):
+    x = randn(rng, (2, 1100, 3, 4, 32), dtype)             # (B, S, qkv, H, D)
+    q = x[:, :5, 0].transpose(0, 2, 1, 3)
+    k = x[:, ::-1, 1].transpose(0, 2, 1, 3)
+    v = np.broadcast_to(x[:1, :, 2, :1].transpose(0, 2, 1, 3), (2, 4, 1100, 32))
+    expected = ref.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                causal_alignment="bottom_right")
+    for name in BUILDS:
+        use(name, path)
+        out = np.zeros((2, 5, 4, 32), dtype).transpose(0, 2, 1, 3)
+        sdpa(q, k, v, is_causal=True, causal_alignment="bottom_right", out=out)
+        assert_close(out, expected, tol(dtype), what=name)
+
+
+@pytest.mark.parametrize("path", [1, 2])
+def test_rows_path_split_chunks_fully_hidden(rng, use, path):
+    """Decode with a sliding window: whole split-K chunks see no key for some
+    rows, and some rows see nothing at all."""
+    q = randn(rng, (1, 4, 2, 16), np.float64)
+    k = randn(rng, (1, 1, 3500, 16), np.float64)
+    v = randn(rng, (1, 1, 3500, 8), np.float64)
+    m = np.ones((2, 3500), bool)
+    m[1] = False
+    for name in BUILDS:
+        use(name, path)
+        for kw in ({"window": (10, 0), "causal_alignment": "bottom_right"},
+                   {"window": (0, 5)}, {"attn_mask": m, "window": (2000, None)}):
+            out = sdpa(q, k, v, enable_gqa=True, **kw)
+            expected = ref.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+            assert_close(out, expected, 1e-12, what=f"{name} {kw}")
+
+
+@pytest.mark.parametrize("path", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_path_nan_query_row(use, path, dtype):
+    """Every score of a row is NaN -> the output row is NaN on both layouts
+    (not zeros, which would mean "fully masked")."""
+    q = np.zeros((1, 2, 3, 4), dtype)
+    q[0, 0, 1, 0] = np.nan
+    k = np.ones((1, 2, 1500, 4), dtype)
+    v = np.ones((1, 2, 1500, 2), dtype)
+    for name in BUILDS:
+        use(name, path)
+        out = sdpa(q, k, v)
+        assert np.all(np.isnan(out[0, 0, 1])), (name, out[0, 0, 1])
+        assert np.all(out[0, 0, [0, 2]] == 1) and np.all(out[0, 1] == 1)
+        # all keys NaN
+        out = sdpa(np.ones((1, 4), dtype), np.full((3, 4), np.nan, dtype),
+                   np.ones((3, 2), dtype))
+        assert np.all(np.isnan(out)), (name, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layout_bit_identical_across_nthreads(rng, build, dtype, many_threads):
+    """Direct kernel calls: the thread count (also above the task count)
+    never changes a bit, on either layout."""
+    q = randn(rng, (1, 4, 3, 32), dtype)
+    k = randn(rng, (1, 2, 2100, 32), dtype)
+    v = randn(rng, (1, 2, 2100, 32), dtype)
+    for path in (1, 2):
+        F._k = _Build(build, path)
+        outs = [sdpa(q, k, v, enable_gqa=True, num_threads=n) for n in (1, 2, 4, 64)]
+        for o in outs[1:]:
+            assert np.array_equal(outs[0], o)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_materialised_kernels_every_build(rng, build, dtype):
+    q = randn(rng, (2, 3, 67, 40), dtype)
+    k = randn(rng, (1, 3, 131, 40), dtype)
+    v = randn(rng, (2, 1, 131, 9), dtype)
+    s = fastattn.attention_scores(q, k, scale=0.15)   # ~N(0, 1) logits
+    assert_close(s, ref.attention_scores(q, k, 0.15), 100 * tol(dtype, "scores_rtol"))
+    p = fastattn.softmax(s)
+    assert_close(p, ref.softmax(s), np.finfo(dtype).tiny, tol(dtype, "softmax_rtol"))
+    o = fastattn.weighted_sum(p, v)
+    assert_close(o, ref.weighted_sum(p, v), tol(dtype))
+    w = fastattn.attention_weights(q, k, is_causal=True, alibi_slopes=[0.1, 0.2, 0.3])
+    assert_close(w, ref.attention_weights(q, k, is_causal=True,
+                                          alibi_slopes=[0.1, 0.2, 0.3]),
+                 np.finfo(dtype).tiny, 10 * tol(dtype, "softmax_rtol"))
+
+
+# ---------------------------------------------------------------------------
+# classify_mask
+# ---------------------------------------------------------------------------
+
+def _expected_classes(m, kind, BR, BC):
+    """(nq, nk) classes of one (Lm, Sm) mask slice: 0 hidden, 1 visible, 2 partial."""
+    Lm, Sm = m.shape
+    nq = -(-Lm // BR) if Lm > 1 else 1
+    nk = -(-Sm // BC) if Sm > 1 else 1
+    out = np.empty((nq, nk), np.uint8)
+    for a in range(nq):
+        for b in range(nk):
+            t = m[a * BR:(a + 1) * BR, b * BC:(b + 1) * BC]
+            vis = t if kind == 1 else (t == 0)
+            hid = ~t if kind == 1 else (t == -np.inf)
+            out[a, b] = 0 if hid.all() else (1 if vis.all() else 2)
+    return out
+
+
+@pytest.mark.parametrize("mdtype", [np.bool_, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 200), (200, 1), (130, 129), (64, 64), (65, 63)])
+def test_classify_mask(rng, build, mdtype, shape):
+    BR, BC = build.TILE_ROWS, build.TILE_KEYS
+    Lm, Sm = shape
+    n = 3
+    if mdtype is np.bool_:
+        m = np.ones((n, Lm, Sm), bool)
+        m[1] = False
+        m[2] = rng.random((Lm, Sm)) > 0.002      # mostly visible, some partial tiles
+        m[2, :BR, BC:] = False                   # a hidden block
+        kind = 1
+    else:
+        m = np.zeros((n, Lm, Sm), mdtype)
+        m[1] = -np.inf
+        m[2] = np.where(rng.random((Lm, Sm)) > 0.5, 0.0, -np.inf)
+        m[2, :BR, :BC] = 0.0
+        m[2, -1, -1] = 0.5                        # a non-zero finite bias is partial
+        m[2, 0, 0] = np.nan                       # NaN is neither visible nor hidden
+        kind = 2
+    nq = -(-Lm // BR) if Lm > 1 else 1
+    nk = -(-Sm // BC) if Sm > 1 else 1
+    tab = np.full((n, nq, nk), 9, np.uint8)
+    moff = np.arange(n, dtype=np.int64) * Lm * Sm
+    msq = Sm if Lm > 1 else 0
+    msk = 1 if Sm > 1 else 0
+    build.classify_mask(m, kind, moff, msq, msk, Lm, Sm, tab, 2)
+    for i in range(n):
+        assert np.array_equal(tab[i], _expected_classes(m[i], kind, BR, BC)), i
