@@ -55,6 +55,10 @@ cdef extern from "fa_util.h" nogil:
     void *fa_aligned_calloc(size_t nbytes)
     void fa_aligned_free(void *p)
     int fa_omp_max_threads()
+    void fa_pack_qt_f32(const float *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
+    void fa_pack_qt_f64(const double *q, Py_ssize_t qs, int nr, int D, double scale, double *Qt)
+    void fa_store_ot_f32(const float *Ot, const float *l, int nr, int Dv, float *o, Py_ssize_t os)
+    void fa_store_ot_f64(const double *Ot, const double *l, int nr, int Dv, double *o, Py_ssize_t os)
 
 cdef extern from "fa_tiles.h" nogil:
     int FA_BR
@@ -325,11 +329,10 @@ cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noe
         m = Ot + ot_sz
         l = m + FA_BR
         qrow = (<const floating *>a.q) + a.qoff[n] + q0 * a.qs
-        for d in range(D):
-            for i in range(nr):
-                Qt[d * FA_BR + i] = qrow[i * a.qs + d] * qscale
-            for i in range(nr, FA_BR):
-                Qt[d * FA_BR + i] = 0
+        if floating is float:
+            fa_pack_qt_f32(qrow, a.qs, <int>nr, <int>D, qscale, Qt)
+        else:
+            fa_pack_qt_f64(qrow, a.qs, <int>nr, <int>D, qscale, Qt)
         for i in range(ot_sz):
             Ot[i] = 0
         for i in range(FA_BR):
@@ -387,15 +390,12 @@ cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noe
         Ot = Qt + qt_sz
         m = Ot + ot_sz
         l = m + FA_BR
-        for i in range(nr):
-            orow = (<floating *>a.o) + a.ooff[n] + (q0 + i) * a.os
-            if l[i] == 0:       # no visible key: zeros, never NaN
-                for d in range(Dv):
-                    orow[d] = 0
-            else:
-                inv = 1 / l[i]
-                for d in range(Dv):
-                    orow[d] = Ot[d * FA_BR + i] * inv
+        # rows with no visible key (l == 0) are written as zeros, never NaN
+        orow = (<floating *>a.o) + a.ooff[n] + q0 * a.os
+        if floating is float:
+            fa_store_ot_f32(Ot, l, <int>nr, <int>Dv, orow, a.os)
+        else:
+            fa_store_ot_f64(Ot, l, <int>nr, <int>Dv, orow, a.os)
 
 
 cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:

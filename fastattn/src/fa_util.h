@@ -49,4 +49,111 @@ static inline void fa_aligned_free(void *p)
 #endif
 }
 
+/* ---- tile transposes between row-major (B, L, D) views and the lanes layout.
+ * 8x8 blocks: with AVX2 a register transpose (unpack/shuffle/permute) so both
+ * the row-major side and the lanes side are read and written as whole
+ * vectors; elsewhere (and for ragged edges) plain loops. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline void fa__tr8x8_ps(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#define FA__HAVE_TR8 1
+#else
+#define FA__HAVE_TR8 0
+#endif
+
+#define FA_DEF_TILE_IO(T, SUF, FAST)                                           \
+/* Qt[d*64 + i] = q[i*qs + d] * scale for i < nr; lanes nr..63 zeroed */       \
+static inline void fa_pack_qt_##SUF(const T *q, ptrdiff_t qs, int nr, int D,  \
+                                    T scale, T *Qt)                            \
+{                                                                              \
+    for (int i0 = 0; i0 < 64; i0 += 8) {                                       \
+        int n = nr - i0, d = 0;                                                \
+        if (n < 0) n = 0;                                                      \
+        if (n > 8) n = 8;                                                      \
+        if (FAST && n == 8) d = fa__pack8_##SUF(q + (ptrdiff_t)i0 * qs, qs, D, \
+                                                scale, Qt + i0);               \
+        for (; d < D; d++) {                                                   \
+            T *dst = Qt + (size_t)d * 64 + i0;                                 \
+            for (int ii = 0; ii < n; ii++)                                     \
+                dst[ii] = q[(ptrdiff_t)(i0 + ii) * qs + d] * scale;            \
+            for (int ii = n; ii < 8; ii++) dst[ii] = 0;                        \
+        }                                                                      \
+    }                                                                          \
+}                                                                              \
+/* o[i*os + d] = Ot[d*64 + i] / l[i] for i < nr (0 where l[i] == 0: no key) */ \
+static inline void fa_store_ot_##SUF(const T *Ot, const T *l, int nr, int Dv,  \
+                                     T *o, ptrdiff_t os)                       \
+{                                                                              \
+    T inv[64];                                                                 \
+    for (int i = 0; i < nr; i++) inv[i] = (l[i] == 0) ? (T)0 : (T)1 / l[i];    \
+    for (int i0 = 0; i0 < nr; i0 += 8) {                                       \
+        int n = nr - i0 < 8 ? nr - i0 : 8, d = 0;                              \
+        T *r0 = o + (ptrdiff_t)i0 * os;                                        \
+        if (FAST && n == 8) d = fa__store8_##SUF(Ot + i0, inv + i0, Dv, r0, os); \
+        for (; d < Dv; d++) {                                                  \
+            const T *src = Ot + (size_t)d * 64 + i0;                           \
+            for (int ii = 0; ii < n; ii++)                                     \
+                r0[ii * os + d] = (inv[i0 + ii] == 0) ? (T)0 : src[ii] * inv[i0 + ii]; \
+        }                                                                      \
+    }                                                                          \
+}
+
+#if FA__HAVE_TR8
+/* 8 full rows: d in whole blocks of 8; returns how many features were done */
+static inline int fa__pack8_f32(const float *q, ptrdiff_t qs, int D, float scale,
+                                float *Qt)
+{
+    __m256 s = _mm256_set1_ps(scale), r[8];
+    int d0 = 0;
+    for (; d0 + 8 <= D; d0 += 8) {
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(q + k * qs + d0);
+        fa__tr8x8_ps(r);
+        for (int k = 0; k < 8; k++)
+            _mm256_storeu_ps(Qt + (size_t)(d0 + k) * 64, _mm256_mul_ps(r[k], s));
+    }
+    return d0;
+}
+static inline int fa__store8_f32(const float *Ot, const float *inv, int Dv,
+                                 float *o, ptrdiff_t os)
+{
+    __m256 r[8];
+    int d0 = 0;
+    for (int k = 0; k < 8; k++)
+        if (inv[k] == 0) return 0;       /* a fully masked row: scalar path */
+    for (; d0 + 8 <= Dv; d0 += 8) {
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Ot + (size_t)(d0 + k) * 64);
+        fa__tr8x8_ps(r);
+        for (int k = 0; k < 8; k++)
+            _mm256_storeu_ps(o + k * os + d0, _mm256_mul_ps(r[k], _mm256_set1_ps(inv[k])));
+    }
+    return d0;
+}
+FA_DEF_TILE_IO(float, f32, 1)
+#else
+static inline int fa__pack8_f32(const float *q, ptrdiff_t qs, int D, float s, float *Qt)
+{ (void)q; (void)qs; (void)D; (void)s; (void)Qt; return 0; }
+static inline int fa__store8_f32(const float *Ot, const float *inv, int Dv, float *o, ptrdiff_t os)
+{ (void)Ot; (void)inv; (void)Dv; (void)o; (void)os; return 0; }
+FA_DEF_TILE_IO(float, f32, 0)
+#endif
+static inline int fa__pack8_f64(const double *q, ptrdiff_t qs, int D, double s, double *Qt)
+{ (void)q; (void)qs; (void)D; (void)s; (void)Qt; return 0; }
+static inline int fa__store8_f64(const double *Ot, const double *inv, int Dv, double *o, ptrdiff_t os)
+{ (void)Ot; (void)inv; (void)Dv; (void)o; (void)os; return 0; }
+FA_DEF_TILE_IO(double, f64, 0)
+
 #endif
