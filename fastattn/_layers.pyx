@@ -32,7 +32,7 @@ Kernels
   two halves of each row of ``h`` (one fused gate/up projection).
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt, erf, erff, tanh, tanhf, exp, expf
+from libc.math cimport sqrt, erf, tanh, exp
 
 import numpy as np
 cimport numpy as cnp
@@ -45,6 +45,98 @@ ctypedef fused floating:
 
 cdef extern from "fa_util.h" nogil:
     int FA_OPENMP
+
+# float32 activations written so that gcc vectorises them (no libm calls in
+# the loops): exp by range reduction to [-ln2/2, ln2/2], cephes' degree-5
+# polynomial and scaling by 2^n through the exponent bits; erf by Abramowitz
+# & Stegun 7.1.26 (|error| <= 1.5e-7).  libm's erff / tanhf / expf are not
+# vectorised and cost 10-30 ns per element here (bench_layers.py --kernels).
+# float64 keeps libm.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* With gcc's default -ftrapping-math the clamps below keep these loops
+       scalar ("control flow in loop"); they never rely on FP exceptions. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("no-trapping-math")
+    #endif
+    static inline float fa_expf(float x) {
+        /* exp(x), ~2 ulp on [-87.3, 88.3]; saturates outside, NaN stays NaN */
+        x = x < -87.3f ? -87.3f : x;
+        x = x > 88.3f ? 88.3f : x;
+        float t = x * 1.44269504088896341f;
+        float r = t + 12582912.0f;          /* round to nearest integer */
+        float n = r - 12582912.0f;
+        float f = x - n * 0.693359375f;
+        f = f - n * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * f + 1.3981999507e-3f;
+        p = p * f + 8.3334519073e-3f;
+        p = p * f + 4.1665795894e-2f;
+        p = p * f + 1.6666665459e-1f;
+        p = p * f + 5.0000001201e-1f;
+        p = p * f * f + f + 1.0f;
+        int32_t bits = ((int32_t)n + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    static void fa_silu_f32(float *o, Py_ssize_t n) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float x = o[j];
+            o[j] = x / (1.0f + fa_expf(-x));
+        }
+    }
+    static void fa_gelu_tanh_f32(float *o, Py_ssize_t n) {
+        /* 0.5 x (1 + tanh(z)) = x / (1 + exp(-2z)) */
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float x = o[j];
+            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+            o[j] = x / (1.0f + fa_expf(-2.0f * z));
+        }
+    }
+    static void fa_gelu_f32(float *o, Py_ssize_t n) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float x = o[j];
+            float a = x * 0.70710678118654752f;
+            float s = x < 0.0f ? -1.0f : 1.0f;
+            a = a < 0.0f ? -a : a;
+            float t = 1.0f / (1.0f + 0.3275911f * a);
+            float y = 1.061405429f;
+            y = y * t - 1.453152027f;
+            y = y * t + 1.421413741f;
+            y = y * t - 0.284496736f;
+            y = y * t + 0.254829592f;
+            float erf_a = 1.0f - y * t * fa_expf(-a * a);
+            o[j] = 0.5f * x * (1.0f + s * erf_a);
+        }
+    }
+    static void fa_swiglu_f32(const float *g, const float *u, const float *bg,
+                              const float *bu, float *o, Py_ssize_t n) {
+        if (bg) {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float x = g[j] + bg[j];
+                o[j] = x / (1.0f + fa_expf(-x)) * (u[j] + bu[j]);
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float x = g[j];
+                o[j] = x / (1.0f + fa_expf(-x)) * u[j];
+            }
+        }
+    }
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    float fa_expf(float x) nogil
+    void fa_silu_f32(float *o, Py_ssize_t n) nogil
+    void fa_gelu_tanh_f32(float *o, Py_ssize_t n) nogil
+    void fa_gelu_f32(float *o, Py_ssize_t n) nogil
+    void fa_swiglu_f32(const float *g, const float *u, const float *bg,
+                       const float *bu, float *o, Py_ssize_t n) nogil
 
 OPENMP = bool(FA_OPENMP)
 
@@ -152,7 +244,7 @@ cdef inline void _add_norm_row(const floating *a, const floating *ab,
             t[j] = a[j]
     if mode == NORM_NONE:
         return
-    src = t if t != NULL else a
+    src = <const floating *>t if t != NULL else a
     if mode == NORM_LAYER:
         mean = _sum(src, C) / C
         var = _sumsq(src, mean, C) / C
@@ -240,24 +332,12 @@ def add_norm(a, a_bias, r, int mode, w, b, double eps, s, n, int nthreads):
 # bias + activation
 # ---------------------------------------------------------------------------
 
-cdef inline float _gelu_f(float x) noexcept nogil:
-    return 0.5 * x * (1.0 + erff(x * <float>SQRT1_2))
-
-
 cdef inline double _gelu_d(double x) noexcept nogil:
     return 0.5 * x * (1.0 + erf(x * SQRT1_2))
 
 
-cdef inline float _gelu_tanh_f(float x) noexcept nogil:
-    return 0.5 * x * (1.0 + tanhf(<float>SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
-
-
 cdef inline double _gelu_tanh_d(double x) noexcept nogil:
     return 0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
-
-
-cdef inline float _silu_f(float x) noexcept nogil:
-    return x / (1.0 + expf(-x))
 
 
 cdef inline double _silu_d(double x) noexcept nogil:
@@ -277,24 +357,24 @@ cdef inline void _bias_act_row(const floating *h, const floating *bias, int act,
     if act == ACT_RELU:
         for j in range(C):
             x = o[j]
-            o[j] = x if x > zero else zero   # NaN stays NaN, like torch.relu
+            o[j] = zero if x < zero else x   # NaN stays NaN, like torch.relu
     elif act == ACT_GELU:
-        for j in range(C):
-            if floating is float:
-                o[j] = _gelu_f(o[j])
-            else:
+        if floating is float:
+            fa_gelu_f32(o, C)
+        else:
+            for j in range(C):
                 o[j] = _gelu_d(o[j])
     elif act == ACT_GELU_TANH:
-        for j in range(C):
-            if floating is float:
-                o[j] = _gelu_tanh_f(o[j])
-            else:
+        if floating is float:
+            fa_gelu_tanh_f32(o, C)
+        else:
+            for j in range(C):
                 o[j] = _gelu_tanh_d(o[j])
     elif act == ACT_SILU:
-        for j in range(C):
-            if floating is float:
-                o[j] = _silu_f(o[j])
-            else:
+        if floating is float:
+            fa_silu_f32(o, C)
+        else:
+            for j in range(C):
                 o[j] = _silu_d(o[j])
 
 
@@ -345,15 +425,15 @@ cdef inline void _swiglu_row(const floating *h, const floating *bias,
                              floating *o, Py_ssize_t F) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating g, u
-    for j in range(F):
-        g = h[j]
-        u = h[F + j]
-        if bias != NULL:
-            g = g + bias[j]
-            u = u + bias[F + j]
-        if floating is float:
-            o[j] = _silu_f(g) * u
-        else:
+    if floating is float:
+        fa_swiglu_f32(h, h + F, bias, (bias + F) if bias != NULL else NULL, o, F)
+    else:
+        for j in range(F):
+            g = h[j]
+            u = h[F + j]
+            if bias != NULL:
+                g = g + bias[j]
+                u = u + bias[F + j]
             o[j] = _silu_d(g) * u
 
 

@@ -7,6 +7,8 @@ module is missing (a source checkout that was not built) the same
 operations run as NumPy expressions, which are also the references the
 tests compare against (``*_numpy``).
 """
+import os
+
 import numpy as np
 
 from ..threads import get_num_threads
@@ -16,21 +18,48 @@ try:  # pragma: no branch
 except ImportError:  # pragma: no cover - unbuilt checkout
     _k = None
 
-__all__ = ["add_norm", "bias_act", "swiglu", "ACTIVATIONS", "HAVE_KERNELS"]
+__all__ = ["add_norm", "bias_act", "swiglu", "attention_threads", "ACTIVATIONS",
+           "HAVE_KERNELS"]
 
 HAVE_KERNELS = _k is not None
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu")
 _NORM_CODE = {"none": 0, "layer": 1, "rms": 2}
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
 
-# Below this many elements per thread, waking an OpenMP team costs more than
-# the loop (measured with benchmarks/bench_layers.py --kernels).
-_ELEMS_PER_THREAD = 32768
+# Elements (weighted by cost) per extra thread.  The row kernels are
+# memory-bound and run between BLAS calls, where waking the OpenMP team makes
+# the next GEMM share the cores with spinning workers (see
+# attention_threads); one thread handles ~1-5 ms of rows, so they go
+# parallel only for very large inputs or costly activations.
+_ELEMS_PER_THREAD = 1 << 23
 
 
 def _threads(n_elems, cost=1):
     n = get_num_threads()
     return int(max(1, min(n, (n_elems * cost) // _ELEMS_PER_THREAD)))
+
+
+def attention_threads(flops):
+    """Threads for an attention call inside a layer.
+
+    In a layer every OpenMP kernel sits between two OpenBLAS GEMMs.  After a
+    parallel region libgomp's idle workers spin-wait (``GOMP_SPINCOUNT``,
+    milliseconds) and the GEMM that follows shares the cores with them: on
+    the 2-core benchmark machine an encoder layer at (B=8, L=128, E=384) took
+    64 ms with every kernel on 2 threads and 37 ms with the row kernels and
+    the attention on one (the same as 2 threads with
+    ``OMP_WAIT_POLICY=passive``).  So the attention uses the full team only
+    when it is large enough (``_ATTN_FLOPS_PER_THREAD`` flops per thread) to
+    amortise that; with ``OMP_WAIT_POLICY=passive`` set, always.
+    """
+    n = get_num_threads()
+    if _PASSIVE:
+        return n
+    return int(max(1, min(n, flops // _ATTN_FLOPS_PER_THREAD)))
+
+
+_ATTN_FLOPS_PER_THREAD = 1_000_000_000
+_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
 # ---------------------------------------------------------------------------
@@ -118,8 +147,8 @@ def add_norm(a, a_bias=None, r=None, mode="layer", w=None, b=None, eps=1e-5,
         if n is not None:
             n[...] = nn
         return s, n
-    _k.add_norm(a, a_bias, r, _NORM_CODE[mode], w, b, float(eps), s, n,
-                _threads(a.size, 3))
+    nt = _threads(a.size, 3)
+    _k.add_norm(a, a_bias, r, _NORM_CODE[mode], w, b, float(eps), s, n, nt)
     return s, n
 
 
@@ -140,7 +169,8 @@ def bias_act(h, bias=None, act="relu", out=None):
         out[...] = act_numpy(x, act)
         return out
     cost = 1 if act in ("identity", "relu") else 16
-    _k.bias_act(h, bias, _ACT_CODE[act], out, _threads(h.size, cost))
+    nt = _threads(h.size, cost)
+    _k.bias_act(h, bias, _ACT_CODE[act], out, nt)
     return out
 
 
@@ -160,5 +190,6 @@ def swiglu(h, bias=None, out=None):
         x = h if bias is None else h + bias
         out[...] = act_numpy(x[:, :F], "silu") * x[:, F:]
         return out
-    _k.swiglu(h, bias, out, _threads(out.size, 16))
+    nt = _threads(out.size, 16)
+    _k.swiglu(h, bias, out, nt)
     return out

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..functional import scaled_dot_product_attention, attention_weights
 from ..positional import RotaryEmbedding, alibi_slopes as _alibi_slopes
+from . import _ops
 from .layers import Linear, rows, gemm, _rng, _pos_int
 from .module import Module, check_input, _xavier_uniform
 
@@ -230,7 +231,7 @@ class MultiHeadAttention(Module):
         W = self.in_proj_weight
         return W[:qd], W[qd:qd + kd], W[qd + kd:], bq, bk, bv
 
-    def project_kv(self, key, value=None):
+    def project_kv(self, key, value=None, batch_first=None):
         """Project keys and values once (e.g. an encoder's memory reused at
         every decoding step).
 
@@ -251,7 +252,8 @@ class MultiHeadAttention(Module):
             raise ValueError(f"key and value differ in length or batch: key "
                              f"{k_in.shape}, value {v_in.shape}")
         Hkv, D = self.num_kv_heads, self.head_dim
-        tr = (0, 2, 1, 3) if self.batch_first else (1, 2, 0, 3)
+        bf = self.batch_first if batch_first is None else batch_first
+        tr = (0, 2, 1, 3) if bf else (1, 2, 0, 3)
         lead = k_in.shape[:2]
         _, Wk, Wv, _, bk, bv = self._weights()
         if _same(k_in, v_in) and not self.separate:
@@ -451,5 +453,7 @@ class MultiHeadAttention(Module):
             scaled_dot_product_attention(q4, k4, v4, mask, 0.0, bool(is_causal),
                                          None, gqa, causal_alignment=align,
                                          window=self.window,
-                                         alibi_slopes=self.alibi_slopes, out=o4)
+                                         alibi_slopes=self.alibi_slopes, out=o4,
+                                         num_threads=_ops.attention_threads(
+                                             4 * B * H * L * S * D))
         return buf.reshape(-1, E), weights, out_shape

@@ -1,0 +1,125 @@
+"""fastattn._layers: the fused row kernels against NumPy references."""
+import numpy as np
+import pytest
+
+from fastattn.nn import _ops
+
+pytestmark = pytest.mark.skipif(not _ops.HAVE_KERNELS, reason="fastattn._layers not built")
+
+TOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def _rand(rng, shape, dt, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dt)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["layer", "rms", "none"])
+@pytest.mark.parametrize("C", [1, 3, 8, 77, 384])
+def test_add_norm_all_combinations(rng, dt, mode, C):
+    N = 13
+    a, r = _rand(rng, (N, C), dt), _rand(rng, (N, C), dt)
+    ab, w, b = _rand(rng, C, dt), _rand(rng, C, dt), _rand(rng, C, dt)
+    for use_ab in (False, True):
+        for use_r in (False, True):
+            for use_w, use_b in ((False, False), (True, False), (True, True), (False, True)):
+                args = (ab if use_ab else None, r if use_r else None, mode,
+                        w if use_w else None, b if use_b else None, 1e-5)
+                s_ref, n_ref = _ops.add_norm_numpy(a, *args)
+                s, n = _ops.add_norm(a, *args, s=np.empty_like(a))
+                np.testing.assert_allclose(s, s_ref, atol=TOL[dt] * 4, rtol=0)
+                if mode != "none":
+                    np.testing.assert_allclose(n, n_ref, atol=TOL[dt] * 8, rtol=0)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_add_norm_in_place_aliases(rng, dt):
+    N, C = 9, 33
+    a, r = _rand(rng, (N, C), dt), _rand(rng, (N, C), dt)
+    ab, w, b = _rand(rng, C, dt), _rand(rng, C, dt), _rand(rng, C, dt)
+    s_ref, n_ref = _ops.add_norm_numpy(a, ab, r, "layer", w, b, 1e-5)
+    a1 = a.copy()
+    _ops.add_norm(a1, ab, r, "layer", w, b, 1e-5, n=a1)           # n is a
+    np.testing.assert_allclose(a1, n_ref, atol=TOL[dt] * 8, rtol=0)
+    a2, n2 = a.copy(), np.empty_like(a)
+    _ops.add_norm(a2, ab, r, "layer", w, b, 1e-5, s=a2, n=n2)     # s is a
+    np.testing.assert_allclose(a2, s_ref, atol=TOL[dt] * 4, rtol=0)
+    np.testing.assert_allclose(n2, n_ref, atol=TOL[dt] * 8, rtol=0)
+    r3 = r.copy()
+    _ops.add_norm(a, ab, r3, "none", s=r3)                         # s is r
+    np.testing.assert_allclose(r3, s_ref, atol=TOL[dt] * 4, rtol=0)
+
+
+def test_add_norm_strided_rows_and_large_offsets(rng):
+    base = _rand(rng, (20, 64), np.float32, 1.0) + 1000.0        # big mean
+    a = base[::2, :40]                                             # row stride 128
+    s, n = _ops.add_norm(a, None, None, "layer", None, None, 1e-5)
+    _, n_ref = _ops.add_norm_numpy(a, None, None, "layer", None, None, 1e-5)
+    np.testing.assert_allclose(n, n_ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["identity", "relu", "gelu", "gelu_tanh", "silu"])
+def test_bias_act(rng, dt, act):
+    h = _rand(rng, (11, 50), dt, 3.0)
+    bias = _rand(rng, 50, dt)
+    ref = _ops.act_numpy(h.astype(np.float64) + bias, act)
+    out = _ops.bias_act(h, bias, act)
+    np.testing.assert_allclose(out, ref, atol=TOL[dt] * 4, rtol=TOL[dt] * 2)
+    h2 = h.copy()
+    _ops.bias_act(h2, None, act, out=h2)                             # in place
+    np.testing.assert_allclose(h2, _ops.act_numpy(h, act), atol=TOL[dt] * 4,
+                               rtol=TOL[dt] * 2)
+
+
+def test_activation_edge_values():
+    x = np.array([[-np.inf, -100, -1e-30, 0, 1e-30, 100, np.inf, np.nan]], np.float32)
+    for act in ("relu", "gelu", "gelu_tanh", "silu"):
+        out = _ops.bias_act(x, None, act)
+        with np.errstate(all="ignore"):
+            ref = _ops.act_numpy(x, act)
+        assert np.isnan(out[0, -1])
+        np.testing.assert_allclose(out[0, 1:-2], ref[0, 1:-2], atol=1e-6, err_msg=act)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_swiglu(rng, dt):
+    F = 37
+    h = _rand(rng, (6, 2 * F), dt, 2.0)
+    bias = _rand(rng, 2 * F, dt)
+    x = h.astype(np.float64) + bias
+    ref = _ops.act_numpy(x[:, :F], "silu") * x[:, F:]
+    np.testing.assert_allclose(_ops.swiglu(h, bias), ref, atol=TOL[dt] * 8, rtol=TOL[dt] * 4)
+    h2 = h.copy()
+    out = _ops.swiglu(h2, bias, out=h2[:, :F])                       # into the gate half
+    np.testing.assert_allclose(out, ref, atol=TOL[dt] * 8, rtol=TOL[dt] * 4)
+
+
+def test_thread_count_does_not_change_results(rng, monkeypatch):
+    import fastattn
+    monkeypatch.setattr(_ops, "_ELEMS_PER_THREAD", 1024)   # force the team
+    a = _rand(rng, (4096, 96), np.float32)
+    r = _rand(rng, (4096, 96), np.float32)
+    w = _rand(rng, 96, np.float32)
+    h = _rand(rng, (512, 192), np.float32)
+    outs = {}
+    for n in (1, 2, 3):
+        with fastattn.threads(n):
+            outs[n] = (_ops.add_norm(a, None, r, "layer", w, None, 1e-5)[1],
+                       _ops.bias_act(a, w, "gelu"), _ops.swiglu(h, None))
+    for n in (2, 3):
+        for x, y in zip(outs[1], outs[n]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_kernels_built_with_openmp():
+    import os
+    if os.environ.get("FASTATTN_SKIP_OPENMP_TEST"):
+        pytest.skip("FASTATTN_SKIP_OPENMP_TEST set")
+    from fastattn import _layers
+    assert _layers.OPENMP
