@@ -85,10 +85,17 @@ def _offsets(x, batch_shape):
     against ``batch_shape`` (C order), as a flat contiguous array."""
     nlead = x.ndim - 2
     pad = len(batch_shape) - nlead
-    off = np.zeros(1, dtype=np.int64)
+    axes = []
     for axis, m in enumerate(batch_shape):
         n = x.shape[axis - pad] if axis >= pad else 1
-        st = x.strides[axis - pad] // x.itemsize if (axis >= pad and n > 1) else 0
+        axes.append((m, x.strides[axis - pad] // x.itemsize if (axis >= pad and n > 1) else 0))
+    if math.prod(batch_shape) <= 256:      # plain Python: cheaper for few slices
+        offs = [0]
+        for m, st in axes:
+            offs = [o + i * st for o in offs for i in range(m)]
+        return np.array(offs, dtype=np.int64)
+    off = np.zeros(1, dtype=np.int64)
+    for m, st in axes:
         # C order: the running offsets vary slowest, this axis fastest
         off = (off[:, None] + np.arange(m, dtype=np.int64) * st).reshape(-1)
     return off
@@ -414,7 +421,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         return out
 
     q, k, v = _readable(p.q), _readable(p.k), _readable(p.v)
-    nb = int(np.prod(p.prefix, dtype=np.int64))
+    nb = math.prod(p.prefix)
     bshape_q = p.prefix + (Hout,)
     bshape_kv = p.prefix + (Hkv,)
     if not p.batch_out:   # plain (L, E) inputs
