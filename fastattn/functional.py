@@ -332,8 +332,9 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
                              f"({desc}){hint}") from None
         if full:
             prefix, Hout = full[:-1], full[-1]
-            Hk = kb[-1] if len(kb) == len(full) else 1
-            Hv = vb[-1] if len(vb) == len(full) else 1
+            # batch dims align on the right: the head axis is each one's last
+            Hk = kb[-1] if kb else 1
+            Hv = vb[-1] if vb else 1
             # K/V broadcast over heads (MQA by broadcasting): group the heads
             Hkv = Hk if (Hk == Hv and Hk >= 1 and Hout % Hk == 0) else Hout
         else:

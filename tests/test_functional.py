@@ -999,3 +999,16 @@ def test_2d_inputs_with_alibi(rng):
     w = fastattn.attention_weights(q, k, alibi_slopes=[0.5])
     assert w.shape == (5, 6)
     assert_close(w, ref.attention_weights(q, k, attn_mask=-0.5 * dist), 1e-13)
+
+
+def test_value_heads_broadcast_when_key_has_one_head(rng):
+    """Regression (found by the fuzz test): key with one head, value with two
+    and fewer leading dims; the head axis aligns on the right, so the kernel
+    must not group query heads onto a single kv head."""
+    q = rng.standard_normal((1, 1, 2, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 1, 5, 4)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 5, 3)).astype(np.float32)
+    out = sdpa(q, k, v)
+    expected = ref.scaled_dot_product_attention(q, k, v)
+    assert out.shape == expected.shape == (1, 1, 2, 3, 3)
+    assert_close(out, expected, tol(np.float32))
