@@ -272,7 +272,6 @@ def _dec_layer(m, dtype):
 
 
 def _norm(m, dtype):
-    from . import nn
     if m is None:
         return None
     return _convert(m, dtype)

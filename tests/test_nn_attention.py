@@ -5,7 +5,6 @@ import pickle
 import numpy as np
 import pytest
 
-import fastattn
 from fastattn import reference
 from fastattn.nn import MultiHeadAttention, KVCache
 from fastattn.positional import RotaryEmbedding, alibi_slopes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastattn.nn import (TransformerEncoderLayer, TransformerDecoderLayer,
-                         TransformerEncoder, TransformerDecoder, Transformer,
+                         TransformerDecoder, Transformer,
                          LayerNorm, KVCache, generate_square_subsequent_mask)
 from fastattn.weights import from_torch
 

@@ -21,7 +21,6 @@ Only when both masks are given are they combined, into one array of the
 broadcast shape (as PyTorch does).  A query row that may see no key gives
 zeros (PyTorch gives NaN there).
 """
-import numbers
 
 import numpy as np
 
@@ -251,8 +250,13 @@ class MultiHeadAttention(Module):
         if k_in.shape[:2] != v_in.shape[:2]:
             raise ValueError(f"key and value differ in length or batch: key "
                              f"{k_in.shape}, value {v_in.shape}")
-        Hkv, D = self.num_kv_heads, self.head_dim
         bf = self.batch_first if batch_first is None else batch_first
+        return self._kv_proj(k_in, v_in, bf)
+
+    def _kv_proj(self, k_in, v_in, bf):
+        """K and V projections of validated token-major inputs, as
+        (B, Hkv, S, D) views (one GEMM when key is value)."""
+        Hkv, D = self.num_kv_heads, self.head_dim
         tr = (0, 2, 1, 3) if bf else (1, 2, 0, 3)
         lead = k_in.shape[:2]
         _, Wk, Wv, _, bk, bv = self._weights()
@@ -382,7 +386,6 @@ class MultiHeadAttention(Module):
             return t4.transpose(0, 2, 1, 3) if bf else t4.transpose(1, 2, 0, 3)
 
         lead_q = q_in.shape[:2]
-        lead_k = k_in.shape[:2]
         Wq, Wk, Wv, bq, bk, bv = self._weights()
         if kv is not None:
             qp = gemm(rows(q_in, E), Wq)
@@ -404,22 +407,7 @@ class MultiHeadAttention(Module):
             if bq is not None:
                 qp += bq
             q4 = heads(qp, H, lead_q)
-            if _same(k_in, v_in) and not self.separate:
-                kv = gemm(rows(k_in, self.kdim), self.in_proj_weight[H * D:])
-                if self.in_proj_bias is not None:
-                    kv += self.in_proj_bias[H * D:]
-                v5 = kv.reshape(lead_k + (2 * Hkv, D))
-                tr = (0, 2, 1, 3) if bf else (1, 2, 0, 3)
-                k4 = v5[:, :, :Hkv].transpose(tr)
-                v4 = v5[:, :, Hkv:].transpose(tr)
-            else:
-                kp = gemm(rows(k_in, self.kdim), Wk)
-                if bk is not None:
-                    kp += bk
-                vp = gemm(rows(v_in, self.vdim), Wv)
-                if bv is not None:
-                    vp += bv
-                k4, v4 = heads(kp, Hkv, lead_k), heads(vp, Hkv, lead_k)
+            k4, v4 = self._kv_proj(k_in, v_in, bf)
 
         past = 0 if cache is None else cache.length
         if self.rotary is not None:

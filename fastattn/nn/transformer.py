@@ -17,7 +17,6 @@ activation another.  Masks follow ``torch.nn.MultiheadAttention``
 (bool True = not allowed, float added); see :mod:`fastattn.nn.attention`.
 """
 import copy
-import numbers
 
 import numpy as np
 
@@ -59,6 +58,13 @@ def _bool_or_none(v, name):
 
 class _Layer(Module):
     """Shared construction of the encoder and decoder layers."""
+
+    @staticmethod
+    def _add_norm(norm, y, bias, resid, **buffers):
+        """``(y + bias + resid, LayerNorm_norm(y + bias + resid))`` in one fused
+        pass over rows (``buffers``: optional outputs to write into)."""
+        w, b, eps = _norm_params(norm)
+        return _ops.add_norm(y, bias, resid, "layer", w, b, eps, **buffers)
 
     def _init_common(self, d_model, nhead, dim_feedforward, dropout, activation,
                      layer_norm_eps, batch_first, norm_first, bias, dtype, rng,
@@ -155,25 +161,21 @@ class TransformerEncoderLayer(_Layer):
         x2 = rows(x, self.d_model)
         sa = self.self_attn
         if self.norm_first:
-            w, b, eps = _norm_params(self.norm1)
-            _, n = _ops.add_norm(x2, None, None, "layer", w, b, eps)
+            _, n = self._add_norm(self.norm1, x2, None, None)
             a, _, _ = sa.attend(n.reshape(x.shape), None, None, src_key_padding_mask,
                                 False, src_mask, True, is_causal)
             y = gemm(a, sa.out_proj.weight)
-            w, b, eps = _norm_params(self.norm2)
             # residual stream into y (a fresh buffer), its norm into n
-            s, n = _ops.add_norm(y, sa.out_proj.bias, x2, "layer", w, b, eps, s=y, n=n)
+            s, n = self._add_norm(self.norm2, y, sa.out_proj.bias, x2, s=y, n=n)
             f = self._ff(n)
             out, _ = _ops.add_norm(f, self.linear2.bias, s, "none", s=f)
         else:
             a, _, _ = sa.attend(x, None, None, src_key_padding_mask, False,
                                 src_mask, True, is_causal)
             y = gemm(a, sa.out_proj.weight)
-            w, b, eps = _norm_params(self.norm1)
-            _, x1 = _ops.add_norm(y, sa.out_proj.bias, x2, "layer", w, b, eps, n=y)
+            _, x1 = self._add_norm(self.norm1, y, sa.out_proj.bias, x2, n=y)
             f = self._ff(x1)
-            w, b, eps = _norm_params(self.norm2)
-            _, out = _ops.add_norm(f, self.linear2.bias, x1, "layer", w, b, eps, n=f)
+            _, out = self._add_norm(self.norm2, f, self.linear2.bias, x1, n=f)
         return out.reshape(x.shape)
 
 
@@ -252,30 +254,24 @@ class TransformerDecoderLayer(_Layer):
             return a
 
         if self.norm_first:
-            w, b, eps = _norm_params(self.norm1)
-            _, n = _ops.add_norm(x2, None, None, "layer", w, b, eps)
+            _, n = self._add_norm(self.norm1, x2, None, None)
             a, _, _ = sa.attend(n.reshape(x.shape), None, None, tgt_key_padding_mask,
                                 False, tgt_mask, True, tgt_is_causal, cache)
             y = gemm(a, sa.out_proj.weight)
-            w, b, eps = _norm_params(self.norm2)
-            s, n = _ops.add_norm(y, sa.out_proj.bias, x2, "layer", w, b, eps, s=y, n=n)
+            s, n = self._add_norm(self.norm2, y, sa.out_proj.bias, x2, s=y, n=n)
             y = gemm(cross(n), ca.out_proj.weight)
-            w, b, eps = _norm_params(self.norm3)
-            s, n = _ops.add_norm(y, ca.out_proj.bias, s, "layer", w, b, eps, s=y, n=n)
+            s, n = self._add_norm(self.norm3, y, ca.out_proj.bias, s, s=y, n=n)
             f = self._ff(n)
             out, _ = _ops.add_norm(f, self.linear2.bias, s, "none", s=f)
         else:
             a, _, _ = sa.attend(x, None, None, tgt_key_padding_mask, False,
                                 tgt_mask, True, tgt_is_causal, cache)
             y = gemm(a, sa.out_proj.weight)
-            w, b, eps = _norm_params(self.norm1)
-            _, x1 = _ops.add_norm(y, sa.out_proj.bias, x2, "layer", w, b, eps, n=y)
+            _, x1 = self._add_norm(self.norm1, y, sa.out_proj.bias, x2, n=y)
             y = gemm(cross(x1), ca.out_proj.weight)
-            w, b, eps = _norm_params(self.norm2)
-            _, x1 = _ops.add_norm(y, ca.out_proj.bias, x1, "layer", w, b, eps, n=y)
+            _, x1 = self._add_norm(self.norm2, y, ca.out_proj.bias, x1, n=y)
             f = self._ff(x1)
-            w, b, eps = _norm_params(self.norm3)
-            _, out = _ops.add_norm(f, self.linear2.bias, x1, "layer", w, b, eps, n=f)
+            _, out = self._add_norm(self.norm3, f, self.linear2.bias, x1, n=f)
         return out.reshape(x.shape)
 
 
