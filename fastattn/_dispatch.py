@@ -83,7 +83,45 @@ def _select():
                       + "; ".join(errors))
 
 
+def _self_check(mod, ref):
+    """Run a small fused attention (both tile layouts, both dtypes, causal)
+    through ``mod`` and ``ref`` and compare.  Guards the AVX-512 build, whose
+    intrinsic wrappers cannot be exercised on the CI machine (no AVX-512):
+    a wrong result there must not reach users silently."""
+    import numpy as np
+    rng = np.random.default_rng(1234)
+    for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+        for L, path in ((70, 1), (3, 2)):
+            S, D, Dv = 1100, 40, 24
+            q = rng.standard_normal((L, D)).astype(dt)
+            k = rng.standard_normal((S, D)).astype(dt)
+            v = rng.standard_normal((S, Dv)).astype(dt)
+            z = np.zeros(1, np.int64)
+            outs = []
+            for m in (mod, ref):
+                o = np.zeros((L, Dv), dt)
+                m.flash(q, z, D, k, z, D, v, z, Dv, o, z, Dv, L, S, D, Dv,
+                        1, 1, 1, D ** -0.5, 0, None, None, 0, 0, None, None,
+                        False, 0, True, 0, S - L, None, 1, path)
+                outs.append(o)
+            if not np.allclose(outs[0], outs[1], rtol=0, atol=tol):
+                return False
+    return True
+
+
 isa, kernels = _select()
+if isa == "avx512" and not os.environ.get("FASTATTN_ISA"):
+    try:
+        _fallback = _load("avx2")
+    except ImportError:  # pragma: no cover - avx2 build missing
+        _fallback = None
+    if _fallback is not None and not _self_check(kernels, _fallback):  # pragma: no cover
+        import warnings
+        warnings.warn("fastattn: the avx512 kernel build failed its start-up "
+                      "self-check against the avx2 build; using avx2. Please "
+                      "report this with `python -m fastattn info`.",
+                      RuntimeWarning, stacklevel=2)
+        isa, kernels = "avx2", _fallback
 
 
 def available_builds():

@@ -117,3 +117,18 @@ def test_forced_isa_is_used(isa):
     got_isa, got_kernel_isa, total = r.stdout.split()
     assert got_isa == isa and got_kernel_isa == isa
     assert float(total) == 12.0
+
+
+def test_start_up_self_check_compares_builds():
+    """The import-time guard used for the avx512 build: it accepts every
+    build that runs here, and rejects a build that computes garbage."""
+    from fastattn import _dispatch
+    builds = [_dispatch.load_build(n) for n in _dispatch.available_builds()]
+    for b in builds:
+        assert _dispatch._self_check(b, builds[-1])
+
+    class Broken:
+        def flash(self, *args):
+            args[9][...] = 1.0      # writes a wrong output
+
+    assert not _dispatch._self_check(Broken(), builds[-1])
