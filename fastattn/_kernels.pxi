@@ -86,6 +86,9 @@ cdef extern from "fa_tiles.h" nogil:
 # from the thread count: the chunking fixes the summation order.
 cdef enum:
     FA_SPLIT = 1024
+    # keys per block on the rows path: 4 mask tiles; 256 read K and V at
+    # 17-19 GB/s on 2 threads where 64-key blocks reached 13-16 (NOTES.md)
+    ROWS_BC = 256
     ROWS_MAX = 16          # at most this many query rows per kv head -> rows path
 
 cdef double LOG2E = 1.4426950408889634
@@ -406,10 +409,10 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
     cdef Py_ssize_t hkv = bh % a.Hkv
     cdef Py_ssize_t bn = bh // a.Hkv
     cdef Py_ssize_t R = a.R, D = a.D, Dv = a.Dv, L = a.L
-    # thread buffer: Qr (R x D) | s (R x FA_BC) | Ob (R x Dv) | mb (R) | lb (R)
+    # thread buffer: Qr (R x D) | s (R x ROWS_BC) | Ob (R x Dv) | mb (R) | lb (R)
     cdef floating *Qr = buf
     cdef floating *s = Qr + R * D
-    cdef floating *Ob = s + R * FA_BC
+    cdef floating *Ob = s + R * ROWS_BC
     cdef floating *mb = Ob + R * Dv
     cdef floating *lb = mb + R
     # this chunk's partial (O, m, l) per row, stride Dv + 2
@@ -417,7 +420,7 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
     cdef const floating *qrow
     cdef const floating *kp
     cdef const floating *vp
-    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1
+    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt
     cdef int geo, mcls, any_vis
     cdef floating qscale = <floating>a.qscale
     cdef floating mx, al, sm
@@ -440,41 +443,51 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
     c1 = c0 + FA_SPLIT
     if c1 > a.S:
         c1 = a.S
-    for kb in range(c0 // FA_BC, (c1 + FA_BC - 1) // FA_BC):
-        k0 = kb * FA_BC
+    for kb in range(c0 // ROWS_BC, (c1 + ROWS_BC - 1) // ROWS_BC):
+        k0 = kb * ROWS_BC
         nk = c1 - k0
-        if nk > FA_BC:
-            nk = FA_BC
+        if nk > ROWS_BC:
+            nk = ROWS_BC
         k1 = k0 + nk - 1
-        # skip the block when no row of any head sees any of its keys
+        # skip the block when no row of any head sees any of its keys (the
+        # mask summary is per FA_BC-key tile: a block holds several)
         any_vis = 0
         for r in range(R):
             n = bn * a.Hq + hkv * a.G + r // L
-            if (_geo_class(a, r % L, r % L, k0, k1) != T_HIDDEN and
-                    _mask_class(a, n, (r % L) // FA_BR, kb) != T_HIDDEN):
-                any_vis = 1
+            for tt in range((nk + FA_BC - 1) // FA_BC):
+                t0 = k0 + tt * FA_BC
+                t1 = min(t0 + FA_BC - 1, k1)
+                if (_geo_class(a, r % L, r % L, t0, t1) != T_HIDDEN and
+                        _mask_class(a, n, (r % L) // FA_BR, t0 // FA_BC) != T_HIDDEN):
+                    any_vis = 1
+                    break
+            if any_vis:
                 break
         if not any_vis:
             continue
         if floating is float:
-            fa_dot_rows_f32(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, FA_BC)
+            fa_dot_rows_f32(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
         else:
-            fa_dot_rows_f64(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, FA_BC)
+            fa_dot_rows_f64(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
         for r in range(R):
             g = r // L
             i = r % L
             n = bn * a.Hq + hkv * a.G + g
-            geo = _geo_class(a, i, i, k0, k1)
-            mcls = _mask_class(a, n, i // FA_BR, kb)
-            if geo == T_HIDDEN or mcls == T_HIDDEN:
-                for j in range(nk):
-                    s[r * FA_BC + j] = -INFINITY
-            elif geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
-                _bias_row(a, &s[r * FA_BC], n, hkv * a.G + g, i, k0, nk, geo, mcls)
+            for tt in range((nk + FA_BC - 1) // FA_BC):
+                t0 = k0 + tt * FA_BC
+                t1 = min(t0 + FA_BC - 1, k1)
+                geo = _geo_class(a, i, i, t0, t1)
+                mcls = _mask_class(a, n, i // FA_BR, t0 // FA_BC)
+                if geo == T_HIDDEN or mcls == T_HIDDEN:
+                    for j in range(t0 - k0, t1 - k0 + 1):
+                        s[r * ROWS_BC + j] = -INFINITY
+                elif geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                    _bias_row(a, &s[r * ROWS_BC + t0 - k0], n, hkv * a.G + g, i,
+                              t0, t1 - t0 + 1, geo, mcls)
             if floating is float:
-                mx = fa_max_f32(&s[r * FA_BC], <int>nk)
+                mx = fa_max_f32(&s[r * ROWS_BC], <int>nk)
             else:
-                mx = fa_max_f64(&s[r * FA_BC], <int>nk)
+                mx = fa_max_f64(&s[r * ROWS_BC], <int>nk)
             if mb[r] > mx:
                 mx = mb[r]
             if mx == -INFINITY:
@@ -484,9 +497,9 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
             else:
                 al = fa_exp2_f64(mb[r] - mx)
             if floating is float:
-                sm = fa_exp2_sub_sum_f32(&s[r * FA_BC], <int>nk, mx)
+                sm = fa_exp2_sub_sum_f32(&s[r * ROWS_BC], <int>nk, mx)
             else:
-                sm = fa_exp2_sub_sum_f64(&s[r * FA_BC], <int>nk, mx)
+                sm = fa_exp2_sub_sum_f64(&s[r * ROWS_BC], <int>nk, mx)
             lb[r] = lb[r] * al + sm
             mb[r] = mx
             if lb[r] != lb[r]:
@@ -496,9 +509,9 @@ cdef void _flash_rows_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noex
                 for d in range(Dv):
                     Ob[r * Dv + d] = Ob[r * Dv + d] * al
         if floating is float:
-            fa_axpy_rows_f32(s, <int>R, FA_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
+            fa_axpy_rows_f32(s, <int>R, ROWS_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
         else:
-            fa_axpy_rows_f64(s, <int>R, FA_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
+            fa_axpy_rows_f64(s, <int>R, ROWS_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
 
     for r in range(R):
         for d in range(Dv):
@@ -560,7 +573,7 @@ cdef int _flash_run(FlashArgs *a, floating dummy, bint rows, int nthreads) excep
     cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
     if rows:
         ntasks = a.nb * a.Hkv * a.nchunk
-        nbuf = a.R * (a.D + FA_BC + a.Dv + 2)
+        nbuf = a.R * (a.D + ROWS_BC + a.Dv + 2)
     else:
         ntasks = a.nb * a.Hkv * nqb
         nbuf = FA_BC * FA_BR + FA_BR + a.G * (a.D * FA_BR + a.Dv * FA_BR + 2 * FA_BR)
