@@ -117,7 +117,12 @@ def _internal_overlap(a):
     return False
 
 
-def _check_out(out, shape, dtype, inputs):
+def _check_out(out, shape, dtype, inputs, contiguous_last=True,
+               overlap_hint="pass a separate array"):
+    """Validate an ``out=`` array: type, shape, dtype, writeable, whole-element
+    strides (and a contiguous last axis for the tile kernels unless
+    ``contiguous_last`` is False), no internal overlap, and no memory shared
+    with any of ``inputs`` (``(name, array or None)`` pairs)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -126,10 +131,13 @@ def _check_out(out, shape, dtype, inputs):
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
-    if out.size and ((out.shape[-1] > 1 and out.strides[-1] != out.itemsize)
-                     or any(s % out.itemsize for s in out.strides)):
-        raise ValueError(f"out must have a contiguous last axis (strides "
-                         f"{out.strides}, item size {out.itemsize})")
+    if contiguous_last:
+        if out.size and ((out.shape[-1] > 1 and out.strides[-1] != out.itemsize)
+                         or any(s % out.itemsize for s in out.strides)):
+            raise ValueError(f"out must have a contiguous last axis (strides "
+                             f"{out.strides}, item size {out.itemsize})")
+    elif any(s % out.itemsize for s in out.strides):
+        raise ValueError(f"out has strides {out.strides} that are not whole elements")
     if out.size and _internal_overlap(out):
         raise ValueError(f"out has overlapping strides {out.strides} for "
                          f"shape {out.shape}")
@@ -141,7 +149,7 @@ def _check_out(out, shape, dtype, inputs):
         except np.exceptions.TooHardError:
             shared = True
         if shared:
-            raise ValueError(f"out overlaps {name}; pass a separate array")
+            raise ValueError(f"out overlaps {name}; {overlap_hint}")
     return out
 
 
@@ -522,7 +530,8 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
         if not x.flags.writeable:
             raise ValueError("out (= x) is read-only")
     else:
-        _check_out_any(out, x)
+        _check_out(out, x.shape, x.dtype, [("x", x)], contiguous_last=False,
+                   overlap_hint="pass out=x for in place, or a separate array")
     if x.size == 0:
         return out
     if any(s % x.itemsize for s in x.strides):
@@ -537,30 +546,6 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
                orr.strides[-1] // out.itemsize, C,
                _n_threads(num_threads, 16 * x.size))
     return out
-
-
-def _check_out_any(out, x):
-    """out for an elementwise op on x: same shape/dtype, writeable, no
-    internal overlap and no overlap with x (any strides allowed)."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
-    if out.dtype != x.dtype:
-        raise TypeError(f"out has dtype {out.dtype}, expected {x.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if any(s % out.itemsize for s in out.strides):
-        raise ValueError(f"out has strides {out.strides} that are not whole elements")
-    if out.size and _internal_overlap(out):
-        raise ValueError(f"out has overlapping strides {out.strides}")
-    if out.size and x.size:
-        try:
-            shared = np.shares_memory(out, x, max_work=100_000)
-        except np.exceptions.TooHardError:
-            shared = True
-        if shared:
-            raise ValueError("out overlaps x; pass out=x for in place, or a separate array")
 
 
 def weighted_sum(p, v, *, out=None, num_threads=None):
@@ -640,8 +625,7 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
         bias = p.slopes[:, None, None] * dist if sc.ndim >= 3 else p.slopes[0] * dist
         sc -= bias.astype(p.dtype)
     if p.mask is not None:
-        m = p.mask.reshape(p.mask.shape[len(p.mask.shape) - sc.ndim:]) \
-            if p.mask.ndim > sc.ndim else p.mask
+        m = p.mask       # _check_mask gave it exactly sc.ndim dimensions
         if m.dtype == np.bool_:
             np.copyto(sc, -np.inf, where=~m)
         else:   # -inf hides the key outright, other values are added

@@ -80,18 +80,24 @@ class Module:
         object.__setattr__(self, name, module)
 
     # -- tree -------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        """Yield ``(name, module)`` for this module and every descendant."""
-        yield prefix, self
+    def _direct_children(self):
+        """Yield ``(name, module)`` for the direct children; list members are
+        named ``"cname.i"``, absent (None) children are skipped."""
         for cname in self._children:
             child = getattr(self, cname)
             if child is None:
                 continue
             if isinstance(child, (list, tuple)):
                 for i, m in enumerate(child):
-                    yield from m.named_modules(f"{prefix}{cname}.{i}.")
+                    yield f"{cname}.{i}", m
             else:
-                yield from child.named_modules(f"{prefix}{cname}.")
+                yield cname, child
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module and every descendant."""
+        yield prefix, self
+        for name, child in self._direct_children():
+            yield from child.named_modules(f"{prefix}{name}.")
 
     def named_parameters(self):
         """Yield ``(dotted_name, array)`` in registration order."""
@@ -201,15 +207,8 @@ class Module:
     def __repr__(self):
         lines = [f"{type(self).__name__}({self.extra_repr()}"]
         kids = []
-        for cname in self._children:
-            child = getattr(self, cname)
-            if child is None:
-                continue
-            if isinstance(child, (list, tuple)):
-                for i, m in enumerate(child):
-                    kids.append(f"  ({cname}.{i}): " + repr(m).replace("\n", "\n  "))
-            else:
-                kids.append(f"  ({cname}): " + repr(child).replace("\n", "\n  "))
+        for name, child in self._direct_children():
+            kids.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
         if not kids:
             return lines[0] + ")"
         return lines[0] + "\n" + "\n".join(kids) + "\n)"
