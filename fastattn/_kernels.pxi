@@ -59,12 +59,15 @@ cdef extern from "fa_util.h" nogil:
     void fa_pack_qt_f64(const double *q, Py_ssize_t qs, int nr, int D, double scale, double *Qt)
     void fa_store_ot_f32(const float *Ot, const float *l, int nr, int Dv, float *o, Py_ssize_t os)
     void fa_store_ot_f64(const double *Ot, const double *l, int nr, int Dv, double *o, Py_ssize_t os)
+    void fa_store_yt_f32(const float *Yt, int nr, int nn, const float *bias, int relu, float *o, Py_ssize_t os)
+    void fa_store_yt_f64(const double *Yt, int nr, int nn, const double *bias, int relu, double *o, Py_ssize_t os)
 
 cdef extern from "fa_tiles.h" nogil:
     int FA_BR
     int FA_BC
     void fa_qk_f32(const float *K, Py_ssize_t ks, int nk, int D, const float *Qt, float *St)
     void fa_pv_f32(const float *V, Py_ssize_t vs, int nk, int Dv, const float *Pt, float *Ot)
+    void fa_gemm_nt_f32(const float *W, Py_ssize_t ws, int nn, int kc, const float *Xt, float *Yt, int accumulate)
     void fa_softmax_f32(float *St, int nk, float *m, float *l, float *alpha)
     void fa_rescale_f32(float *Ot, int Dv, const float *alpha)
     float fa_exp2_f32(float x)
@@ -74,6 +77,7 @@ cdef extern from "fa_tiles.h" nogil:
     float fa_max_f32(const float *x, int n)
     void fa_qk_f64(const double *K, Py_ssize_t ks, int nk, int D, const double *Qt, double *St)
     void fa_pv_f64(const double *V, Py_ssize_t vs, int nk, int Dv, const double *Pt, double *Ot)
+    void fa_gemm_nt_f64(const double *W, Py_ssize_t ws, int nn, int kc, const double *Xt, double *Yt, int accumulate)
     void fa_softmax_f64(double *St, int nk, double *m, double *l, double *alpha)
     void fa_rescale_f64(double *Ot, int Dv, const double *alpha)
     double fa_exp2_f64(double x)
@@ -952,4 +956,104 @@ def weighted_sum(cnp.ndarray p, const int64_t[::1] poff, Py_ssize_t ps,
         _wsum_run[double](<const double *>_ptr(p), &poff[0], ps,
                           <const double *>_ptr(v), &voff[0], vs,
                           <double *>_ptr(out), &ooff[0], os, N, L, S, Dv, nthreads)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Linear layers: Y = X W^T (+ bias) (ReLU), on the attention tiles
+# ---------------------------------------------------------------------------
+# The same register tile as the score matmul: a task packs a block of FA_BR
+# rows of X transposed (LIN_KC features at a time) and runs fa_gemm_nt over
+# LIN_NB rows of W, read in place; the transposing store adds the bias (and
+# ReLU).  Running the projections on the same OpenMP team as the attention
+# keeps a second thread pool (BLAS) from spinning on the cores that the next
+# kernel needs (NOTES.md, "one thread pool").  Each Y element is summed in a
+# fixed order (K slices in order), whatever the thread count.
+
+cdef enum:
+    LIN_KC = 256        # features per packed X^T slice
+    LIN_NB = 384         # rows of W (output features) per task
+
+
+cdef void _lin_task(const floating *x, Py_ssize_t xs, const floating *w, Py_ssize_t ws,
+                    const floating *bias, int relu, floating *y, Py_ssize_t ys,
+                    int nr, int nn, Py_ssize_t K, floating *Xt, floating *Yt) noexcept nogil:
+    cdef Py_ssize_t k0 = 0, i
+    cdef int kc
+    if K == 0:
+        for i in range(nn * FA_BR):
+            Yt[i] = 0
+    while k0 < K:
+        kc = <int>(K - k0) if K - k0 < LIN_KC else LIN_KC
+        if floating is float:
+            fa_pack_qt_f32(x + k0, xs, nr, kc, 1.0, Xt)
+            fa_gemm_nt_f32(w + k0, ws, nn, kc, Xt, Yt, k0 > 0)
+        else:
+            fa_pack_qt_f64(x + k0, xs, nr, kc, 1.0, Xt)
+            fa_gemm_nt_f64(w + k0, ws, nn, kc, Xt, Yt, k0 > 0)
+        k0 += kc
+    if floating is float:
+        fa_store_yt_f32(Yt, nr, nn, bias, relu, y, ys)
+    else:
+        fa_store_yt_f64(Yt, nr, nn, bias, relu, y, ys)
+
+
+cdef int _lin_run(const floating *x, Py_ssize_t xs, const floating *w, Py_ssize_t ws,
+                  const floating *bias, int relu, floating *y, Py_ssize_t ys,
+                  Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, int nthreads) except -1:
+    cdef Py_ssize_t nmb = (M + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t nb = LIN_NB, nnb
+    cdef Py_ssize_t t, m0, n0
+    cdef int nr, nn
+    cdef floating *buf
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    # few row blocks (short inputs): narrower W blocks, so every thread has
+    # several tasks (widths stay multiples of the 6- and 8-key micro-tiles)
+    while nb > 48 and nmb * ((N + nb - 1) // nb) < 4 * nthreads:
+        nb = nb // 2
+    nnb = (N + nb - 1) // nb
+    if nthreads > nmb * nnb:
+        nthreads = <int>(nmb * nnb)
+    buf = NULL
+    with nogil, parallel(num_threads=nthreads):
+        buf = <floating *>fa_aligned_calloc((LIN_KC + LIN_NB) * FA_BR * sizeof(floating))
+        if buf == NULL:
+            pfailed[0] = 1
+        # W-block-major order: consecutive tasks of a thread reuse W's block
+        for t in prange(nmb * nnb, schedule='static'):
+            if buf != NULL:
+                n0 = (t // nmb) * nb
+                m0 = (t % nmb) * FA_BR
+                nr = <int>(M - m0) if M - m0 < FA_BR else FA_BR
+                nn = <int>(N - n0) if N - n0 < nb else <int>nb
+                _lin_task(x + m0 * xs, xs, w + n0 * ws, ws,
+                          (bias + n0) if bias != NULL else NULL, relu,
+                          y + m0 * ys + n0, ys, nr, nn, K,
+                          buf, buf + LIN_KC * FA_BR)
+        fa_aligned_free(buf)
+    if failed:
+        raise MemoryError("fastattn: could not allocate tile buffers")
+    return 0
+
+
+def linear(cnp.ndarray x, Py_ssize_t xs, cnp.ndarray w, Py_ssize_t ws, bias,
+           bint relu, cnp.ndarray out, Py_ssize_t ys, int nthreads):
+    """out[m, :] = relu?(x[m, :] @ w.T + bias) over pre-validated 2-D arrays:
+    x (M, K), w (N, K), out (M, N), bias (N,) contiguous or None, each with a
+    contiguous last axis and the given row strides (elements); same dtype."""
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0]
+    cdef cnp.ndarray b
+    cdef char *bp = NULL
+    if M == 0 or N == 0:
+        return out
+    if bias is not None:
+        b = bias
+        bp = _ptr(b)
+    if x.dtype == np.float32:
+        _lin_run[float](<const float *>_ptr(x), xs, <const float *>_ptr(w), ws,
+                        <const float *>bp, relu, <float *>_ptr(out), ys, M, N, K, nthreads)
+    else:
+        _lin_run[double](<const double *>_ptr(x), xs, <const double *>_ptr(w), ws,
+                         <const double *>bp, relu, <double *>_ptr(out), ys, M, N, K, nthreads)
     return out

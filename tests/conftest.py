@@ -7,6 +7,9 @@
   included, with the table's tolerance and a helpful message.
 * ``many_threads``: lowers the "work per thread" threshold so that even small
   problems really run on the requested number of OpenMP threads.
+* ``gemm_path``: runs a test twice, once with every projection of the layers
+  on fastattn's tiled GEMM (even a 1-row input) and once with every
+  projection on BLAS; the layer tests use it so both paths meet torch.
 """
 import os
 import sys
@@ -102,3 +105,13 @@ skip_no_openmp_test = pytest.mark.skipif(
     reason="FASTATTN_SKIP_OPENMP_TEST=1")
 
 __all__ = ["DTYPES", "TOL", "assert_close", "fastattn", "randn", "tol"]
+
+
+@pytest.fixture(params=["tiles", "blas"])
+def gemm_path(request, monkeypatch):
+    """Route every projection of fastattn.nn through one GEMM path."""
+    import fastattn.nn.layers as layers
+    monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS",
+                        1 if request.param == "tiles" else 1 << 62)
+    monkeypatch.setattr(layers, "_GEMM_FLOPS_PER_THREAD", 1)  # both threads, even tiny
+    return request.param

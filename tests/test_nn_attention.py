@@ -13,6 +13,9 @@ import fastattn.nn.attention as _attn_mod
 
 TOL = {np.float32: 1e-5, np.float64: 1e-11}
 
+# every test runs with the projections on the tiled GEMM and on BLAS
+pytestmark = pytest.mark.usefixtures("gemm_path")
+
 
 @pytest.fixture
 def rng():

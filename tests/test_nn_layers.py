@@ -8,6 +8,9 @@ from fastattn.weights import from_torch
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
+# every test runs with the projections on the tiled GEMM and on BLAS
+pytestmark = pytest.mark.usefixtures("gemm_path")
+
 
 @pytest.fixture
 def rng():

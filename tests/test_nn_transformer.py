@@ -12,7 +12,8 @@ from fastattn.weights import from_torch
 
 # torch warns that its nested-tensor fast path is off for batch_first=False
 # and that nested tensors are a prototype when its fast path uses them
-pytestmark = [pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning"),
+pytestmark = [pytest.mark.usefixtures("gemm_path"),
+              pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning"),
               pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")]
 
 TOL = {np.float32: 1e-5, np.float64: 1e-11}

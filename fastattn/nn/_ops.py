@@ -7,7 +7,6 @@ module is missing (a source checkout that was not built) the same
 operations run as NumPy expressions, which are also the references the
 tests compare against (``*_numpy``).
 """
-import os
 
 import numpy as np
 
@@ -40,26 +39,21 @@ def _threads(n_elems, cost=1):
 
 
 def attention_threads(flops):
-    """Threads for an attention call inside a layer.
+    """Threads for an attention call inside a layer: the full team once the
+    call has ``_ATTN_FLOPS_PER_THREAD`` flops per thread.
 
-    In a layer every OpenMP kernel sits between two OpenBLAS GEMMs.  After a
-    parallel region libgomp's idle workers spin-wait (``GOMP_SPINCOUNT``,
-    milliseconds) and the GEMM that follows shares the cores with them: on
-    the 2-core benchmark machine an encoder layer at (B=8, L=128, E=384) took
-    64 ms with every kernel on 2 threads and 37 ms with the row kernels and
-    the attention on one (the same as 2 threads with
-    ``OMP_WAIT_POLICY=passive``).  So the attention uses the full team only
-    when it is large enough (``_ATTN_FLOPS_PER_THREAD`` flops per thread) to
-    amortise that; with ``OMP_WAIT_POLICY=passive`` set, always.
+    The projections around it run on the same OpenMP team (the tiled GEMM of
+    :func:`fastattn.nn.layers.gemm`), so the team is hot when the attention
+    starts and no other thread pool spins on its cores.  (With BLAS
+    projections, libgomp's spinning workers slowed the next GEMM: an encoder
+    layer at B=8, L=128, E=384 took 64 ms with every kernel on 2 threads and
+    37 ms with the attention on one; NOTES.md.)
     """
     n = get_num_threads()
-    if _PASSIVE:
-        return n
     return int(max(1, min(n, flops // _ATTN_FLOPS_PER_THREAD)))
 
 
-_ATTN_FLOPS_PER_THREAD = 1_000_000_000
-_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+_ATTN_FLOPS_PER_THREAD = 4_000_000
 
 
 # ---------------------------------------------------------------------------

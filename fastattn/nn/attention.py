@@ -261,17 +261,13 @@ class MultiHeadAttention(Module):
         lead = k_in.shape[:2]
         _, Wk, Wv, _, bk, bv = self._weights()
         if _same(k_in, v_in) and not self.separate:
-            kvp = gemm(rows(k_in, self.kdim), self.in_proj_weight[self.num_heads * D:])
-            if self.in_proj_bias is not None:
-                kvp += self.in_proj_bias[self.num_heads * D:]
+            b = self.in_proj_bias
+            kvp = gemm(rows(k_in, self.kdim), self.in_proj_weight[self.num_heads * D:],
+                       None if b is None else b[self.num_heads * D:])
             v5 = kvp.reshape(lead + (2 * Hkv, D))
             return v5[:, :, :Hkv].transpose(tr), v5[:, :, Hkv:].transpose(tr)
-        kp = gemm(rows(k_in, self.kdim), Wk)
-        if bk is not None:
-            kp += bk
-        vp = gemm(rows(v_in, self.vdim), Wv)
-        if bv is not None:
-            vp += bv
+        kp = gemm(rows(k_in, self.kdim), Wk, bk)
+        vp = gemm(rows(v_in, self.vdim), Wv, bv)
         return (kp.reshape(lead + (Hkv, D)).transpose(tr),
                 vp.reshape(lead + (Hkv, D)).transpose(tr))
 
@@ -323,9 +319,7 @@ class MultiHeadAttention(Module):
                                         need_weights, attn_mask,
                                         average_attn_weights, is_causal, cache,
                                         positions)
-        y = gemm(a, self.out_proj.weight)
-        if self.out_proj.bias is not None:
-            y += self.out_proj.bias
+        y = gemm(a, self.out_proj.weight, self.out_proj.bias)
         return y.reshape(shape), weights
 
     def attend(self, query, key=None, value=None, key_padding_mask=None,
@@ -388,24 +382,18 @@ class MultiHeadAttention(Module):
         lead_q = q_in.shape[:2]
         Wq, Wk, Wv, bq, bk, bv = self._weights()
         if kv is not None:
-            qp = gemm(rows(q_in, E), Wq)
-            if bq is not None:
-                qp += bq
+            qp = gemm(rows(q_in, E), Wq, bq)
             q4 = heads(qp, H, lead_q)
             k4, v4 = kv
         elif self_attn and not self.separate:
-            qkv = gemm(rows(q_in, E), self.in_proj_weight)
-            if self.in_proj_bias is not None:
-                qkv += self.in_proj_bias
+            qkv = gemm(rows(q_in, E), self.in_proj_weight, self.in_proj_bias)
             v5 = qkv.reshape(lead_q + (H + 2 * Hkv, D))
             tr = (0, 2, 1, 3) if bf else (1, 2, 0, 3)
             q4 = v5[:, :, :H].transpose(tr)
             k4 = v5[:, :, H:H + Hkv].transpose(tr)
             v4 = v5[:, :, H + Hkv:].transpose(tr)
         else:
-            qp = gemm(rows(q_in, E), Wq)
-            if bq is not None:
-                qp += bq
+            qp = gemm(rows(q_in, E), Wq, bq)
             q4 = heads(qp, H, lead_q)
             k4, v4 = self._kv_proj(k_in, v_in, bf)
 

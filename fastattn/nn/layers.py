@@ -1,9 +1,10 @@
 """Linear, LayerNorm, RMSNorm and FeedForward.
 
-Projections are single NumPy ``@`` calls (BLAS) on ``(tokens, features)``
-matrices; everything after them (bias, activation, residual, norm) is one
-fused Cython pass over the rows (:mod:`fastattn.nn._ops`).  BLAS and the
-OpenMP row kernels run one after the other, never nested.
+Projections are single GEMMs on ``(tokens, features)`` matrices
+(:func:`gemm`: fastattn's tiled OpenMP GEMM with the bias and ReLU fused in,
+or BLAS for a few rows); everything after them (activation, residual, norm)
+is one fused Cython pass over the rows (:mod:`fastattn.nn._ops`).  All of a
+layer's kernels thus run on one OpenMP team, one after the other.
 """
 import numbers
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from . import _ops
 from .module import Module, check_input, _kaiming_uniform
+from .._dispatch import kernels as _kern
+from ..threads import get_num_threads
 
 __all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows",
            "ACTIVATIONS"]
@@ -49,9 +52,58 @@ def _norm_shape(normalized_shape):
     return shape
 
 
-def gemm(x2, w, out=None):
-    """``x2 @ w.T`` for a (N, in) matrix and a torch-layout (out, in) weight."""
-    return np.matmul(x2, w.T, out=out)
+def gemm(x2, w, bias=None, relu=False, out=None):
+    """``relu?(x2 @ w.T + bias)`` for a (N, in) matrix and a torch-layout
+    (out, in) weight; ``out`` (N, out) is allocated when not given.
+
+    From :data:`TILE_GEMM_MIN_ROWS` rows on, this is fastattn's own tiled
+    GEMM (the attention kernel's register tile, OpenMP, bias and ReLU fused
+    into the store): a layer then runs every kernel on one thread pool, and
+    the attention that follows a projection no longer shares the cores with
+    BLAS workers still spinning from it (measured in NOTES.md).  Fewer rows
+    (decoding) go to BLAS, whose matrix-vector path wastes no lanes.
+    """
+    N, K = x2.shape
+    M = w.shape[0]
+    if out is None:
+        out = np.empty((N, M), dtype=x2.dtype)
+    if (N >= TILE_GEMM_MIN_ROWS and _kern is not None and _tile_ok(x2, w, bias, out)):
+        it = x2.itemsize
+        nt = _gemm_threads(2 * N * M * K)
+        _kern.linear(x2, x2.strides[0] // it, w, w.strides[0] // it, bias, bool(relu),
+                     out, out.strides[0] // it, nt)
+        return out
+    y = np.matmul(x2, w.T, out=out)
+    if bias is not None:
+        y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+#: below this many rows a projection goes to BLAS (see :func:`gemm`)
+TILE_GEMM_MIN_ROWS = 64
+_GEMM_FLOPS_PER_THREAD = 4_000_000
+
+
+def _gemm_threads(flops):
+    n = get_num_threads()
+    return int(max(1, min(n, flops // _GEMM_FLOPS_PER_THREAD)))
+
+
+def _tile_ok(x2, w, bias, out):
+    """The tiled GEMM's preconditions: one float dtype, 2-D operands with a
+    contiguous last axis and forward row strides, a contiguous bias."""
+    dt = x2.dtype
+    if dt not in (np.float32, np.float64) or w.dtype != dt or out.dtype != dt:
+        return False
+    for a in (x2, w, out):
+        if a.ndim != 2 or (a.shape[1] > 1 and a.strides[1] != a.itemsize) \
+                or a.strides[0] < a.shape[1] * a.itemsize or a.strides[0] % a.itemsize:
+            return False
+    if not out.flags.writeable or np.shares_memory(out, x2) or np.shares_memory(out, w):
+        return False
+    return bias is None or (bias.dtype == dt and bias.ndim == 1 and bias.flags.c_contiguous)
 
 
 class Linear(Module):
@@ -86,9 +138,7 @@ class Linear(Module):
         x = check_input(x, "input", self.dtype, self.in_features,
                         ndims=tuple(range(1, 33)))
         x2 = rows(x, self.in_features)
-        y = gemm(x2, self.weight)
-        if self.bias is not None:
-            y += self.bias
+        y = gemm(x2, self.weight, self.bias)
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def extra_repr(self):
@@ -207,6 +257,9 @@ def feed_forward_rows(x2, linear1, linear2, activation, add_bias2=True):
     """The position-wise feed-forward on (N, d) rows: two GEMMs and a fused
     bias + activation between them.  Returns ``(N, d)``; ``linear2``'s bias is
     left out when ``add_bias2`` is False (the caller fuses it)."""
+    if activation == "relu":        # bias and ReLU fused into the GEMM's store
+        h = gemm(x2, linear1.weight, linear1.bias, relu=True)
+        return gemm(h, linear2.weight, linear2.bias if add_bias2 else None)
     h = gemm(x2, linear1.weight)
     if activation == "swiglu":
         h = _ops.swiglu(h, linear1.bias, out=h[:, :h.shape[1] // 2])
@@ -216,10 +269,7 @@ def feed_forward_rows(x2, linear1, linear2, activation, add_bias2=True):
         if linear1.bias is not None:
             h += linear1.bias
         h = np.ascontiguousarray(activation(h), dtype=h.dtype)
-    y = gemm(h, linear2.weight)
-    if add_bias2 and linear2.bias is not None:
-        y += linear2.bias
-    return y
+    return gemm(h, linear2.weight, linear2.bias if add_bias2 else None)
 
 
 class FeedForward(Module):

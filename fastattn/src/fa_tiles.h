@@ -20,6 +20,8 @@
  *
  * Functions (T = float / double, suffix _f32 / _f64):
  *   fa_qk   St[j][i]  = sum_{d<D} K[j*ks+d] * Qt[d][i]          j < nk <= FA_BC
+ *   fa_gemm_nt  Yt[n][i] (+)= sum_{k<kc} W[n*ws+k] * Xt[k][i]   n < nn
+ *              (fa_qk's tile as a linear-layer GEMM step; += if accumulate)
  *   fa_pv   Ot[d][i] += sum_{j<nk} V[j*vs+d] * Pt[j][i]          d < Dv
  *   fa_softmax  online-softmax step, lane-wise:
  *              mnew  = max(m, max_j St[j])        (s > mx ? s : mx, in j order)
@@ -117,14 +119,15 @@ FA__PUB FA__T FA__N(fa_exp2)(FA__T x)
 /* ---- QK^T: St = K Qt, microtile FA__QK_NK keys x FA__QK_NQ vectors ------ */
 FA__AI void FA__N(fa__qk_micro)(const FA__T *K, ptrdiff_t ks, ptrdiff_t D,
                                 const FA__T *Qt, FA__T *St,
-                                const int NK, const int NQ)
+                                const int NK, const int NQ, const int ACC)
 {
     FA__V acc[8][4];
     const FA__T *kr[8];
     int a, b;
     FA__UNROLL for (a = 0; a < NK; a++) {
         kr[a] = K + a * ks;
-        FA__UNROLL for (b = 0; b < NQ; b++) acc[a][b] = fa__zero();
+        FA__UNROLL for (b = 0; b < NQ; b++)
+            acc[a][b] = ACC ? fa__ld(St + a * FA_BR + b * FA__VW) : fa__zero();
     }
     for (ptrdiff_t d = 0; d < D; d++) {
         const FA__T *q = Qt + d * FA_BR;
@@ -141,27 +144,45 @@ FA__AI void FA__N(fa__qk_micro)(const FA__T *K, ptrdiff_t ks, ptrdiff_t D,
 
 /* all lane groups for NK keys starting at K / St */
 FA__AI void FA__N(fa__qk_keys)(const FA__T *K, ptrdiff_t ks, ptrdiff_t D,
-                               const FA__T *Qt, FA__T *St, const int NK)
+                               const FA__T *Qt, FA__T *St, const int NK, const int ACC)
 {
     for (int g = 0; g < FA_BR; g += FA__QK_NQ * FA__VW)
-        FA__N(fa__qk_micro)(K, ks, D, Qt + g, St + g, NK, FA__QK_NQ);
+        FA__N(fa__qk_micro)(K, ks, D, Qt + g, St + g, NK, FA__QK_NQ, ACC);
 }
 
-FA__PUB void FA__N(fa_qk)(const FA__T *K, ptrdiff_t ks, int nk, int D,
-                          const FA__T *Qt, FA__T *St)
+/* St = K Qt (ACC = 0) or St += K Qt (ACC = 1), all nk rows of K */
+FA__AI void FA__N(fa__qk_all)(const FA__T *K, ptrdiff_t ks, int nk, int D,
+                              const FA__T *Qt, FA__T *St, const int ACC)
 {
     int j = 0;
     for (; j + FA__QK_NK <= nk; j += FA__QK_NK)
-        FA__N(fa__qk_keys)(K + j * ks, ks, D, Qt, St + (ptrdiff_t)j * FA_BR, FA__QK_NK);
+        FA__N(fa__qk_keys)(K + j * ks, ks, D, Qt, St + (ptrdiff_t)j * FA_BR, FA__QK_NK, ACC);
     const FA__T *Kr = K + j * ks;
     FA__T *Sr = St + (ptrdiff_t)j * FA_BR;
     switch (nk - j) {   /* remainder: 0 .. FA__QK_NK-1 keys */
-#define FA__QK_CASE(c) case c: if (c < FA__QK_NK) FA__N(fa__qk_keys)(Kr, ks, D, Qt, Sr, c); break;
+#define FA__QK_CASE(c) case c: if (c < FA__QK_NK) FA__N(fa__qk_keys)(Kr, ks, D, Qt, Sr, c, ACC); break;
     FA__QK_CASE(1) FA__QK_CASE(2) FA__QK_CASE(3) FA__QK_CASE(4)
     FA__QK_CASE(5) FA__QK_CASE(6) FA__QK_CASE(7)
 #undef FA__QK_CASE
     default: break;
     }
+}
+
+FA__PUB void FA__N(fa_qk)(const FA__T *K, ptrdiff_t ks, int nk, int D,
+                          const FA__T *Qt, FA__T *St)
+{
+    FA__N(fa__qk_all)(K, ks, nk, D, Qt, St, 0);
+}
+
+/* The same tile as a GEMM step for linear layers (Y = X W^T): rows of W play
+ * the keys, a packed block of X^T (Qt) the query lanes, and a K dimension
+ * longer than one cache block is summed in slices (accumulate != 0 adds the
+ * slice to St instead of overwriting it). */
+FA__PUB void FA__N(fa_gemm_nt)(const FA__T *W, ptrdiff_t ws, int nn, int kc,
+                               const FA__T *Xt, FA__T *Yt, int accumulate)
+{
+    if (accumulate) FA__N(fa__qk_all)(W, ws, nn, kc, Xt, Yt, 1);
+    else FA__N(fa__qk_all)(W, ws, nn, kc, Xt, Yt, 0);
 }
 
 /* ---- PV: Ot += V^T Pt, microtile FA__PV_ND rows x FA__PV_NQ vectors ---- */

@@ -156,4 +156,59 @@ static inline int fa__store8_f64(const double *Ot, const double *inv, int Dv, do
 { (void)Ot; (void)inv; (void)Dv; (void)o; (void)os; return 0; }
 FA_DEF_TILE_IO(double, f64, 0)
 
+/* ---- the store of a linear layer's tile: Yt (nn x 64 lanes, W rows by X
+ * rows) back to row-major Y, with the bias and an optional ReLU fused in:
+ * o[i*os + n] = relu?(Yt[n*64 + i] + bias[n]) for i < nr, n < nn.  ReLU keeps
+ * NaN (like numpy.maximum(v, 0)); bias may be NULL. */
+#if FA__HAVE_TR8
+static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, int nn,
+                                  float *o, ptrdiff_t os)
+{
+    const __m256 z = _mm256_setzero_ps();
+    __m256 r[8];
+    int n0 = 0;
+    for (; n0 + 8 <= nn; n0 += 8) {
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Yt + (size_t)(n0 + k) * 64);
+        fa__tr8x8_ps(r);
+        __m256 bv = bias ? _mm256_loadu_ps(bias + n0) : z;
+        for (int k = 0; k < 8; k++) {
+            __m256 v = _mm256_add_ps(r[k], bv);
+            if (relu) v = _mm256_max_ps(z, v);     /* NaN in v -> v */
+            _mm256_storeu_ps(o + k * os + n0, v);
+        }
+    }
+    return n0;
+}
+#define FA__STOREY8_F32 1
+#else
+#define FA__STOREY8_F32 0
+static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, int nn,
+                                  float *o, ptrdiff_t os)
+{ (void)Yt; (void)bias; (void)relu; (void)nn; (void)o; (void)os; return 0; }
+#endif
+static inline int fa__storey8_f64(const double *Yt, const double *bias, int relu, int nn,
+                                  double *o, ptrdiff_t os)
+{ (void)Yt; (void)bias; (void)relu; (void)nn; (void)o; (void)os; return 0; }
+
+#define FA_DEF_STORE_Y(T, SUF, FAST)                                           \
+static inline void fa_store_yt_##SUF(const T *Yt, int nr, int nn, const T *bias, \
+                                     int relu, T *o, ptrdiff_t os)             \
+{                                                                              \
+    for (int i0 = 0; i0 < nr; i0 += 8) {                                       \
+        int n = nr - i0 < 8 ? nr - i0 : 8, c = 0;                              \
+        T *r0 = o + (ptrdiff_t)i0 * os;                                        \
+        if (FAST && n == 8) c = fa__storey8_##SUF(Yt + i0, bias, relu, nn, r0, os); \
+        for (; c < nn; c++) {                                                  \
+            const T *src = Yt + (size_t)c * 64 + i0;                           \
+            T b = bias ? bias[c] : (T)0;                                       \
+            for (int ii = 0; ii < n; ii++) {                                   \
+                T v = src[ii] + b;                                             \
+                r0[ii * os + c] = (relu && v < 0) ? (T)0 : v;                  \
+            }                                                                  \
+        }                                                                      \
+    }                                                                          \
+}
+FA_DEF_STORE_Y(float, f32, FA__STOREY8_F32)
+FA_DEF_STORE_Y(double, f64, 0)
+
 #endif

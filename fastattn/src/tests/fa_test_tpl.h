@@ -96,6 +96,46 @@ static int F(test_qk)(void)
     return nfail_local;
 }
 
+/* fa_gemm_nt: accumulate = 0 is fa_qk; accumulate = 1 adds to what is there */
+static int F(test_gemm_nt)(void)
+{
+    int nfail_local = 0;
+    const int maxD = 256, ws_extra = 3;
+    T *W = xalloc(sizeof(T) * FA_BC * (maxD + ws_extra));
+    T *Xt = xalloc(sizeof(T) * maxD * FA_BR);
+    T *Y = xalloc(sizeof(T) * (FA_BC + 1) * FA_BR);
+    T *Y0 = xalloc(sizeof(T) * (FA_BC + 1) * FA_BR);
+    T *Sq = xalloc(sizeof(T) * (FA_BC + 1) * FA_BR);
+    for (int di = 0; di < NDIMS; di++)
+        for (int ni = 0; ni < NNKS; ni++) {
+            int D = F(dims)[di], nn = F(nks)[ni];
+            ptrdiff_t ws = D + (ni % 2 ? ws_extra : 0);
+            for (ptrdiff_t i = 0; i < FA_BC * ws; i++) W[i] = F(rnd)();
+            for (ptrdiff_t i = 0; i < (ptrdiff_t)D * FA_BR; i++) Xt[i] = F(rnd)();
+            for (int i = 0; i < (FA_BC + 1) * FA_BR; i++) Y[i] = Y0[i] = Sq[i] = i < nn * FA_BR ? F(rnd)() : (T)777;
+            F(fa_qk)(W, ws, nn, D, Xt, Sq);
+            F(fa_gemm_nt)(W, ws, nn, D, Xt, Y, 1);
+            for (int j = 0; j < nn; j++)
+                for (int i = 0; i < FA_BR; i++) {
+                    RT acc = Y0[j * FA_BR + i], aa = fabsl((long double)acc);
+                    for (int d = 0; d < D; d++) {
+                        RT t = (RT)W[j * ws + d] * (RT)Xt[d * FA_BR + i];
+                        acc += t; aa += fabsl((long double)t);
+                    }
+                    CHECK(F(close)(Y[j * FA_BR + i], acc, (D + 5) * TEPS * aa + TMIN),
+                          "gemm_nt acc D=%d nn=%d j=%d i=%d got %.9g ref %.9Lg", D, nn, j, i,
+                          (double)Y[j * FA_BR + i], (long double)acc);
+                }
+            for (int i = nn * FA_BR; i < (FA_BC + 1) * FA_BR; i++)
+                CHECK(Y[i] == (T)777, "gemm_nt wrote past nn (D=%d nn=%d)", D, nn);
+            F(fa_gemm_nt)(W, ws, nn, D, Xt, Y, 0);
+            CHECK(memcmp(Y, Sq, sizeof(T) * (FA_BC + 1) * FA_BR) == 0,
+                  "gemm_nt(accumulate=0) differs from fa_qk (D=%d nn=%d)", D, nn);
+        }
+    free(W); free(Xt); free(Y); free(Y0); free(Sq);
+    return nfail_local;
+}
+
 static int F(test_pv)(void)
 {
     int nfail_local = 0;
@@ -369,7 +409,7 @@ static int F(run_tests)(const char *tname)
 {
     int tot = 0, n;
 #define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0;
-    RUN(test_qk) RUN(test_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
+    RUN(test_qk) RUN(test_gemm_nt) RUN(test_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
     RUN(test_exp2_special)
 #undef RUN
     return tot;
