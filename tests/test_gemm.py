@@ -171,3 +171,25 @@ def test_kernel_direct_call_with_row_strides(rng):
     _kern.linear(x, 50, w, 50, b, True, out, 25, 2)
     _check(out[:, :20], x, w, b, True)
     assert not out[:, 20:].any()
+
+
+def test_mismatched_operands_raise_before_any_kernel_runs(rng, tiles):
+    x = rng.standard_normal((70, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"weight must have shape \(out_features, 16\).*\(5, 15\)"):
+        layers.gemm(x, np.ones((5, 15), np.float32))
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\), got \(4,\)"):
+        layers.gemm(x, np.ones((5, 16), np.float32), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"out must have shape \(70, 5\), got \(70, 6\)"):
+        layers.gemm(x, np.ones((5, 16), np.float32), out=np.empty((70, 6), np.float32))
+
+
+def test_linear_module_with_a_replaced_weight_of_the_wrong_shape(rng, tiles):
+    lin = fastattn.nn.Linear(16, 5)
+    x = rng.standard_normal((80, 16)).astype(np.float32)
+    _check(lin(x), x, lin.weight, lin.bias, False)
+    try:
+        lin.weight = np.ones((5, 8), np.float32)
+    except (ValueError, TypeError):
+        return                               # rejected on assignment: fine too
+    with pytest.raises(ValueError, match="weight"):
+        lin(x)

@@ -64,9 +64,16 @@ def gemm(x2, w, bias=None, relu=False, out=None):
     (decoding) go to BLAS, whose matrix-vector path wastes no lanes.
     """
     N, K = x2.shape
+    if w.ndim != 2 or w.shape[1] != K:
+        raise ValueError(f"weight must have shape (out_features, {K}) for input rows of "
+                         f"{K} features, got {w.shape}")
     M = w.shape[0]
+    if bias is not None and bias.shape != (M,):
+        raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
     if out is None:
         out = np.empty((N, M), dtype=x2.dtype)
+    elif out.shape != (N, M):
+        raise ValueError(f"out must have shape {(N, M)}, got {out.shape}")
     if (N >= TILE_GEMM_MIN_ROWS and _kern is not None and _tile_ok(x2, w, bias, out)):
         it = x2.itemsize
         nt = _gemm_threads(2 * N * M * K)
