@@ -344,16 +344,19 @@ def plot(results, path):
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, fa_t, np_t = [], [], []
+    labels, fa_t, np_t, ceil = [], [], [], []
     for r in results:
         med = {k: (statistics.median(v) if v else None) for k, v in r["times"].items()}
         labels.append(f"{r['depth']}L d{r['d_model']}\n{r['B']}×{r['L']}")
         fa_t.append(med["torch"] / med["fastattn"] if med.get("torch") else 0)
         np_t.append(med["torch"] / med["numpy"] if med.get("torch") and med.get("numpy") else 0)
+        ceil.append(med["torch"] / med[GEMM_FLOOR] if med.get("torch") else np.nan)
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     ax.bar(x - 0.2, fa_t, 0.4, label="fastattn")
     ax.bar(x + 0.2, np_t, 0.4, label="NumPy")
+    ax.scatter(x - 0.2, ceil, marker="_", s=300, color="k", zorder=3,
+               label="ceiling: BLAS GEMMs alone")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(1.2, color="r", lw=0.8, ls="--", label="target 1.2×")
     ax.set_xticks(x, labels, fontsize=7)
