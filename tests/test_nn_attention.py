@@ -193,7 +193,6 @@ def _ref_mha(m, q, k=None, v=None, mask=None, is_causal=False, positions=None,
     Wq, Wk, Wv, bq, bk, bv = (None if a is None else a.astype(np.float64) for a in m._weights())
     H, Hkv, D = m.num_heads, m.num_kv_heads, m.head_dim
     B, L, _ = q.shape
-    S = k.shape[1]
 
     def proj(x, W, b, n):
         y = x.astype(np.float64) @ W.T + (0 if b is None else b)
@@ -359,3 +358,16 @@ def test_pickle_roundtrip(rng):
     x = rng.standard_normal((1, 4, 16)).astype(np.float32)
     m2 = pickle.loads(pickle.dumps(m))
     np.testing.assert_array_equal(m(x)[0], m2(x)[0])
+
+
+def test_attention_thread_policy_next_to_blas_projections(monkeypatch):
+    """Decode-sized calls (projections on BLAS) keep the attention on one
+    thread unless it is huge; calls whose projections ran on the tiled GEMM
+    leave the choice to the kernel."""
+    import fastattn
+    import fastattn.nn.layers as layers
+    T = layers.TILE_GEMM_MIN_ROWS          # set per gemm_path run
+    with fastattn.threads(2):
+        assert _attn_mod._attention_threads(T - 1, 4 * 12 * 1000 * 64) == 1
+        assert _attn_mod._attention_threads(T - 1, 10 ** 12) == 2
+        assert _attn_mod._attention_threads(T, 10) is None

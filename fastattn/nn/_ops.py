@@ -17,7 +17,7 @@ try:  # pragma: no branch
 except ImportError:  # pragma: no cover - unbuilt checkout
     _k = None
 
-__all__ = ["add_norm", "bias_act", "swiglu", "attention_threads", "ACTIVATIONS",
+__all__ = ["add_norm", "bias_act", "swiglu", "ACTIVATIONS",
            "HAVE_KERNELS"]
 
 HAVE_KERNELS = _k is not None
@@ -36,24 +36,6 @@ _ELEMS_PER_THREAD = 1 << 16
 def _threads(n_elems, cost=1):
     n = get_num_threads()
     return int(max(1, min(n, (n_elems * cost) // _ELEMS_PER_THREAD)))
-
-
-def attention_threads(flops):
-    """Threads for an attention call inside a layer: the full team once the
-    call has ``_ATTN_FLOPS_PER_THREAD`` flops per thread.
-
-    The projections around it run on the same OpenMP team (the tiled GEMM of
-    :func:`fastattn.nn.layers.gemm`), so the team is hot when the attention
-    starts and no other thread pool spins on its cores.  (With BLAS
-    projections, libgomp's spinning workers slowed the next GEMM: an encoder
-    layer at B=8, L=128, E=384 took 64 ms with every kernel on 2 threads and
-    37 ms with the attention on one; NOTES.md.)
-    """
-    n = get_num_threads()
-    return int(max(1, min(n, flops // _ATTN_FLOPS_PER_THREAD)))
-
-
-_ATTN_FLOPS_PER_THREAD = 4_000_000
 
 
 # ---------------------------------------------------------------------------
