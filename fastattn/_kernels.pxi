@@ -70,6 +70,7 @@ cdef extern from "fa_tiles.h" nogil:
     void fa_gemm_nt_f32(const float *W, Py_ssize_t ws, int nn, int kc, const float *Xt, float *Yt, int accumulate)
     void fa_softmax_f32(float *St, int nk, float *m, float *l, float *alpha)
     void fa_rescale_f32(float *Ot, int Dv, const float *alpha)
+    void fa_rescale_pv_f32(const float *V, Py_ssize_t vs, int nk, int Dv, const float *Pt, float *Ot, const float *alpha)
     float fa_exp2_f32(float x)
     void fa_dot_rows_f32(const float *Q, int R, const float *K, Py_ssize_t ks, int nk, int D, float *s, int lds)
     void fa_axpy_rows_f32(const float *P, int R, int ldp, const float *V, Py_ssize_t vs, int nk, int Dv, float *O)
@@ -80,6 +81,7 @@ cdef extern from "fa_tiles.h" nogil:
     void fa_gemm_nt_f64(const double *W, Py_ssize_t ws, int nn, int kc, const double *Xt, double *Yt, int accumulate)
     void fa_softmax_f64(double *St, int nk, double *m, double *l, double *alpha)
     void fa_rescale_f64(double *Ot, int Dv, const double *alpha)
+    void fa_rescale_pv_f64(const double *V, Py_ssize_t vs, int nk, int Dv, const double *Pt, double *Ot, const double *alpha)
     double fa_exp2_f64(double x)
     void fa_dot_rows_f64(const double *Q, int R, const double *K, Py_ssize_t ks, int nk, int D, double *s, int lds)
     void fa_axpy_rows_f64(const double *P, int R, int ldp, const double *V, Py_ssize_t vs, int nk, int Dv, double *O)
@@ -384,12 +386,10 @@ cdef void _flash_lanes_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noe
                 _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
             if floating is float:
                 fa_softmax_f32(St, <int>nk, m, l, alpha)
-                fa_rescale_f32(Ot, <int>Dv, alpha)
-                fa_pv_f32(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot)
+                fa_rescale_pv_f32(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot, alpha)
             else:
                 fa_softmax_f64(St, <int>nk, m, l, alpha)
-                fa_rescale_f64(Ot, <int>Dv, alpha)
-                fa_pv_f64(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot)
+                fa_rescale_pv_f64(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot, alpha)
 
     for g in range(G):
         n = bn * a.Hq + hkv * G + g

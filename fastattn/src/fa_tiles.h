@@ -31,6 +31,7 @@
  *              l     = l*alpha + sum_j St[j]      (j summed in increasing order)
  *              m     = mnew
  *   fa_rescale  Ot[d][i] *= alpha[i]
+ *   fa_rescale_pv  fa_rescale then fa_pv, fused (bit-identical to the pair)
  *   fa_exp2     exp2(x); x < -126 (-1022 for f64) gives exactly 0, NaN stays
  *               NaN, x >= 128 (1024) gives +inf.  ~1 ulp.
  *   row layout (decode):
@@ -185,15 +186,20 @@ FA__PUB void FA__N(fa_gemm_nt)(const FA__T *W, ptrdiff_t ws, int nn, int kc,
     else FA__N(fa__qk_all)(W, ws, nn, kc, Xt, Yt, 0);
 }
 
-/* ---- PV: Ot += V^T Pt, microtile FA__PV_ND rows x FA__PV_NQ vectors ---- */
+/* ---- PV: Ot += V^T Pt, microtile FA__PV_ND rows x FA__PV_NQ vectors ----
+ * SC = 1 first multiplies Ot by alpha (per lane) as it is loaded into the
+ * accumulators: fa_rescale fused in, the same operations in the same order. */
 FA__AI void FA__N(fa__pv_micro)(const FA__T *V, ptrdiff_t vs, int nk,
-                                const FA__T *Pt, FA__T *Ot,
-                                const int ND, const int NQ)
+                                const FA__T *Pt, FA__T *Ot, const FA__T *alpha,
+                                const int ND, const int NQ, const int SC)
 {
     FA__V acc[8][4];
     int a, b;
     FA__UNROLL for (a = 0; a < ND; a++)
-        FA__UNROLL for (b = 0; b < NQ; b++) acc[a][b] = fa__ld(Ot + a * FA_BR + b * FA__VW);
+        FA__UNROLL for (b = 0; b < NQ; b++) {
+            acc[a][b] = fa__ld(Ot + a * FA_BR + b * FA__VW);
+            if (SC) acc[a][b] = fa__mul(acc[a][b], fa__ld(alpha + b * FA__VW));
+        }
     for (ptrdiff_t j = 0; j < nk; j++) {
         const FA__T *p = Pt + j * FA_BR;
         const FA__T *v = V + j * vs;
@@ -209,27 +215,44 @@ FA__AI void FA__N(fa__pv_micro)(const FA__T *V, ptrdiff_t vs, int nk,
 }
 
 FA__AI void FA__N(fa__pv_rows)(const FA__T *V, ptrdiff_t vs, int nk,
-                               const FA__T *Pt, FA__T *Ot, const int ND)
+                               const FA__T *Pt, FA__T *Ot, const FA__T *alpha,
+                               const int ND, const int SC)
 {
     for (int g = 0; g < FA_BR; g += FA__PV_NQ * FA__VW)
-        FA__N(fa__pv_micro)(V, vs, nk, Pt + g, Ot + g, ND, FA__PV_NQ);
+        FA__N(fa__pv_micro)(V, vs, nk, Pt + g, Ot + g, SC ? alpha + g : alpha,
+                            ND, FA__PV_NQ, SC);
 }
 
-FA__PUB void FA__N(fa_pv)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
-                          const FA__T *Pt, FA__T *Ot)
+FA__AI void FA__N(fa__pv_all)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
+                              const FA__T *Pt, FA__T *Ot, const FA__T *alpha,
+                              const int SC)
 {
     int d = 0;
     for (; d + FA__PV_ND <= Dv; d += FA__PV_ND)
-        FA__N(fa__pv_rows)(V + d, vs, nk, Pt, Ot + (ptrdiff_t)d * FA_BR, FA__PV_ND);
+        FA__N(fa__pv_rows)(V + d, vs, nk, Pt, Ot + (ptrdiff_t)d * FA_BR, alpha,
+                           FA__PV_ND, SC);
     const FA__T *Vr = V + d;
     FA__T *Or = Ot + (ptrdiff_t)d * FA_BR;
     switch (Dv - d) {   /* remainder: 0 .. FA__PV_ND-1 rows */
-#define FA__PV_CASE(c) case c: if (c < FA__PV_ND) FA__N(fa__pv_rows)(Vr, vs, nk, Pt, Or, c); break;
+#define FA__PV_CASE(c) case c: if (c < FA__PV_ND) FA__N(fa__pv_rows)(Vr, vs, nk, Pt, Or, alpha, c, SC); break;
     FA__PV_CASE(1) FA__PV_CASE(2) FA__PV_CASE(3) FA__PV_CASE(4)
     FA__PV_CASE(5) FA__PV_CASE(6) FA__PV_CASE(7)
 #undef FA__PV_CASE
     default: break;
     }
+}
+
+FA__PUB void FA__N(fa_pv)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
+                          const FA__T *Pt, FA__T *Ot)
+{
+    FA__N(fa__pv_all)(V, vs, nk, Dv, Pt, Ot, (const FA__T *)0, 0);
+}
+
+/* fa_rescale(Ot, Dv, alpha) then fa_pv(...), in one pass over Ot */
+FA__PUB void FA__N(fa_rescale_pv)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
+                                  const FA__T *Pt, FA__T *Ot, const FA__T *alpha)
+{
+    FA__N(fa__pv_all)(V, vs, nk, Dv, Pt, Ot, alpha, 1);
 }
 
 /* ---- online softmax step --------------------------------------------- */

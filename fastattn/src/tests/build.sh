@@ -34,13 +34,13 @@ compile_only() {  # name cc flags...
     # also instantiate every function so that all code is compiled
     cat >> "$OUT/co.c" <<'EOC'
 void all_f32(float *a, float *b, float *c, float *m, float *l, float *al) {
-    fa_qk_f32(a, 129, 63, 129, b, c); fa_gemm_nt_f32(a, 129, 63, 129, b, c, 1); fa_pv_f32(a, 130, 61, 127, c, b);
+    fa_qk_f32(a, 129, 63, 129, b, c); fa_gemm_nt_f32(a, 129, 63, 129, b, c, 1); fa_pv_f32(a, 130, 61, 127, c, b); fa_rescale_pv_f32(a, 130, 61, 127, c, b, m);
     fa_softmax_f32(c, 61, m, l, al); fa_rescale_f32(b, 127, al);
     fa_dot_rows_f32(a, 7, b, 131, 1000, 127, c, 1003); fa_axpy_rows_f32(a, 7, 1003, b, 131, 999, 127, c);
     m[0] = fa_exp2_sub_sum_f32(a, 1001, m[1]) + fa_max_f32(b, 77) + fa_exp2_f32(l[3]);
 }
 void all_f64(double *a, double *b, double *c, double *m, double *l, double *al) {
-    fa_qk_f64(a, 129, 63, 129, b, c); fa_gemm_nt_f64(a, 129, 63, 129, b, c, 0); fa_pv_f64(a, 130, 61, 127, c, b);
+    fa_qk_f64(a, 129, 63, 129, b, c); fa_gemm_nt_f64(a, 129, 63, 129, b, c, 0); fa_pv_f64(a, 130, 61, 127, c, b); fa_rescale_pv_f64(a, 130, 61, 127, c, b, m);
     fa_softmax_f64(c, 61, m, l, al); fa_rescale_f64(b, 127, al);
     fa_dot_rows_f64(a, 7, b, 131, 1000, 127, c, 1003); fa_axpy_rows_f64(a, 7, 1003, b, 131, 999, 127, c);
     m[0] = fa_exp2_sub_sum_f64(a, 1001, m[1]) + fa_max_f64(b, 77) + fa_exp2_f64(l[3]);

@@ -214,9 +214,9 @@ static double flash_run(int impl, int L, int S, int D, const float *Q, const flo
             if (ph) { tb = now(); ph->t_qk += tb - ta; ta = tb; }
             if (impl) fa_softmax_f32(St, nk, m, l, al); else ref_softmax_f32(St, nk, m, l, al);
             if (ph) { tb = now(); ph->t_sm += tb - ta; ta = tb; }
-            if (impl) fa_rescale_f32(Ot, D, al); else ref_rescale_f32(Ot, D, al);
+            if (!impl) ref_rescale_f32(Ot, D, al);    /* fa_tiles: fused into pv */
             if (ph) { tb = now(); ph->t_rs += tb - ta; ta = tb; }
-            if (impl) fa_pv_f32(Vb, D, nk, D, St, Ot); else ref_pv_f32(Vb, D, nk, D, St, Ot);
+            if (impl) fa_rescale_pv_f32(Vb, D, nk, D, St, Ot, al); else ref_pv_f32(Vb, D, nk, D, St, Ot);
             if (ph) { tb = now(); ph->t_pv += tb - ta; }
         }
         for (int i = 0; i < nq; i++)

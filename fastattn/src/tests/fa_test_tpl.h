@@ -136,6 +136,37 @@ static int F(test_gemm_nt)(void)
     return nfail_local;
 }
 
+/* fa_rescale_pv is fa_rescale followed by fa_pv, bit for bit */
+static int F(test_rescale_pv)(void)
+{
+    int nfail_local = 0;
+    const int maxD = 256, vs_extra = 3;
+    T *V = xalloc(sizeof(T) * FA_BC * (maxD + vs_extra));
+    T *Pt = xalloc(sizeof(T) * FA_BC * FA_BR);
+    T *O1 = xalloc(sizeof(T) * (maxD + 1) * FA_BR);
+    T *O2 = xalloc(sizeof(T) * (maxD + 1) * FA_BR);
+    T *al = xalloc(sizeof(T) * FA_BR);
+    for (int di = 0; di < NDIMS; di++)
+        for (int ni = 0; ni < NNKS; ni++) {
+            int Dv = F(dims)[di], nk = F(nks)[ni];
+            ptrdiff_t vs = Dv + (ni % 2 ? vs_extra : 0);
+            for (ptrdiff_t i = 0; i < FA_BC * vs; i++) V[i] = F(rnd)();
+            for (int i = 0; i < FA_BC * FA_BR; i++) Pt[i] = (T)urand();
+            for (int i = 0; i < FA_BR; i++) al[i] = (T)urand();
+            al[0] = 0; al[1] = 1; al[2] = (T)NAN;
+            for (int i = 0; i < (maxD + 1) * FA_BR; i++) O1[i] = O2[i] = i < Dv * FA_BR ? F(rnd)() : (T)777;
+            if (ni % 3 == 0) F(specials)(O1, (size_t)Dv * FA_BR, 0.01, 1);
+            memcpy(O2, O1, sizeof(T) * (maxD + 1) * FA_BR);
+            F(fa_rescale)(O1, Dv, al);
+            F(fa_pv)(V, vs, nk, Dv, Pt, O1);
+            F(fa_rescale_pv)(V, vs, nk, Dv, Pt, O2, al);
+            CHECK(memcmp(O1, O2, sizeof(T) * (maxD + 1) * FA_BR) == 0,
+                  "rescale_pv differs from rescale + pv (Dv=%d nk=%d)", Dv, nk);
+        }
+    free(V); free(Pt); free(O1); free(O2); free(al);
+    return nfail_local;
+}
+
 static int F(test_pv)(void)
 {
     int nfail_local = 0;
@@ -409,7 +440,7 @@ static int F(run_tests)(const char *tname)
 {
     int tot = 0, n;
 #define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0;
-    RUN(test_qk) RUN(test_gemm_nt) RUN(test_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
+    RUN(test_qk) RUN(test_gemm_nt) RUN(test_pv) RUN(test_rescale_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
     RUN(test_exp2_special)
 #undef RUN
     return tot;
