@@ -1012,6 +1012,10 @@ cdef int _lin_run(const floating *x, Py_ssize_t xs, const floating *w, Py_ssize_
     # several tasks (widths stay multiples of the 6- and 8-key micro-tiles)
     while nb > 48 and nmb * ((N + nb - 1) // nb) < 4 * nthreads:
         nb = nb // 2
+    # equal widths (multiples of 24, so of both micro-tiles) keep the
+    # threads' static shares of the work equal when N is no multiple of nb
+    nnb = (N + nb - 1) // nb
+    nb = ((N + nnb - 1) // nnb + 23) // 24 * 24
     nnb = (N + nb - 1) // nb
     if nthreads > nmb * nnb:
         nthreads = <int>(nmb * nnb)
