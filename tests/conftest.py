@@ -7,6 +7,8 @@
   included, with the table's tolerance and a helpful message.
 * ``many_threads``: lowers the "work per thread" threshold so that even small
   problems really run on the requested number of OpenMP threads.
+* ``run_in_threads``: runs ``work(i)`` on several Python threads at once and
+  re-raises what any of them raised.
 * ``gemm_path``: runs a test twice, once with every projection of the layers
   on fastattn's tiled GEMM (even a 1-row input) and once with every
   projection on BLAS; the layer tests use it so both paths meet torch.
@@ -113,5 +115,26 @@ def gemm_path(request, monkeypatch):
     import fastattn.nn.layers as layers
     monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS",
                         1 if request.param == "tiles" else 1 << 62)
-    monkeypatch.setattr(layers, "_GEMM_FLOPS_PER_THREAD", 1)  # both threads, even tiny
+    monkeypatch.setattr(_functional, "_FLOPS_PER_THREAD", 1)  # all threads, even tiny
     return request.param
+
+
+def run_in_threads(work, n):
+    """Run ``work(i)`` for i < n on n Python threads at once; re-raise the
+    first exception any of them raised."""
+    import threading
+    errors = []
+
+    def guarded(i):
+        try:
+            work(i)
+        except BaseException as e:  # noqa: BLE001 - reported in the caller
+            errors.append(e)
+
+    ts = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -1,13 +1,13 @@
 """The tiled GEMM of the layers (fastattn.nn.layers.gemm on the kernels'
 ``linear``): relu?(x @ w.T + bias) against a float64 NumPy reference."""
-import threading
-
 import numpy as np
 import pytest
 
 import fastattn
+import fastattn.functional as _functional
 import fastattn.nn.layers as layers
 from fastattn._dispatch import kernels as _kern
+from conftest import run_in_threads
 
 TOL = {np.float32: 2e-6, np.float64: 1e-14}   # relative to sum_k |x||w|
 
@@ -16,7 +16,7 @@ TOL = {np.float32: 2e-6, np.float64: 1e-14}   # relative to sum_k |x||w|
 def tiles(monkeypatch):
     """Every call on the tiled path, on all threads."""
     monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS", 1)
-    monkeypatch.setattr(layers, "_GEMM_FLOPS_PER_THREAD", 1)
+    monkeypatch.setattr(_functional, "_FLOPS_PER_THREAD", 1)
 
 
 def _ref(x, w, bias, relu):
@@ -105,9 +105,7 @@ def test_relu_edge_values(tiles):
     np.testing.assert_array_equal(y[:, 0], x[:, 0] + np.float32(0))
 
 
-def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
-    monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS", 1)
-    monkeypatch.setattr(layers, "_GEMM_FLOPS_PER_THREAD", 1)
+def test_results_do_not_depend_on_the_thread_count(rng, tiles):
     x = rng.standard_normal((333, 700)).astype(np.float32)
     w = rng.standard_normal((200, 700)).astype(np.float32)
     b = rng.standard_normal(200).astype(np.float32)
@@ -122,23 +120,12 @@ def test_concurrent_calls_from_python_threads(rng, tiles):
     xs = [rng.standard_normal((150, 96)).astype(np.float32) for _ in range(6)]
     w = rng.standard_normal((120, 96)).astype(np.float32)
     expect = [layers.gemm(x, w) for x in xs]
-    got = [None] * len(xs)
-    errors = []
 
     def work(i):
-        try:
-            for _ in range(20):
-                got[i] = layers.gemm(xs[i], w)
-                assert np.array_equal(got[i], expect[i])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(20):
+            assert np.array_equal(layers.gemm(xs[i], w), expect[i])
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+    run_in_threads(work, len(xs))
 
 
 def test_empty_dimensions(tiles):

@@ -9,6 +9,7 @@ from fastattn.nn import (TransformerEncoderLayer, TransformerDecoderLayer,
                          TransformerDecoder, Transformer,
                          LayerNorm, KVCache, generate_square_subsequent_mask)
 from fastattn.weights import from_torch
+from conftest import run_in_threads
 
 # torch warns that its nested-tensor fast path is off for batch_first=False
 # and that nested tensors are a prototype when its fast path uses them
@@ -307,21 +308,13 @@ def test_layers_are_safe_to_call_from_many_threads():
     """Plain forward calls hold no shared mutable state: concurrent calls on
     one layer give exactly the sequential results (tiled GEMM, attention and
     row kernels all release the GIL)."""
-    import threading
     layer = TransformerEncoderLayer(96, 4, 200, batch_first=True, rng=0)
     g = np.random.default_rng(0)
     xs = [g.standard_normal((3, 50 + 7 * i, 96)).astype(np.float32) for i in range(6)]
     expect = [layer(x) for x in xs]
-    bad = []
 
-    def run(i):
+    def work(i):
         for _ in range(5):
-            if not np.array_equal(layer(xs[i]), expect[i]):
-                bad.append(i)
+            assert np.array_equal(layer(xs[i]), expect[i]), i
 
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert bad == []
+    run_in_threads(work, len(xs))

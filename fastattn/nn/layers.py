@@ -13,7 +13,7 @@ import numpy as np
 from . import _ops
 from .module import Module, check_input, _kaiming_uniform
 from .._dispatch import kernels as _kern
-from ..threads import get_num_threads
+from ..functional import _n_threads
 
 __all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows",
            "ACTIVATIONS"]
@@ -76,7 +76,7 @@ def gemm(x2, w, bias=None, relu=False, out=None):
         raise ValueError(f"out must have shape {(N, M)}, got {out.shape}")
     if (N >= TILE_GEMM_MIN_ROWS and _kern is not None and _tile_ok(x2, w, bias, out)):
         it = x2.itemsize
-        nt = _gemm_threads(2 * N * M * K)
+        nt = _n_threads(None, 2 * N * M * K)
         _kern.linear(x2, x2.strides[0] // it, w, w.strides[0] // it, bias, bool(relu),
                      out, out.strides[0] // it, nt)
         return out
@@ -90,12 +90,6 @@ def gemm(x2, w, bias=None, relu=False, out=None):
 
 #: below this many rows a projection goes to BLAS (see :func:`gemm`)
 TILE_GEMM_MIN_ROWS = 64
-_GEMM_FLOPS_PER_THREAD = 4_000_000
-
-
-def _gemm_threads(flops):
-    n = get_num_threads()
-    return int(max(1, min(n, flops // _GEMM_FLOPS_PER_THREAD)))
 
 
 def _tile_ok(x2, w, bias, out):
@@ -266,16 +260,16 @@ def feed_forward_rows(x2, linear1, linear2, activation, add_bias2=True):
     left out when ``add_bias2`` is False (the caller fuses it)."""
     if activation == "relu":        # bias and ReLU fused into the GEMM's store
         h = gemm(x2, linear1.weight, linear1.bias, relu=True)
-        return gemm(h, linear2.weight, linear2.bias if add_bias2 else None)
-    h = gemm(x2, linear1.weight)
-    if activation == "swiglu":
-        h = _ops.swiglu(h, linear1.bias, out=h[:, :h.shape[1] // 2])
-    elif isinstance(activation, str):
-        _ops.bias_act(h, linear1.bias, activation, out=h)
     else:
-        if linear1.bias is not None:
-            h += linear1.bias
-        h = np.ascontiguousarray(activation(h), dtype=h.dtype)
+        h = gemm(x2, linear1.weight)
+        if activation == "swiglu":
+            h = _ops.swiglu(h, linear1.bias, out=h[:, :h.shape[1] // 2])
+        elif isinstance(activation, str):
+            _ops.bias_act(h, linear1.bias, activation, out=h)
+        else:
+            if linear1.bias is not None:
+                h += linear1.bias
+            h = np.ascontiguousarray(activation(h), dtype=h.dtype)
     return gemm(h, linear2.weight, linear2.bias if add_bias2 else None)
 
 
