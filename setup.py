@@ -1,20 +1,29 @@
 """Build script for fastattn.
 
-What it does, in order:
+Nothing is compiled or probed when this file is imported: ``python -m build
+--sdist`` (or ``python setup.py sdist``) only collects files.  The work is done
+by :class:`BuildExt`, the ``build_ext`` command, when extensions are built
+(``pip install .``, ``pip wheel .``, ``pip install -e .``,
+``python setup.py build_ext --inplace``):
 
-1. Probes the C compiler for OpenMP by compiling, linking and *running* a tiny
-   program (flags per compiler family: ``/openmp`` for MSVC, ``-fopenmp`` for
-   GCC/clang).  Without OpenMP the build still succeeds, serially, and says so
-   loudly.  ``FASTATTN_USE_OMP=0`` opts out; ``FASTATTN_FAIL_NO_OPENMP=1`` turns
-   a missing OpenMP into an error.
-2. Compiles the attention kernels (``fastattn/_kernels.pxi``) once per
-   instruction set as separate extension modules (``_kernels_baseline``,
-   ``_kernels_avx2``, ``_kernels_avx512`` on x86-64; only the baseline
-   elsewhere).  ``fastattn/_dispatch.py`` picks the best one the CPU supports at
-   import time, so a wheel built here never raises SIGILL on another machine.
+1. It probes the C compiler for OpenMP by compiling, linking and *running* a
+   tiny program (flags per compiler family: ``/openmp`` for MSVC,
+   ``-fopenmp`` for GCC/clang).  Without OpenMP the build still succeeds,
+   serially, and says so loudly.  ``FASTATTN_USE_OMP=0`` opts out;
+   ``FASTATTN_FAIL_NO_OPENMP=1`` turns a missing OpenMP into an error.
+2. It compiles the attention kernels (``fastattn/_kernels_<isa>.pyx``, which
+   include the ``fastattn/*.pxi`` files) once per instruction set as separate
+   extension modules (``_kernels_baseline``, ``_kernels_avx2``,
+   ``_kernels_avx512`` on x86-64; only the baseline elsewhere).
+   ``fastattn/_dispatch.py`` picks the best one the CPU supports at import
+   time, so a wheel built here never raises SIGILL on another machine.
    ``FASTATTN_ISAS=baseline,avx2`` limits which builds are made.
 3. ``FASTATTN_DEBUG_CYTHON=1`` turns on Cython's bounds checking.
+
+Every extension depends on every ``fastattn/*.pxi`` and ``fastattn/src/*.h``
+(found by glob), so a change to any of them rebuilds the kernels.
 """
+import glob
 import os
 import platform
 import shutil
@@ -24,8 +33,6 @@ import sysconfig
 import tempfile
 import textwrap
 
-import numpy as np
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -41,7 +48,7 @@ def _is_x86_64():
 
 # Per-ISA compile flags (GCC/clang spelling).  -fno-wrapv undoes the -fwrapv
 # that Python's own CFLAGS add: with it gcc spilled loaded vectors inside the
-# tile loops (see DESIGN.md, "Microtile shape decides register spills").
+# tile loops (docs/architecture.md, "Build flags").
 ISA_FLAGS = {
     "baseline": [],
     "avx2": ["-mavx2", "-mfma"],
@@ -124,7 +131,27 @@ def _isa_list():
     return isas
 
 
-def _extensions():
+def _depends():
+    return sorted(glob.glob(os.path.join("fastattn", "*.pxi"))
+                  + glob.glob(os.path.join("fastattn", "src", "*.h")))
+
+
+def _declared_extensions():
+    """The extension modules, with names and sources only (cheap: no
+    compiler, no probe).  :class:`BuildExt` fills in the flags."""
+    deps = _depends()
+    exts = [Extension(f"fastattn._kernels_{isa}",
+                      sources=[f"fastattn/_kernels_{isa}.pyx"], depends=deps)
+            for isa in _isa_list()]
+    # Row-wise layer kernels (LayerNorm, RMSNorm, activations): memory-bound,
+    # so one baseline build is enough.
+    if os.path.exists(os.path.join("fastattn", "_layers.pyx")):
+        exts.append(Extension("fastattn._layers", sources=["fastattn/_layers.pyx"],
+                              depends=deps))
+    return exts
+
+
+def _openmp_flags():
     omp = _probe_openmp()
     if omp is None:
         if os.environ.get("FASTATTN_FAIL_NO_OPENMP", "0") == "1":
@@ -133,45 +160,47 @@ def _extensions():
         _log("WARNING: no working OpenMP found; building SERIAL kernels. "
              "Install a compiler with OpenMP (e.g. gcc, or libomp for clang) "
              "for multi-threaded attention.")
-        omp_c, omp_l = [], []
-    else:
-        omp_c, omp_l = omp
-    kind = _compiler_kind()
-    base_c = ["/O2"] if kind == "msvc" else ["-O3", "-fno-wrapv", "-std=gnu11"]
-    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    inc = [np.get_include(), os.path.join("fastattn", "src")]
-    exts = []
-    for isa in _isa_list():
-        cflags = base_c + omp_c + (ISA_FLAGS[isa] if kind != "msvc" else [])
-        _log(f"_kernels_{isa}: cflags={cflags} ldflags={omp_l}")
-        exts.append(Extension(
-            f"fastattn._kernels_{isa}",
-            sources=[f"fastattn/_kernels_{isa}.pyx"],
-            include_dirs=inc, define_macros=macros,
-            extra_compile_args=cflags, extra_link_args=omp_l,
-            depends=["fastattn/_kernels.pxi"] + [
-                os.path.join("fastattn", "src", h)
-                for h in os.listdir(os.path.join("fastattn", "src"))
-                if h.endswith(".h")],
-        ))
-    # Row-wise layer kernels (LayerNorm, RMSNorm, activations): memory-bound,
-    # so one baseline build is enough.
-    if os.path.exists(os.path.join("fastattn", "_layers.pyx")):
-        cflags = base_c + omp_c
-        exts.append(Extension(
-            "fastattn._layers", sources=["fastattn/_layers.pyx"],
-            include_dirs=inc, define_macros=macros,
-            extra_compile_args=cflags, extra_link_args=omp_l))
-    directives = {
-        "language_level": 3,
-        "boundscheck": os.environ.get("FASTATTN_DEBUG_CYTHON", "0") == "1",
-        "wraparound": False,
-        "initializedcheck": False,
-        "nonecheck": False,
-        "cdivision": True,
-        "embedsignature": True,
-    }
-    return cythonize(exts, compiler_directives=directives, quiet=True)
+        return [], []
+    return omp
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext})
+class BuildExt(build_ext):
+    """``build_ext`` that probes OpenMP, sets the per-ISA flags and runs
+    Cython only when extensions are really built."""
+
+    def run(self):
+        import numpy as np
+        from Cython.Build import cythonize
+
+        omp_c, omp_l = _openmp_flags()
+        kind = _compiler_kind()
+        base_c = ["/O2"] if kind == "msvc" else ["-O3", "-fno-wrapv", "-std=gnu11"]
+        macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        inc = [np.get_include(), os.path.join("fastattn", "src")]
+        for ext in self.extensions:
+            isa = ext.name.rsplit("_", 1)[-1] if "._kernels_" in ext.name else None
+            cflags = base_c + omp_c + (ISA_FLAGS[isa] if isa and kind != "msvc" else [])
+            _log(f"{ext.name.split('.')[-1]}: cflags={cflags} ldflags={omp_l}")
+            ext.include_dirs = inc + list(ext.include_dirs)
+            ext.define_macros = macros + list(ext.define_macros)
+            ext.extra_compile_args = cflags
+            ext.extra_link_args = list(omp_l)
+        directives = {
+            "language_level": 3,
+            "boundscheck": os.environ.get("FASTATTN_DEBUG_CYTHON", "0") == "1",
+            "wraparound": False,
+            "initializedcheck": False,
+            "nonecheck": False,
+            "cdivision": True,
+            "embedsignature": True,
+        }
+        # cythonize returns new Extension objects with .c sources; copy those
+        # onto ours, which setuptools has already registered (names, paths).
+        done = {e.name: e for e in cythonize(self.extensions, compiler_directives=directives,
+                                              quiet=True, force=self.force)}
+        for ext in self.extensions:
+            ext.sources = done[ext.name].sources
+        super().run()
+
+
+setup(ext_modules=_declared_extensions(), cmdclass={"build_ext": BuildExt})
