@@ -3,6 +3,9 @@
 Cython + OpenMP kernels (with hand-written SIMD tiles) under a NumPy API.
 """
 from ._version import __version__
+from . import _check_build
+
+_check_build.check()  # an unbuilt source tree: an ImportError that says what to do
 from ._dispatch import kernels, isa
 from .threads import set_num_threads, get_num_threads, threads
 from .functional import (scaled_dot_product_attention, attention_scores,

@@ -1,4 +1,9 @@
-"""``python -m fastattn info | demo``."""
+"""The ``fastattn`` command (also ``python -m fastattn``): ``info``, ``demo``.
+
+Each subcommand is a function ``run(args) -> exit status`` registered in
+:data:`COMMANDS` with the :func:`subcommand` decorator, which also declares its
+arguments; :func:`main` builds the argument parser from that table.
+"""
 import argparse
 import platform
 import sys
@@ -7,7 +12,20 @@ import time
 import numpy as np
 
 
-def _info():
+COMMANDS = {}
+"""name -> (help, [(flags, argparse keyword arguments)], run)"""
+
+
+def subcommand(name, help, arguments=()):
+    """Register ``run(args) -> int`` as subcommand ``name``."""
+    def register(run):
+        COMMANDS[name] = (help, list(arguments), run)
+        return run
+    return register
+
+
+@subcommand("info", "version, kernel build, OpenMP, threads, BLAS")
+def _info(args=None):
     import fastattn
     from fastattn import _dispatch
     k = fastattn.kernels
@@ -23,6 +41,7 @@ def _info():
     print(f"tiles: {k.TILE_ROWS} query rows x {k.TILE_KEYS} keys; "
           f"split-K chunk {k.SPLIT_KEYS} keys")
     print(f"numpy {np.__version__}; BLAS: {_blas_name()}")
+    return 0
 
 
 def _blas_name():
@@ -44,6 +63,11 @@ def _median_time(fn, repeat):
     return float(np.median(ts))
 
 
+@subcommand("demo", "self-check and speed against NumPy", [
+    (("--seq",), {"type": int, "default": 1024, "help": "sequence length L = S"}),
+    (("--heads",), {"type": int, "default": 8}),
+    (("--repeat",), {"type": int, "default": 5, "help": "timed calls per path"}),
+])
 def _demo(args):
     import fastattn
     from fastattn import reference
@@ -81,21 +105,18 @@ def _demo(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastattn")
+    """Entry point of the ``fastattn`` console script; returns the exit status."""
+    p = argparse.ArgumentParser(prog="fastattn", description="fastattn: fast CPU attention.")
     sub = p.add_subparsers(dest="cmd")
-    sub.add_parser("info", help="version, kernel build, OpenMP, threads, BLAS")
-    d = sub.add_parser("demo", help="self-check and speed against NumPy")
-    d.add_argument("--seq", type=int, default=1024)
-    d.add_argument("--heads", type=int, default=8)
-    d.add_argument("--repeat", type=int, default=5)
+    for name, (help_, arguments, _) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
+        for flags, kw in arguments:
+            sp.add_argument(*flags, **kw)
     args = p.parse_args(argv)
-    if args.cmd == "info":
-        _info()
+    if args.cmd is None:
+        p.print_help()
         return 0
-    if args.cmd == "demo":
-        return _demo(args)
-    p.print_help()
-    return 0
+    return COMMANDS[args.cmd][2](args)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,30 @@ def test_bad_command_exits_nonzero():
     assert "invalid choice" in r.stderr
     r = run_cli("demo", "--seq", "abc")
     assert r.returncode == 2
+
+
+def test_console_script_entry_point():
+    """`fastattn` (the console script of an installed fastattn) is main()."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("fastattn")
+    except metadata.PackageNotFoundError:
+        pytest.skip("fastattn is not installed (in-place build): no console script")
+    eps = [ep for ep in dist.entry_points if ep.group == "console_scripts"]
+    assert [(ep.name, ep.value) for ep in eps] == [("fastattn", "fastattn.__main__:main")]
+    assert eps[0].load() is main
+
+
+def test_subcommand_table_is_extensible(monkeypatch, capsys):
+    from fastattn import __main__ as cli
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    seen = []
+
+    @cli.subcommand("echo", "test command", [(("word",), {})])
+    def _echo(args):
+        seen.append(args.word)
+        return 3
+
+    assert main(["echo", "hi"]) == 3 and seen == ["hi"]
+    assert main(["info"]) == 0
+    capsys.readouterr()
