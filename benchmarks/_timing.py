@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -241,11 +242,21 @@ def _meminfo_gib() -> Optional[float]:
 def fastattn_info(module: str = "fastattn", timeout: float = 60.0) -> str:
     """Output of ``python -m <module> info``, or why it is unavailable."""
     try:
+        # The child must import the same fastattn as this process (installed,
+        # or built in place): put that copy's folder first and run it from a
+        # neutral folder, where no unbuilt source tree can shadow it.
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), REPO_ROOT) if p)
+        try:
+            mod = importlib.import_module(module)
+            root = (os.path.dirname(list(mod.__path__)[0]) if hasattr(mod, "__path__")
+                    else os.path.dirname(mod.__file__))
+        except Exception:
+            root = REPO_ROOT
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         res = subprocess.run(
             [sys.executable, "-m", module, "info"],
             capture_output=True, text=True, timeout=timeout, env=env,
+            cwd=tempfile.gettempdir(),
         )
     except Exception as exc:
         return f"unavailable ({type(exc).__name__}: {exc})"

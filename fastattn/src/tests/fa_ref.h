@@ -8,7 +8,7 @@
  * THIS FILE IS THE INTERFACE CONTRACT. The version below is the plain scalar
  * specification; an optimised version keeps every signature and semantic.
  *
- * Layout ("queries in lanes", see DESIGN.md): the kernel keeps a block of FA_BR
+ * Layout ("queries in lanes", see docs/architecture.md): the kernel keeps a block of FA_BR
  * query rows transposed, so that every per-query quantity is a vector over the
  * FA_BR lanes.  All tile buffers are 64-byte aligned, leading dimension FA_BR.
  *   Qt[d*FA_BR + i]  query i, feature d, pre-multiplied by scale*log2(e);
