@@ -7,9 +7,8 @@ import fastattn
 import fastattn.functional as _functional
 import fastattn.nn.layers as layers
 from fastattn._dispatch import kernels as _kern
-from conftest import run_in_threads
+from conftest import run_in_threads, tol
 
-TOL = {np.float32: 2e-6, np.float64: 1e-14}   # relative to sum_k |x||w|
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def _check(y, x, w, bias, relu):
     ref, scale = _ref(x, w, bias, relu)
     assert y.shape == ref.shape and y.dtype == x.dtype
     err = np.abs(y - ref) / scale
-    assert np.all(err <= TOL[x.dtype.type]), (x.shape, w.shape, float(np.nanmax(err)))
+    assert np.all(err <= tol(x.dtype, "gemm")), (x.shape, w.shape, float(np.nanmax(err)))
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -174,9 +173,6 @@ def test_linear_module_with_a_replaced_weight_of_the_wrong_shape(rng, tiles):
     lin = fastattn.nn.Linear(16, 5)
     x = rng.standard_normal((80, 16)).astype(np.float32)
     _check(lin(x), x, lin.weight, lin.bias, False)
-    try:
-        lin.weight = np.ones((5, 8), np.float32)
-    except (ValueError, TypeError):
-        return                               # rejected on assignment: fine too
-    with pytest.raises(ValueError, match="weight"):
+    lin.weight = np.ones((5, 8), np.float32)  # a plain attribute: accepted here...
+    with pytest.raises(ValueError, match="weight"):   # ...and refused by the call
         lin(x)

@@ -3,15 +3,11 @@ import numpy as np
 import pytest
 
 from fastattn.nn import _ops
+from conftest import tol
 
 pytestmark = pytest.mark.skipif(not _ops.HAVE_KERNELS, reason="fastattn._layers not built")
 
-TOL = {np.float32: 2e-6, np.float64: 1e-13}
 
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(7)
 
 
 def _rand(rng, shape, dt, scale=1.0):
@@ -32,9 +28,9 @@ def test_add_norm_all_combinations(rng, dt, mode, C):
                         w if use_w else None, b if use_b else None, 1e-5)
                 s_ref, n_ref = _ops.add_norm_numpy(a, *args)
                 s, n = _ops.add_norm(a, *args, s=np.empty_like(a))
-                np.testing.assert_allclose(s, s_ref, atol=TOL[dt] * 4, rtol=0)
+                np.testing.assert_allclose(s, s_ref, atol=tol(dt, "row_kernel") * 4, rtol=0)
                 if mode != "none":
-                    np.testing.assert_allclose(n, n_ref, atol=TOL[dt] * 8, rtol=0)
+                    np.testing.assert_allclose(n, n_ref, atol=tol(dt, "row_kernel") * 8, rtol=0)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -45,14 +41,14 @@ def test_add_norm_in_place_aliases(rng, dt):
     s_ref, n_ref = _ops.add_norm_numpy(a, ab, r, "layer", w, b, 1e-5)
     a1 = a.copy()
     _ops.add_norm(a1, ab, r, "layer", w, b, 1e-5, n=a1)           # n is a
-    np.testing.assert_allclose(a1, n_ref, atol=TOL[dt] * 8, rtol=0)
+    np.testing.assert_allclose(a1, n_ref, atol=tol(dt, "row_kernel") * 8, rtol=0)
     a2, n2 = a.copy(), np.empty_like(a)
     _ops.add_norm(a2, ab, r, "layer", w, b, 1e-5, s=a2, n=n2)     # s is a
-    np.testing.assert_allclose(a2, s_ref, atol=TOL[dt] * 4, rtol=0)
-    np.testing.assert_allclose(n2, n_ref, atol=TOL[dt] * 8, rtol=0)
+    np.testing.assert_allclose(a2, s_ref, atol=tol(dt, "row_kernel") * 4, rtol=0)
+    np.testing.assert_allclose(n2, n_ref, atol=tol(dt, "row_kernel") * 8, rtol=0)
     r3 = r.copy()
     _ops.add_norm(a, ab, r3, "none", s=r3)                         # s is r
-    np.testing.assert_allclose(r3, s_ref, atol=TOL[dt] * 4, rtol=0)
+    np.testing.assert_allclose(r3, s_ref, atol=tol(dt, "row_kernel") * 4, rtol=0)
 
 
 def test_add_norm_strided_rows_and_large_offsets(rng):
@@ -70,11 +66,11 @@ def test_bias_act(rng, dt, act):
     bias = _rand(rng, 50, dt)
     ref = _ops.act_numpy(h.astype(np.float64) + bias, act)
     out = _ops.bias_act(h, bias, act)
-    np.testing.assert_allclose(out, ref, atol=TOL[dt] * 4, rtol=TOL[dt] * 2)
+    np.testing.assert_allclose(out, ref, atol=tol(dt, "row_kernel") * 4, rtol=tol(dt, "row_kernel") * 2)
     h2 = h.copy()
     _ops.bias_act(h2, None, act, out=h2)                             # in place
-    np.testing.assert_allclose(h2, _ops.act_numpy(h, act), atol=TOL[dt] * 4,
-                               rtol=TOL[dt] * 2)
+    np.testing.assert_allclose(h2, _ops.act_numpy(h, act), atol=tol(dt, "row_kernel") * 4,
+                               rtol=tol(dt, "row_kernel") * 2)
 
 
 def test_activation_edge_values():
@@ -94,10 +90,10 @@ def test_swiglu(rng, dt):
     bias = _rand(rng, 2 * F, dt)
     x = h.astype(np.float64) + bias
     ref = _ops.act_numpy(x[:, :F], "silu") * x[:, F:]
-    np.testing.assert_allclose(_ops.swiglu(h, bias), ref, atol=TOL[dt] * 8, rtol=TOL[dt] * 4)
+    np.testing.assert_allclose(_ops.swiglu(h, bias), ref, atol=tol(dt, "row_kernel") * 8, rtol=tol(dt, "row_kernel") * 4)
     h2 = h.copy()
     out = _ops.swiglu(h2, bias, out=h2[:, :F])                       # into the gate half
-    np.testing.assert_allclose(out, ref, atol=TOL[dt] * 8, rtol=TOL[dt] * 4)
+    np.testing.assert_allclose(out, ref, atol=tol(dt, "row_kernel") * 8, rtol=tol(dt, "row_kernel") * 4)
 
 
 def test_thread_count_does_not_change_results(rng, monkeypatch):

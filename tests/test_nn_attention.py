@@ -10,16 +10,12 @@ from fastattn.nn import MultiHeadAttention, KVCache
 from fastattn.positional import RotaryEmbedding, alibi_slopes
 from fastattn.weights import from_torch
 import fastattn.nn.attention as _attn_mod
+from conftest import tol
 
-TOL = {np.float32: 1e-5, np.float64: 1e-11}
 
 # every test runs with the projections on the tiled GEMM and on BLAS
 pytestmark = pytest.mark.usefixtures("gemm_path")
 
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
 
 
 def _torch():
@@ -68,7 +64,7 @@ def test_self_attention_matches_torch(rng, dt, batch_first):
     out, w = fm(x)
     assert w is None
     assert out.dtype == dt and out.shape == x.shape
-    np.testing.assert_allclose(out, ref, atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(out, ref, atol=tol(dt, "module"), rtol=0)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -240,10 +236,10 @@ def test_gqa_against_reference(rng, dt, hkv):
     for causal in (False, True):
         out, _ = m(x, is_causal=causal)
         np.testing.assert_allclose(out, _ref_mha(m, x, is_causal=causal),
-                                   atol=TOL[dt], rtol=0)
+                                   atol=tol(dt, "module"), rtol=0)
     mem = rng.standard_normal((2, 6, 32)).astype(dt)
     out, w = m(x, mem, mem, need_weights=True, average_attn_weights=False)
-    np.testing.assert_allclose(out, _ref_mha(m, x, mem), atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(out, _ref_mha(m, x, mem), atol=tol(dt, "module"), rtol=0)
     assert w.shape == (2, 4, 9, 6)
     np.testing.assert_allclose(w.sum(-1), 1, atol=1e-5)
 

@@ -5,16 +5,12 @@ import pytest
 from fastattn.nn import Linear, LayerNorm, RMSNorm, FeedForward
 from fastattn.nn._ops import act_numpy
 from fastattn.weights import from_torch
+from conftest import tol
 
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 # every test runs with the projections on the tiled GEMM and on BLAS
 pytestmark = pytest.mark.usefixtures("gemm_path")
 
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(11)
 
 
 def _torch():
@@ -44,13 +40,13 @@ def test_layernorm_reference(rng, dt):
         out = ln(x)
         assert out.shape == x.shape and out.dtype == dt
         np.testing.assert_allclose(out, _ln_ref(x, ln.weight, ln.bias, 1e-6, shape),
-                                   atol=TOL[dt], rtol=0)
+                                   atol=tol(dt, "layer"), rtol=0)
         # strided input (non-contiguous) is handled
         xs = np.ascontiguousarray(np.swapaxes(x, 0, 1)).swapaxes(0, 1)
-        np.testing.assert_allclose(ln(xs), out, atol=TOL[dt], rtol=0)
+        np.testing.assert_allclose(ln(xs), out, atol=tol(dt, "layer"), rtol=0)
     ln = LayerNorm(8, dtype=dt)
     a, r = rng.standard_normal((2, 3, 8)).astype(dt), rng.standard_normal((2, 3, 8)).astype(dt)
-    np.testing.assert_allclose(ln.add_forward(a, r), ln(a + r), atol=TOL[dt] * 2, rtol=0)
+    np.testing.assert_allclose(ln.add_forward(a, r), ln(a + r), atol=tol(dt, "layer") * 2, rtol=0)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -60,7 +56,7 @@ def test_rmsnorm_reference(rng, dt):
     x = rng.standard_normal((3, 5, 24)).astype(dt)
     eps = np.finfo(dt).eps
     ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * rn.weight
-    np.testing.assert_allclose(rn(x), ref, atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(rn(x), ref, atol=tol(dt, "layer"), rtol=0)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -74,7 +70,7 @@ def test_feedforward_reference(rng, dt, act):
     else:
         h = act_numpy(h, act)
     ref = h @ ff.linear2.weight.T + ff.linear2.bias
-    np.testing.assert_allclose(ff(x), ref, atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(ff(x), ref, atol=tol(dt, "layer"), rtol=0)
 
 
 def test_feedforward_callable_activation(rng):
@@ -102,7 +98,7 @@ def test_parity_with_torch(rng, dt):
             ref = m(tx).numpy()
         f = from_torch(m)
         assert f.dtype == dt
-        np.testing.assert_allclose(f(x), ref, atol=TOL[dt], rtol=0, err_msg=repr(m))
+        np.testing.assert_allclose(f(x), ref, atol=tol(dt, "layer"), rtol=0, err_msg=repr(m))
 
 
 def test_torch_gelu_variants(rng):

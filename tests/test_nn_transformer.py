@@ -9,7 +9,7 @@ from fastattn.nn import (TransformerEncoderLayer, TransformerDecoderLayer,
                          TransformerDecoder, Transformer,
                          LayerNorm, KVCache, generate_square_subsequent_mask)
 from fastattn.weights import from_torch
-from conftest import run_in_threads
+from conftest import run_in_threads, tol
 
 # torch warns that its nested-tensor fast path is off for batch_first=False
 # and that nested tensors are a prototype when its fast path uses them
@@ -17,12 +17,7 @@ pytestmark = [pytest.mark.usefixtures("gemm_path"),
               pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning"),
               pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")]
 
-TOL = {np.float32: 1e-5, np.float64: 1e-11}
 
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(99)
 
 
 def _torch():
@@ -81,7 +76,7 @@ def test_encoder_layer_matches_torch(rng, dt, norm_first, batch_first, activatio
             # torch's fast path writes zeros at padded positions; compare the rest
             keep = ~kpm if "src_key_padding_mask" in kw else np.ones((B, L), bool)
             keep = keep if batch_first else keep.T
-            np.testing.assert_allclose(out[keep], ref[keep], atol=TOL[dt], rtol=0,
+            np.testing.assert_allclose(out[keep], ref[keep], atol=tol(dt, "module"), rtol=0,
                                        err_msg=str(list(kw)))
 
 
@@ -113,7 +108,7 @@ def test_decoder_layer_matches_torch(rng, dt, norm_first, batch_first):
             tkw = {k: (_t(torch, v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
             ref = tl(torch.from_numpy(x), torch.from_numpy(mem), **tkw).numpy()
             out = fl(x, mem, **fkw)
-            np.testing.assert_allclose(out, ref, atol=TOL[dt], rtol=0, err_msg=str(list(kw)))
+            np.testing.assert_allclose(out, ref, atol=tol(dt, "module"), rtol=0, err_msg=str(list(kw)))
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -171,11 +166,11 @@ def test_transformer_roundtrip_from_torch(rng, dt, batch_first, norm_first):
                  memory_key_padding_mask=torch.from_numpy(skpm)).numpy()
     out = ft(src, tgt, tgt_mask=cm, src_key_padding_mask=skpm,
              memory_key_padding_mask=skpm)
-    np.testing.assert_allclose(out, ref, atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(out, ref, atol=tol(dt, "module"), rtol=0)
     # causal by the kernel instead of the mask: same result
     out2 = ft(src, tgt, tgt_is_causal=True, src_key_padding_mask=skpm,
               memory_key_padding_mask=skpm)
-    np.testing.assert_allclose(out2, ref, atol=TOL[dt], rtol=0)
+    np.testing.assert_allclose(out2, ref, atol=tol(dt, "module"), rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -213,9 +208,9 @@ def test_random_configurations_match_torch(seed):
                     tgt_is_causal=True).numpy()
     out = fenc(x, src_key_padding_mask=kpm)
     keep = ~kpm if batch_first else ~kpm.T       # torch's fast path zeroes padded rows
-    np.testing.assert_allclose(out[keep], ref[keep], atol=TOL[dt], rtol=0, err_msg=str(what))
+    np.testing.assert_allclose(out[keep], ref[keep], atol=tol(dt, "module"), rtol=0, err_msg=str(what))
     dout = fdec(x, mem, tgt_is_causal=True)
-    np.testing.assert_allclose(dout, dref, atol=TOL[dt], rtol=0, err_msg=str(what))
+    np.testing.assert_allclose(dout, dref, atol=tol(dt, "module"), rtol=0, err_msg=str(what))
 
 
 def test_transformer_defaults_and_names():
@@ -257,13 +252,67 @@ def test_decoder_kv_cache_matches_full_recompute(rng, norm_first, batch_first):
     np.testing.assert_allclose(again, full, atol=1e-5, rtol=0)
 
 
-def test_swiglu_and_gqa_encoder_layer_runs(rng):
+def _np_swiglu_gqa_encoder_layer(layer, x, key_padding_mask):
+    """float64 NumPy composition of a post-norm, batch-first encoder layer with
+    grouped-query self-attention and a SwiGLU feed-forward (silu of the first
+    half of linear1's output times the second half), written out from the
+    definitions: K/V heads repeated explicitly for the GQA groups, attention
+    by fastattn.reference."""
+    from fastattn import reference
+    p = {k: np.asarray(v, np.float64) for k, v in layer.state_dict().items()}
+    x = np.asarray(x, np.float64)
+    sa = layer.self_attn
+    B, L, E = x.shape
+    H, Hkv, D = sa.num_heads, sa.num_kv_heads, sa.head_dim
+    qkv = x @ p["self_attn.in_proj_weight"].T + p["self_attn.in_proj_bias"]
+    q, k, v = np.split(qkv, [H * D, (H + Hkv) * D], axis=-1)
+
+    def heads(t, n):
+        return t.reshape(B, L, n, D).transpose(0, 2, 1, 3)
+
+    k = np.repeat(heads(k, Hkv), H // Hkv, axis=1)       # query head h -> kv head h // G
+    v = np.repeat(heads(v, Hkv), H // Hkv, axis=1)
+    keep = ~key_padding_mask[:, None, None, :]          # True = takes part
+    a = reference.scaled_dot_product_attention(heads(q, H), k, v, attn_mask=keep)
+    a = a.transpose(0, 2, 1, 3).reshape(B, L, E)
+    y = a @ p["self_attn.out_proj.weight"].T + p["self_attn.out_proj.bias"]
+
+    def norm(t, name):
+        mu = t.mean(-1, keepdims=True)
+        var = ((t - mu) ** 2).mean(-1, keepdims=True)
+        return (t - mu) / np.sqrt(var + layer.layer_norm_eps) * p[name + ".weight"] + p[name + ".bias"]
+
+    x1 = norm(x + y, "norm1")
+    h = x1 @ p["linear1.weight"].T + p["linear1.bias"]
+    g, u = np.split(h, 2, axis=-1)
+    f = (g / (1 + np.exp(-g))) * u
+    f = f @ p["linear2.weight"].T + p["linear2.bias"]
+    return norm(x1 + f, "norm2")
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_swiglu_and_gqa_encoder_layer_matches_numpy(rng, dt):
     layer = TransformerEncoderLayer(32, 4, 48, activation="swiglu", batch_first=True,
-                                    num_kv_heads=1, rng=0)
+                                    num_kv_heads=2, rng=0, dtype=dt)
     assert layer.linear1.weight.shape == (96, 32)
-    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
-    out = layer(x)
-    assert out.shape == x.shape and np.isfinite(out).all()
+    # non-trivial biases and norm weights, so each term is checked
+    layer.load_state_dict({
+        name: (rng.uniform(0.5, 1.5, a.shape) if name.startswith("norm") and name.endswith("weight")
+               else rng.uniform(-0.3, 0.3, a.shape) if a.ndim == 1 else a)
+        for name, a in layer.state_dict().items()})
+    x = rng.standard_normal((2, 70, 32)).astype(dt)      # 140 rows: tiled GEMM by default
+    pad = np.zeros((2, 70), bool)
+    pad[1, 50:] = True
+    out = layer(x, src_key_padding_mask=pad)
+    assert out.shape == x.shape and out.dtype == dt
+    ref = _np_swiglu_gqa_encoder_layer(layer, x, pad)
+    np.testing.assert_allclose(out, ref, atol=tol(dt, "module"), rtol=0)
+    # one kv head (multi-query attention) too
+    mqa = TransformerEncoderLayer(32, 4, 48, activation="swiglu", batch_first=True,
+                                  num_kv_heads=1, rng=1, dtype=dt)
+    np.testing.assert_allclose(mqa(x, src_key_padding_mask=pad),
+                               _np_swiglu_gqa_encoder_layer(mqa, x, pad),
+                               atol=tol(dt, "module"), rtol=0)
 
 
 def test_bad_input(rng):

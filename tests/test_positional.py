@@ -12,10 +12,6 @@ from fastattn.positional import (sinusoidal_encoding, RotaryEmbedding,
                                  apply_rotary, alibi_slopes)
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(5)
-
 
 def test_sinusoidal_matches_the_paper():
     pe = sinusoidal_encoding(50, 16, dtype=np.float64)
