@@ -56,3 +56,23 @@ def test_built_package_passes_the_check():
     from fastattn import _check_build
     assert _check_build._built()
     _check_build.check()                                 # no exception
+
+
+def test_runtime_does_not_import_scipy():
+    """SciPy is a test dependency only (the `test` extra): importing fastattn
+    and running attention and a GELU layer must not need it."""
+    code = (
+        "import sys, numpy as np, fastattn\n"
+        "from fastattn import nn\n"
+        "x = np.ones((1, 70, 16), np.float32)\n"
+        "fastattn.scaled_dot_product_attention(x, x, x, is_causal=True)\n"
+        "nn.TransformerEncoderLayer(16, 2, 32, activation='gelu', batch_first=True, rng=0)(x)\n"
+        "fastattn.softmax(x)\n"
+        "assert not any(m == 'scipy' or m.startswith('scipy.') for m in sys.modules), 'scipy imported'\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastattn.__file__))]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120, check=False, cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert r.returncode == 0, r.stderr
