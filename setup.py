@@ -149,7 +149,7 @@ def _extensions():
             sources=[f"fastattn/_kernels_{isa}.pyx"],
             include_dirs=inc, define_macros=macros,
             extra_compile_args=cflags, extra_link_args=omp_l,
-            depends=["fastattn/_kernels.pxi"] + [
+            depends=[os.path.join("fastattn", p) for p in os.listdir("fastattn") if p.endswith(".pxi")] + [
                 os.path.join("fastattn", "src", h)
                 for h in os.listdir(os.path.join("fastattn", "src"))
                 if h.endswith(".h")],

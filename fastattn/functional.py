@@ -231,25 +231,30 @@ def _check_mask(attn_mask, dtype, batch_shape, L, S):
     return m.reshape((1,) * (len(target) - m.ndim) + m.shape)
 
 
-def _mask_tiles(m, batch_shape, num_threads):
-    """(kind, moff, msq, msk, tab, tidx) for the kernel: element offsets per
-    (batch, head) and the per-tile summary over the mask's own shape."""
-    kind = 1 if m.dtype == np.bool_ else 2
+def _mask_tiles(call, m, batch_shape, num_threads):
+    """Set the mask fields of a FlashCall: kind, element offsets per
+    (batch, head), strides, and the per-tile summary over the mask's own
+    shape (classify_mask)."""
+    kind = _k.MASK_BOOL if m.dtype == np.bool_ else _k.MASK_FLOAT
     own_batch = m.shape[:-2]
     Lm, Sm = m.shape[-2], m.shape[-1]
     msq = m.strides[-2] // m.itemsize if Lm > 1 else 0
     msk = m.strides[-1] // m.itemsize if Sm > 1 else 0
-    moff = _offsets(m, tuple(batch_shape))
     own = _offsets(m, own_batch)
     ntab = own.size
-    tidx = np.ascontiguousarray(np.broadcast_to(
-        np.arange(ntab, dtype=np.int64).reshape(own_batch), batch_shape).reshape(-1))
     nq = -(-Lm // _k.TILE_ROWS) if Lm > 1 else 1
     nk = -(-Sm // _k.TILE_KEYS) if Sm > 1 else 1
     tab = np.empty((ntab, nq, nk), dtype=np.uint8)
-    _k.classify_mask(m, kind, own, msq, msk, Lm, Sm, tab,
-                     _n_threads(num_threads, m.size * 64))
-    return kind, moff, msq, msk, tab, tidx
+    _k.classify_mask(_k.MaskCall(mask=m, kind=kind, moff=own, msq=msq, msk=msk,
+                                 Lm=Lm, Sm=Sm, tab=tab,
+                                 nthreads=_n_threads(num_threads, m.size * 64)))
+    call.mask_kind = kind
+    call.mask = m
+    call.moff = _offsets(m, tuple(batch_shape))
+    call.msq, call.msk = msq, msk
+    call.tab = tab
+    call.tidx = np.ascontiguousarray(np.broadcast_to(
+        np.arange(ntab, dtype=np.int64).reshape(own_batch), batch_shape).reshape(-1))
 
 
 def _check_slopes(alibi_slopes, H):
@@ -435,21 +440,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     bshape_kv = p.prefix + (Hkv,)
     if not p.batch_out:   # plain (L, E) inputs
         bshape_q = bshape_kv = (1,)
-    if p.mask is None:
-        kind, moff, msq, msk, tab, tidx = 0, None, 0, 0, None, None
-    else:
-        kind, moff, msq, msk, tab, tidx = _mask_tiles(p.mask, p.batch_out or (1,),
-                                                      num_threads)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
-    left, right = p.left, p.right
-    _k.flash(q, _offsets(q, bshape_q), _row_stride(q),
-             k, _offsets(k, bshape_kv), _row_stride(k),
-             v, _offsets(v, bshape_kv), _row_stride(v),
-             out, _offsets(out, bshape_q), _row_stride(out),
-             L, S, E, Ev, nb, Hout, Hkv, p.scale,
-             kind, p.mask, moff, msq, msk, tab, tidx,
-             left is not None, left or 0, right is not None, right or 0, p.off,
-             p.slopes, _n_threads(num_threads, flops))
+    call = _k.FlashCall(
+        q=q, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=k, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=v, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=out, ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
+        left=p.left, right=p.right, off=p.off, slopes=p.slopes,
+        nthreads=_n_threads(num_threads, flops))
+    if p.mask is not None:
+        _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
+    _k.flash(call)
     return out
 
 
@@ -496,9 +498,11 @@ def attention_scores(q, k, scale=None, *, out=None, num_threads=None):
         return out
     q, k = _readable(q), _readable(k)
     bs = batch if batch else (1,)
-    _k.scores(q, _offsets(q, bs), _row_stride(q), k, _offsets(k, bs),
-              _row_stride(k), out, _offsets(out, bs), _row_stride(out),
-              L, S, E, scale, _n_threads(num_threads, 2 * out.size * E))
+    _k.scores(_k.ScoresCall(
+        q=q, qoff=_offsets(q, bs), qs=_row_stride(q),
+        k=k, koff=_offsets(k, bs), ks=_row_stride(k),
+        out=out, ooff=_offsets(out, bs), os=_row_stride(out),
+        L=L, S=S, D=E, scale=scale, nthreads=_n_threads(num_threads, 2 * out.size * E)))
     return out
 
 
@@ -542,9 +546,10 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     xoff = _offsets(xr[..., None], rows) if rows else np.zeros(1, np.int64)
     ooff = _offsets(orr[..., None], rows) if rows else np.zeros(1, np.int64)
     C = x.shape[axis]
-    _k.softmax(x, xoff, xr.strides[-1] // x.itemsize, out, ooff,
-               orr.strides[-1] // out.itemsize, C,
-               _n_threads(num_threads, 16 * x.size))
+    _k.softmax(_k.SoftmaxCall(
+        x=x, xoff=xoff, xs=xr.strides[-1] // x.itemsize,
+        out=out, ooff=ooff, os=orr.strides[-1] // out.itemsize,
+        C=C, nthreads=_n_threads(num_threads, 16 * x.size)))
     return out
 
 
@@ -582,9 +587,11 @@ def weighted_sum(p, v, *, out=None, num_threads=None):
         return out
     p, v = _readable(p), _readable(v)
     bs = batch if batch else (1,)
-    _k.weighted_sum(p, _offsets(p, bs), _row_stride(p), v, _offsets(v, bs),
-                    _row_stride(v), out, _offsets(out, bs), _row_stride(out),
-                    L, S, Ev, _n_threads(num_threads, 2 * out.size * S))
+    _k.weighted_sum(_k.WeightedSumCall(
+        p=p, poff=_offsets(p, bs), ps=_row_stride(p),
+        v=v, voff=_offsets(v, bs), vs=_row_stride(v),
+        out=out, ooff=_offsets(out, bs), os=_row_stride(out),
+        L=L, S=S, Dv=Ev, nthreads=_n_threads(num_threads, 2 * out.size * S)))
     return out
 
 
