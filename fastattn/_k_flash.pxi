@@ -460,9 +460,16 @@ cdef void _flash_merge_task(const FlashArgs *a, Py_ssize_t bh, floating *buf) no
 
 # -- variable-length batches: task t is a row of the task table -------------
 
-cdef inline void _seq_view(const FlashArgs *a, Py_ssize_t sq, FlashArgs *s) noexcept nogil:
-    """s = a restricted to sequence sq: its own lengths and causal offset."""
+cdef inline void _seq_view(const FlashArgs *a, Py_ssize_t sq, FlashArgs *s,
+                           const floating *tag) noexcept nogil:
+    """s = a restricted to sequence sq as a batch of one: its rows, its own
+    lengths and causal offset (qoff/koff/voff/ooff are per head)."""
     s[0] = a[0]
+    s.q = <const char *>((<const floating *>a.q) + a.cu_q[sq] * a.qs)
+    s.o = <char *>((<floating *>a.o) + a.cu_q[sq] * a.os)
+    s.k = <const char *>((<const floating *>a.k) + a.cu_k[sq] * a.ks)
+    s.v = <const char *>((<const floating *>a.v) + a.cu_k[sq] * a.vs)
+    s.nb = 1
     s.L = a.cu_q[sq + 1] - a.cu_q[sq]
     s.S = a.cu_k[sq + 1] - a.cu_k[sq]
     s.off = s.S - s.L if a.bottom_right else 0
@@ -473,11 +480,11 @@ cdef inline void _seq_view(const FlashArgs *a, Py_ssize_t sq, FlashArgs *s) noex
 cdef void _flash_varlen_task(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
     cdef const int64_t *e = a.tasks + 4 * t
     cdef FlashArgs s
-    _seq_view(a, e[0], &s)
+    _seq_view(a, e[0], &s, buf)
     if e[3] == P_LANES:
-        _flash_lanes_block(&s, e[0], e[1], e[2], buf)
+        _flash_lanes_block(&s, 0, e[1], e[2], buf)
     else:
-        _flash_rows_chunk(&s, e[0], e[1], e[2],
+        _flash_rows_chunk(&s, 0, e[1], e[2],
                           (<floating *>a.part) + a.part_off[e[0]]
                           + (e[1] * s.nchunk + e[2]) * s.R * (a.Dv + 2), buf)
 
@@ -485,8 +492,8 @@ cdef void _flash_varlen_task(const FlashArgs *a, Py_ssize_t t, floating *buf) no
 cdef void _flash_varlen_merge(const FlashArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
     cdef const int64_t *e = a.tasks + 4 * t
     cdef FlashArgs s
-    _seq_view(a, e[0], &s)
-    _flash_rows_merge(&s, e[0], e[1], (<const floating *>a.part) + a.part_off[e[0]]
+    _seq_view(a, e[0], &s, buf)
+    _flash_rows_merge(&s, 0, e[1], (<const floating *>a.part) + a.part_off[e[0]]
                       + e[1] * s.nchunk * s.R * (a.Dv + 2))
 
 

@@ -20,8 +20,8 @@ import numpy as np
 from ._dispatch import kernels as _k
 from .threads import resolve as _resolve_threads
 
-__all__ = ["scaled_dot_product_attention", "attention_scores", "softmax",
-           "weighted_sum", "attention_weights"]
+__all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
+           "softmax", "weighted_sum", "attention_weights"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
@@ -452,6 +452,172 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     if p.mask is not None:
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
     _k.flash(call)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# variable-length (packed) batches
+# ---------------------------------------------------------------------------
+
+def _check_cu(cu, name, total, what):
+    """Validated cumulative offsets as a contiguous int64 array."""
+    if isinstance(cu, np.ndarray):
+        c = cu
+    else:
+        try:
+            c = np.asarray(cu)
+        except Exception as e:
+            raise TypeError(f"{name} could not be converted to an array: {e}") from None
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int32 or int64 "
+                        f"cumulative offsets), got dtype {c.dtype}")
+    if c.ndim != 1 or c.size < 1:
+        raise ValueError(f"{name} must be 1-D with at least one entry "
+                         f"[0, len0, len0+len1, ...], got shape {c.shape}")
+    c = np.ascontiguousarray(c, dtype=np.int64) if c.dtype.kind == "i" else c
+    if c.dtype.kind == "u":
+        if c.size and int(c.max()) > 2**62:
+            raise ValueError(f"{name} holds offsets beyond {what} ({total})")
+        c = np.ascontiguousarray(c, dtype=np.int64)
+    if c[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {int(c[0])}")
+    if c.size > 1 and np.any(c[1:] < c[:-1]):
+        i = int(np.argmax(c[1:] < c[:-1]))
+        raise ValueError(f"{name} must be non-decreasing, got {int(c[i])} then "
+                         f"{int(c[i + 1])} at positions {i}, {i + 1}")
+    if c[-1] != total:
+        raise ValueError(f"{name} must end at {what} ({total}), got {int(c[-1])}")
+    return c
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
+                     is_causal=False, scale=None, window=None,
+                     alibi_slopes=None, causal_alignment="top_left", out=None,
+                     num_threads=None):
+    """Attention over a packed batch of variable-length sequences, fused.
+
+    Like FlashAttention's varlen API: the sequences of a batch are packed
+    along the token axis with no padding, and sequence ``i`` takes query
+    rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` and key/value rows
+    ``cu_seqlens_k[i]:cu_seqlens_k[i+1]``; it attends only to its own keys.
+    The work is one kernel call whose tasks are (sequence, kv head, query
+    block), longest sequences first.
+
+    A sequence's result is bit-identical whatever else is in the batch, in
+    any order, at any thread count: each sequence's tile layout and chunking
+    depend only on its own lengths.
+
+    Parameters
+    ----------
+    q : ndarray, shape (total_q, Hq, D)
+    k : ndarray, shape (total_k, Hkv, D)
+    v : ndarray, shape (total_k, Hkv, Dv)
+        float32 or float64, all the same dtype.  Grouped-query attention when
+        ``Hkv < Hq`` (``Hq`` a multiple of ``Hkv``; query head ``h`` uses kv
+        head ``h // (Hq // Hkv)``).  Views with a contiguous last axis are read
+        in place, e.g. ``qkv[:, 0]`` of a fused ``(total, 3, H, D)``
+        projection.
+    cu_seqlens_q : array_like of int, shape (n + 1,)
+        Cumulative query offsets ``[0, len0, len0 + len1, ..., total_q]``
+        (int32 or int64, non-decreasing; empty sequences are allowed).
+    cu_seqlens_k : array_like of int, shape (n + 1,), optional
+        Cumulative key/value offsets; defaults to ``cu_seqlens_q`` (then
+        ``total_k`` must equal ``total_q``).
+    is_causal : bool
+        Within each sequence, query i sees keys ``j <= i`` (top-left) or
+        ``j <= i + S_i - L_i`` with ``causal_alignment="bottom_right"``.
+    scale : float, optional
+        Defaults to ``1 / sqrt(D)``; must be finite.
+    window : (left, right), optional
+        Sliding-window attention within each sequence, as in
+        :func:`scaled_dot_product_attention`.
+    alibi_slopes : array_like, shape (Hq,), optional
+        ALiBi slopes per query head, distances within each sequence.
+    causal_alignment : {"top_left", "bottom_right"}
+        Per-sequence alignment of ``is_causal`` and ``window`` when a
+        sequence has ``L_i != S_i``.
+    out : ndarray, optional
+        Written in place and returned; shape ``(total_q, Hq, Dv)``, same
+        dtype, writeable, contiguous last axis, not overlapping any input.
+    num_threads : int, optional
+        Threads for this call (default: ``fastattn.get_num_threads()``).
+
+    Returns
+    -------
+    ndarray, shape (total_q, Hq, Dv)
+        A query row that sees no key (fully masked, or a sequence with no
+        keys) is all zeros.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> lens = [3, 5]
+    >>> cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 2, 4), dtype=np.float32)
+    >>> o = fastattn.varlen_attention(x[:, 0], x[:, 1], x[:, 2], cu, is_causal=True)
+    >>> o.shape
+    (8, 2, 4)
+    """
+    q = _as_float_array(q, "q")
+    k = _as_float_array(k, "k")
+    v = _as_float_array(v, "v")
+    dtype = _same_dtype([("q", q), ("k", k), ("v", v)])
+    for name, x, dims in (("q", q, "(total_q, Hq, D)"), ("k", k, "(total_k, Hkv, D)"),
+                          ("v", v, "(total_k, Hkv, Dv)")):
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
+    total_q, Hq, D = q.shape
+    total_k, Hkv, Dk = k.shape
+    desc = f"q {q.shape}, k {k.shape}, v {v.shape}"
+    if v.shape[:2] != (total_k, Hkv):
+        raise ValueError(f"k and v must have the same tokens and heads: {desc}")
+    Dv = v.shape[2]
+    if Dk != D:
+        raise ValueError(f"q and k feature sizes differ: {desc}")
+    if D == 0:
+        raise ValueError(f"q/k feature size must be >= 1: {desc}")
+    _check_size("feature size D", D)
+    _check_size("value size Dv", Dv)
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value "
+                         f"heads ({Hkv}): {desc}")
+    cu_q = _check_cu(cu_seqlens_q, "cu_seqlens_q", total_q, "total_q = q.shape[0]")
+    if cu_seqlens_k is None:
+        if total_k != total_q:
+            raise ValueError(f"cu_seqlens_k is required when k has a different "
+                             f"number of tokens than q: {desc}")
+        cu_k = cu_q
+    else:
+        cu_k = _check_cu(cu_seqlens_k, "cu_seqlens_k", total_k, "total_k = k.shape[0]")
+        if cu_k.size != cu_q.size:
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same "
+                             f"number of sequences, got {cu_q.size - 1} and "
+                             f"{cu_k.size - 1}")
+    scale = _check_scale(scale, D)
+    left, right, _ = _window_bounds(is_causal, causal_alignment, window,
+                                    total_q, total_k)
+    slopes = _check_slopes(alibi_slopes, Hq)
+    shape = (total_q, Hq, Dv)
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    else:
+        _check_out(out, shape, dtype, [("q", q), ("k", k), ("v", v)])
+    if out.size == 0:
+        return out
+    q, k, v = _readable(q), _readable(k), _readable(v)
+    nseq = cu_q.size - 1
+    it = q.itemsize
+    lq, lk = np.diff(cu_q), np.diff(cu_k)
+    flops = 4 * Hq * int(np.dot(lq, lk)) * max(D, Dv)
+    _k.flash(_k.FlashCall(
+        q=q, qoff=np.arange(Hq, dtype=np.int64) * (q.strides[1] // it), qs=q.strides[0] // it,
+        k=k, koff=np.arange(Hkv, dtype=np.int64) * (k.strides[1] // it), ks=k.strides[0] // it,
+        v=v, voff=np.arange(Hkv, dtype=np.int64) * (v.strides[1] // it), vs=v.strides[0] // it,
+        out=out, ooff=np.arange(Hq, dtype=np.int64) * (out.strides[1] // it),
+        os=out.strides[0] // it, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
+        left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
+        bottom_right=causal_alignment == "bottom_right",
+        nthreads=_n_threads(num_threads, flops)))
     return out
 
 
