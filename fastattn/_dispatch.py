@@ -91,7 +91,7 @@ def _self_check(mod, ref):
     import numpy as np
     rng = np.random.default_rng(1234)
     for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
-        for L, path in ((70, 1), (3, 2)):
+        for L, path in ((70, mod.PATH_LANES), (3, mod.PATH_ROWS)):
             S, D, Dv = 1100, 40, 24
             q = rng.standard_normal((L, D)).astype(dt)
             k = rng.standard_normal((S, D)).astype(dt)
@@ -100,9 +100,11 @@ def _self_check(mod, ref):
             outs = []
             for m in (mod, ref):
                 o = np.zeros((L, Dv), dt)
-                m.flash(q, z, D, k, z, D, v, z, Dv, o, z, Dv, L, S, D, Dv,
-                        1, 1, 1, D ** -0.5, 0, None, None, 0, 0, None, None,
-                        False, 0, True, 0, S - L, None, 1, path)
+                m.flash(m.FlashCall(q=q, qoff=z, qs=D, k=k, koff=z, ks=D,
+                                    v=v, voff=z, vs=Dv, out=o, ooff=z, os=Dv,
+                                    L=L, S=S, D=D, Dv=Dv, nb=1, Hq=1, Hkv=1,
+                                    scale=D ** -0.5, right=0, off=S - L,
+                                    nthreads=1, path=path))
                 outs.append(o)
             if not np.allclose(outs[0], outs[1], rtol=0, atol=tol):
                 return False

@@ -20,8 +20,8 @@ import numpy as np
 from ._dispatch import kernels as _k
 from .threads import resolve as _resolve_threads
 
-__all__ = ["scaled_dot_product_attention", "attention_scores", "softmax",
-           "weighted_sum", "attention_weights"]
+__all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
+           "softmax", "weighted_sum", "attention_weights"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
@@ -231,25 +231,30 @@ def _check_mask(attn_mask, dtype, batch_shape, L, S):
     return m.reshape((1,) * (len(target) - m.ndim) + m.shape)
 
 
-def _mask_tiles(m, batch_shape, num_threads):
-    """(kind, moff, msq, msk, tab, tidx) for the kernel: element offsets per
-    (batch, head) and the per-tile summary over the mask's own shape."""
-    kind = 1 if m.dtype == np.bool_ else 2
+def _mask_tiles(call, m, batch_shape, num_threads):
+    """Set the mask fields of a FlashCall: kind, element offsets per
+    (batch, head), strides, and the per-tile summary over the mask's own
+    shape (classify_mask)."""
+    kind = _k.MASK_BOOL if m.dtype == np.bool_ else _k.MASK_FLOAT
     own_batch = m.shape[:-2]
     Lm, Sm = m.shape[-2], m.shape[-1]
     msq = m.strides[-2] // m.itemsize if Lm > 1 else 0
     msk = m.strides[-1] // m.itemsize if Sm > 1 else 0
-    moff = _offsets(m, tuple(batch_shape))
     own = _offsets(m, own_batch)
     ntab = own.size
-    tidx = np.ascontiguousarray(np.broadcast_to(
-        np.arange(ntab, dtype=np.int64).reshape(own_batch), batch_shape).reshape(-1))
     nq = -(-Lm // _k.TILE_ROWS) if Lm > 1 else 1
     nk = -(-Sm // _k.TILE_KEYS) if Sm > 1 else 1
     tab = np.empty((ntab, nq, nk), dtype=np.uint8)
-    _k.classify_mask(m, kind, own, msq, msk, Lm, Sm, tab,
-                     _n_threads(num_threads, m.size * 64))
-    return kind, moff, msq, msk, tab, tidx
+    _k.classify_mask(_k.MaskCall(mask=m, kind=kind, moff=own, msq=msq, msk=msk,
+                                 Lm=Lm, Sm=Sm, tab=tab,
+                                 nthreads=_n_threads(num_threads, m.size * 64)))
+    call.mask_kind = kind
+    call.mask = m
+    call.moff = _offsets(m, tuple(batch_shape))
+    call.msq, call.msk = msq, msk
+    call.tab = tab
+    call.tidx = np.ascontiguousarray(np.broadcast_to(
+        np.arange(ntab, dtype=np.int64).reshape(own_batch), batch_shape).reshape(-1))
 
 
 def _check_slopes(alibi_slopes, H):
@@ -435,21 +440,184 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     bshape_kv = p.prefix + (Hkv,)
     if not p.batch_out:   # plain (L, E) inputs
         bshape_q = bshape_kv = (1,)
-    if p.mask is None:
-        kind, moff, msq, msk, tab, tidx = 0, None, 0, 0, None, None
-    else:
-        kind, moff, msq, msk, tab, tidx = _mask_tiles(p.mask, p.batch_out or (1,),
-                                                      num_threads)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
-    left, right = p.left, p.right
-    _k.flash(q, _offsets(q, bshape_q), _row_stride(q),
-             k, _offsets(k, bshape_kv), _row_stride(k),
-             v, _offsets(v, bshape_kv), _row_stride(v),
-             out, _offsets(out, bshape_q), _row_stride(out),
-             L, S, E, Ev, nb, Hout, Hkv, p.scale,
-             kind, p.mask, moff, msq, msk, tab, tidx,
-             left is not None, left or 0, right is not None, right or 0, p.off,
-             p.slopes, _n_threads(num_threads, flops))
+    call = _k.FlashCall(
+        q=q, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=k, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=v, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=out, ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
+        left=p.left, right=p.right, off=p.off, slopes=p.slopes,
+        nthreads=_n_threads(num_threads, flops))
+    if p.mask is not None:
+        _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
+    _k.flash(call)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# variable-length (packed) batches
+# ---------------------------------------------------------------------------
+
+def _check_cu(cu, name, total, what):
+    """Validated cumulative offsets as a contiguous int64 array."""
+    if isinstance(cu, np.ndarray):
+        c = cu
+    else:
+        try:
+            c = np.asarray(cu)
+        except Exception as e:
+            raise TypeError(f"{name} could not be converted to an array: {e}") from None
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int32 or int64 "
+                        f"cumulative offsets), got dtype {c.dtype}")
+    if c.ndim != 1 or c.size < 1:
+        raise ValueError(f"{name} must be 1-D with at least one entry "
+                         f"[0, len0, len0+len1, ...], got shape {c.shape}")
+    c = np.ascontiguousarray(c, dtype=np.int64) if c.dtype.kind == "i" else c
+    if c.dtype.kind == "u":
+        if c.size and int(c.max()) > 2**62:
+            raise ValueError(f"{name} holds offsets beyond {what} ({total})")
+        c = np.ascontiguousarray(c, dtype=np.int64)
+    if c[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {int(c[0])}")
+    if c.size > 1 and np.any(c[1:] < c[:-1]):
+        i = int(np.argmax(c[1:] < c[:-1]))
+        raise ValueError(f"{name} must be non-decreasing, got {int(c[i])} then "
+                         f"{int(c[i + 1])} at positions {i}, {i + 1}")
+    if c[-1] != total:
+        raise ValueError(f"{name} must end at {what} ({total}), got {int(c[-1])}")
+    return c
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
+                     is_causal=False, scale=None, window=None,
+                     alibi_slopes=None, causal_alignment="top_left", out=None,
+                     num_threads=None):
+    """Attention over a packed batch of variable-length sequences, fused.
+
+    Like FlashAttention's varlen API: the sequences of a batch are packed
+    along the token axis with no padding, and sequence ``i`` takes query
+    rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` and key/value rows
+    ``cu_seqlens_k[i]:cu_seqlens_k[i+1]``; it attends only to its own keys.
+    The work is one kernel call whose tasks are (sequence, kv head, query
+    block), longest sequences first.
+
+    A sequence's result is bit-identical whatever else is in the batch, in
+    any order, at any thread count: each sequence's tile layout and chunking
+    depend only on its own lengths.
+
+    Parameters
+    ----------
+    q : ndarray, shape (total_q, Hq, D)
+    k : ndarray, shape (total_k, Hkv, D)
+    v : ndarray, shape (total_k, Hkv, Dv)
+        float32 or float64, all the same dtype.  Grouped-query attention when
+        ``Hkv < Hq`` (``Hq`` a multiple of ``Hkv``; query head ``h`` uses kv
+        head ``h // (Hq // Hkv)``).  Views with a contiguous last axis are read
+        in place, e.g. ``qkv[:, 0]`` of a fused ``(total, 3, H, D)``
+        projection.
+    cu_seqlens_q : array_like of int, shape (n + 1,)
+        Cumulative query offsets ``[0, len0, len0 + len1, ..., total_q]``
+        (int32 or int64, non-decreasing; empty sequences are allowed).
+    cu_seqlens_k : array_like of int, shape (n + 1,), optional
+        Cumulative key/value offsets; defaults to ``cu_seqlens_q`` (then
+        ``total_k`` must equal ``total_q``).
+    is_causal : bool
+        Within each sequence, query i sees keys ``j <= i`` (top-left) or
+        ``j <= i + S_i - L_i`` with ``causal_alignment="bottom_right"``.
+    scale : float, optional
+        Defaults to ``1 / sqrt(D)``; must be finite.
+    window : (left, right), optional
+        Sliding-window attention within each sequence, as in
+        :func:`scaled_dot_product_attention`.
+    alibi_slopes : array_like, shape (Hq,), optional
+        ALiBi slopes per query head, distances within each sequence.
+    causal_alignment : {"top_left", "bottom_right"}
+        Per-sequence alignment of ``is_causal`` and ``window`` when a
+        sequence has ``L_i != S_i``.
+    out : ndarray, optional
+        Written in place and returned; shape ``(total_q, Hq, Dv)``, same
+        dtype, writeable, contiguous last axis, not overlapping any input.
+    num_threads : int, optional
+        Threads for this call (default: ``fastattn.get_num_threads()``).
+
+    Returns
+    -------
+    ndarray, shape (total_q, Hq, Dv)
+        A query row that sees no key (fully masked, or a sequence with no
+        keys) is all zeros.
+
+    Examples
+    --------
+    >>> import numpy as np, fastattn
+    >>> lens = [3, 5]
+    >>> cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 2, 4), dtype=np.float32)
+    >>> o = fastattn.varlen_attention(x[:, 0], x[:, 1], x[:, 2], cu, is_causal=True)
+    >>> o.shape
+    (8, 2, 4)
+    """
+    q = _as_float_array(q, "q")
+    k = _as_float_array(k, "k")
+    v = _as_float_array(v, "v")
+    dtype = _same_dtype([("q", q), ("k", k), ("v", v)])
+    for name, x, dims in (("q", q, "(total_q, Hq, D)"), ("k", k, "(total_k, Hkv, D)"),
+                          ("v", v, "(total_k, Hkv, Dv)")):
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
+    total_q, Hq, D = q.shape
+    total_k, Hkv, Dk = k.shape
+    desc = f"q {q.shape}, k {k.shape}, v {v.shape}"
+    if v.shape[:2] != (total_k, Hkv):
+        raise ValueError(f"k and v must have the same tokens and heads: {desc}")
+    Dv = v.shape[2]
+    if Dk != D:
+        raise ValueError(f"q and k feature sizes differ: {desc}")
+    if D == 0:
+        raise ValueError(f"q/k feature size must be >= 1: {desc}")
+    _check_size("feature size D", D)
+    _check_size("value size Dv", Dv)
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value "
+                         f"heads ({Hkv}): {desc}")
+    cu_q = _check_cu(cu_seqlens_q, "cu_seqlens_q", total_q, "total_q = q.shape[0]")
+    if cu_seqlens_k is None:
+        if total_k != total_q:
+            raise ValueError(f"cu_seqlens_k is required when k has a different "
+                             f"number of tokens than q: {desc}")
+        cu_k = cu_q
+    else:
+        cu_k = _check_cu(cu_seqlens_k, "cu_seqlens_k", total_k, "total_k = k.shape[0]")
+        if cu_k.size != cu_q.size:
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same "
+                             f"number of sequences, got {cu_q.size - 1} and "
+                             f"{cu_k.size - 1}")
+    scale = _check_scale(scale, D)
+    left, right, _ = _window_bounds(is_causal, causal_alignment, window,
+                                    total_q, total_k)
+    slopes = _check_slopes(alibi_slopes, Hq)
+    shape = (total_q, Hq, Dv)
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    else:
+        _check_out(out, shape, dtype, [("q", q), ("k", k), ("v", v)])
+    if out.size == 0:
+        return out
+    q, k, v = _readable(q), _readable(k), _readable(v)
+    nseq = cu_q.size - 1
+    it = q.itemsize
+    lq, lk = np.diff(cu_q), np.diff(cu_k)
+    flops = 4 * Hq * int(np.dot(lq, lk)) * max(D, Dv)
+    _k.flash(_k.FlashCall(
+        q=q, qoff=np.arange(Hq, dtype=np.int64) * (q.strides[1] // it), qs=q.strides[0] // it,
+        k=k, koff=np.arange(Hkv, dtype=np.int64) * (k.strides[1] // it), ks=k.strides[0] // it,
+        v=v, voff=np.arange(Hkv, dtype=np.int64) * (v.strides[1] // it), vs=v.strides[0] // it,
+        out=out, ooff=np.arange(Hq, dtype=np.int64) * (out.strides[1] // it),
+        os=out.strides[0] // it, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
+        left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
+        bottom_right=causal_alignment == "bottom_right",
+        nthreads=_n_threads(num_threads, flops)))
     return out
 
 
@@ -496,9 +664,11 @@ def attention_scores(q, k, scale=None, *, out=None, num_threads=None):
         return out
     q, k = _readable(q), _readable(k)
     bs = batch if batch else (1,)
-    _k.scores(q, _offsets(q, bs), _row_stride(q), k, _offsets(k, bs),
-              _row_stride(k), out, _offsets(out, bs), _row_stride(out),
-              L, S, E, scale, _n_threads(num_threads, 2 * out.size * E))
+    _k.scores(_k.ScoresCall(
+        q=q, qoff=_offsets(q, bs), qs=_row_stride(q),
+        k=k, koff=_offsets(k, bs), ks=_row_stride(k),
+        out=out, ooff=_offsets(out, bs), os=_row_stride(out),
+        L=L, S=S, D=E, scale=scale, nthreads=_n_threads(num_threads, 2 * out.size * E)))
     return out
 
 
@@ -542,9 +712,10 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     xoff = _offsets(xr[..., None], rows) if rows else np.zeros(1, np.int64)
     ooff = _offsets(orr[..., None], rows) if rows else np.zeros(1, np.int64)
     C = x.shape[axis]
-    _k.softmax(x, xoff, xr.strides[-1] // x.itemsize, out, ooff,
-               orr.strides[-1] // out.itemsize, C,
-               _n_threads(num_threads, 16 * x.size))
+    _k.softmax(_k.SoftmaxCall(
+        x=x, xoff=xoff, xs=xr.strides[-1] // x.itemsize,
+        out=out, ooff=ooff, os=orr.strides[-1] // out.itemsize,
+        C=C, nthreads=_n_threads(num_threads, 16 * x.size)))
     return out
 
 
@@ -582,9 +753,11 @@ def weighted_sum(p, v, *, out=None, num_threads=None):
         return out
     p, v = _readable(p), _readable(v)
     bs = batch if batch else (1,)
-    _k.weighted_sum(p, _offsets(p, bs), _row_stride(p), v, _offsets(v, bs),
-                    _row_stride(v), out, _offsets(out, bs), _row_stride(out),
-                    L, S, Ev, _n_threads(num_threads, 2 * out.size * S))
+    _k.weighted_sum(_k.WeightedSumCall(
+        p=p, poff=_offsets(p, bs), ps=_row_stride(p),
+        v=v, voff=_offsets(v, bs), vs=_row_stride(v),
+        out=out, ooff=_offsets(out, bs), os=_row_stride(out),
+        L=L, S=S, Dv=Ev, nthreads=_n_threads(num_threads, 2 * out.size * S)))
     return out
 
 

@@ -154,7 +154,8 @@ def test_kernel_direct_call_with_row_strides(rng):
     w = rng.standard_normal((20, 50)).astype(np.float64)
     b = rng.standard_normal(20)
     out = np.zeros((70, 25))
-    _kern.linear(x, 50, w, 50, b, True, out, 25, 2)
+    _kern.linear(_kern.LinearCall(x=x, xs=50, w=w, ws=50, bias=b, relu=True,
+                                  out=out, ys=25, nthreads=2))
     _check(out[:, :20], x, w, b, True)
     assert not out[:, 20:].any()
 

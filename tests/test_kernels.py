@@ -1,6 +1,6 @@
 """Kernel level: every compiled build (baseline, avx2, avx512 where the CPU
-runs it) and both layouts of the fused kernel (``force_path=1`` lanes,
-``force_path=2`` rows/split-K) give the reference's results on the same
+runs it) and both layouts of the fused kernel (``PATH_LANES`` lanes,
+``PATH_ROWS`` rows/split-K) give the reference's results on the same
 inputs; the tile classifier is exact."""
 import numpy as np
 import pytest
@@ -12,6 +12,8 @@ from fastattn import _dispatch
 from fastattn import reference as ref
 
 BUILDS = _dispatch.available_builds()
+# the fused kernel's two layouts, by the kernel modules' own names
+PATHS = (F._k.PATH_LANES, F._k.PATH_ROWS)
 sdpa = fastattn.scaled_dot_product_attention
 
 
@@ -24,8 +26,9 @@ class _Build:
     def __getattr__(self, name):
         return getattr(self._mod, name)
 
-    def flash(self, *args, **kwargs):
-        return self._mod.flash(*args, force_path=self._force, **kwargs)
+    def flash(self, call):
+        call.path = self._force
+        return self._mod.flash(call)
 
 
 @pytest.fixture(params=BUILDS)
@@ -38,8 +41,10 @@ def build(request, monkeypatch):
 @pytest.fixture
 def use(monkeypatch):
     """use(build_name, force_path) routes the public API to that kernel."""
-    def _use(name, force_path=0):
-        monkeypatch.setattr(F, "_k", _Build(_dispatch.load_build(name), force_path))
+    def _use(name, force_path=None):
+        mod = _dispatch.load_build(name)
+        force_path = mod.PATH_AUTO if force_path is None else force_path
+        monkeypatch.setattr(F, "_k", _Build(mod, force_path))
     return _use
 
 
@@ -88,19 +93,19 @@ def test_every_build_and_layout_matches_reference(rng, use, dtype, case):
         expected = ref.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         results = {}
         for name in BUILDS:
-            for path in (1, 2):
+            for path in PATHS:
                 use(name, path)
                 out = sdpa(q, k, v, enable_gqa=True, **kw)
                 assert_close(out, expected, tol(dtype), what=f"{name} path={path} {kw}")
                 results[name, path] = out
         # the two layouts, and the builds, agree with each other
-        first = results[BUILDS[0], 1]
+        first = results[BUILDS[0], PATHS[0]]
         for key, out in results.items():
             assert_close(out, first, 2 * tol(dtype), what=f"{key} vs {BUILDS[0]}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("path", [1, 2])
+@pytest.mark.parametrize("path", PATHS)
 def test_layouts_with_strided_views(rng, use, dtype, path):
     x = randn(rng, (2, 1100, 3, 4, 32), dtype)             # (B, S, qkv, H, D)
     q = x[:, :5, 0].transpose(0, 2, 1, 3)
@@ -115,7 +120,7 @@ def test_layouts_with_strided_views(rng, use, dtype, path):
         assert_close(out, expected, tol(dtype), what=name)
 
 
-@pytest.mark.parametrize("path", [1, 2])
+@pytest.mark.parametrize("path", PATHS)
 def test_rows_path_split_chunks_fully_hidden(rng, use, path):
     """Decode with a sliding window: whole split-K chunks see no key for some
     rows, and some rows see nothing at all."""
@@ -133,7 +138,7 @@ def test_rows_path_split_chunks_fully_hidden(rng, use, path):
             assert_close(out, expected, 1e-12, what=f"{name} {kw}")
 
 
-@pytest.mark.parametrize("path", [1, 2])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_path_nan_query_row(use, path, dtype):
     """Every score of a row is NaN -> the output row is NaN on both layouts
@@ -160,7 +165,7 @@ def test_layout_bit_identical_across_nthreads(rng, build, dtype, many_threads):
     q = randn(rng, (1, 4, 3, 32), dtype)
     k = randn(rng, (1, 2, 2100, 32), dtype)
     v = randn(rng, (1, 2, 2100, 32), dtype)
-    for path in (1, 2):
+    for path in PATHS:
         F._k = _Build(build, path)
         outs = [sdpa(q, k, v, enable_gqa=True, num_threads=n) for n in (1, 2, 4, 64)]
         for o in outs[1:]:
@@ -197,9 +202,10 @@ def _expected_classes(m, kind, BR, BC):
     for a in range(nq):
         for b in range(nk):
             t = m[a * BR:(a + 1) * BR, b * BC:(b + 1) * BC]
-            vis = t if kind == 1 else (t == 0)
-            hid = ~t if kind == 1 else (t == -np.inf)
-            out[a, b] = 0 if hid.all() else (1 if vis.all() else 2)
+            vis = t if kind == F._k.MASK_BOOL else (t == 0)
+            hid = ~t if kind == F._k.MASK_BOOL else (t == -np.inf)
+            out[a, b] = (F._k.TILE_HIDDEN if hid.all() else
+                         F._k.TILE_VISIBLE if vis.all() else F._k.TILE_PARTIAL)
     return out
 
 
@@ -214,7 +220,7 @@ def test_classify_mask(rng, build, mdtype, shape):
         m[1] = False
         m[2] = rng.random((Lm, Sm)) > 0.002      # mostly visible, some partial tiles
         m[2, :BR, BC:] = False                   # a hidden block
-        kind = 1
+        kind = build.MASK_BOOL
     else:
         m = np.zeros((n, Lm, Sm), mdtype)
         m[1] = -np.inf
@@ -222,13 +228,125 @@ def test_classify_mask(rng, build, mdtype, shape):
         m[2, :BR, :BC] = 0.0
         m[2, -1, -1] = 0.5                        # a non-zero finite bias is partial
         m[2, 0, 0] = np.nan                       # NaN is neither visible nor hidden
-        kind = 2
+        kind = build.MASK_FLOAT
     nq = -(-Lm // BR) if Lm > 1 else 1
     nk = -(-Sm // BC) if Sm > 1 else 1
     tab = np.full((n, nq, nk), 9, np.uint8)
     moff = np.arange(n, dtype=np.int64) * Lm * Sm
     msq = Sm if Lm > 1 else 0
     msk = 1 if Sm > 1 else 0
-    build.classify_mask(m, kind, moff, msq, msk, Lm, Sm, tab, 2)
+    build.classify_mask(build.MaskCall(mask=m, kind=kind, moff=moff, msq=msq, msk=msk,
+                                       Lm=Lm, Sm=Sm, tab=tab, nthreads=2))
     for i in range(n):
         assert np.array_equal(tab[i], _expected_classes(m[i], kind, BR, BC)), i
+
+
+# ---------------------------------------------------------------------------
+# the call objects at the Python/kernel boundary
+# ---------------------------------------------------------------------------
+
+def _flash_fields(mod, rng, dtype=np.float64, L=5, S=7, D=4, Dv=3):
+    q, k = randn(rng, (L, D), dtype), randn(rng, (S, D), dtype)
+    v, out = randn(rng, (S, Dv), dtype), np.zeros((L, Dv), dtype)
+    z = np.zeros(1, np.int64)
+    return dict(q=q, qoff=z, qs=D, k=k, koff=z, ks=D, v=v, voff=z, vs=Dv,
+                out=out, ooff=z, os=Dv, L=L, S=S, D=D, Dv=Dv, nb=1, Hq=1, Hkv=1,
+                scale=0.5, nthreads=1)
+
+
+def test_named_constants_are_distinct_and_shared_by_builds():
+    for name in BUILDS:
+        mod = _dispatch.load_build(name)
+        assert len({mod.MASK_NONE, mod.MASK_BOOL, mod.MASK_FLOAT}) == 3
+        assert len({mod.PATH_AUTO, mod.PATH_LANES, mod.PATH_ROWS}) == 3
+        assert len({mod.TILE_HIDDEN, mod.TILE_VISIBLE, mod.TILE_PARTIAL}) == 3
+        for c in ("MASK_NONE", "MASK_BOOL", "MASK_FLOAT", "PATH_AUTO", "PATH_LANES",
+                  "PATH_ROWS", "TILE_HIDDEN", "TILE_VISIBLE", "TILE_PARTIAL"):
+            assert getattr(mod, c) == getattr(F._k, c)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_flash_call_fields_by_name(rng, build, path):
+    kw = _flash_fields(build, rng)
+    call = build.FlashCall(**kw, right=0, path=path)
+    assert call.L == 5 and call.right == 0 and call.left is None and call.path == path
+    assert build.flash(call) is kw["out"]
+    expected = ref.scaled_dot_product_attention(kw["q"], kw["k"], kw["v"], is_causal=True,
+                                                scale=0.5)
+    assert_close(kw["out"], expected, 1e-12)
+
+
+@pytest.mark.parametrize("field", ["q", "k", "v", "out", "qoff", "koff", "voff", "ooff",
+                                   "qs", "ks", "vs", "os", "L", "S", "D", "Dv", "nb",
+                                   "Hq", "Hkv", "scale", "nthreads"])
+def test_flash_call_refuses_unset_fields(rng, build, field):
+    kw = _flash_fields(build, rng)
+    out = kw["out"]
+    del kw[field]
+    with pytest.raises(ValueError, match=f"'{field}' was never set"):
+        build.flash(build.FlashCall(**kw))
+    assert not out.any()
+
+
+def test_flash_call_refuses_inconsistent_fields(rng, build):
+    kw = _flash_fields(build, rng)
+    with pytest.raises(ValueError, match="qoff must be a contiguous int64 array of at least 2"):
+        build.flash(build.FlashCall(**{**kw, "nb": 2}))
+    with pytest.raises(ValueError, match="qoff must be a contiguous int64"):
+        build.flash(build.FlashCall(**{**kw, "qoff": np.zeros(1, np.int32)}))
+    with pytest.raises(TypeError, match="share one"):
+        build.flash(build.FlashCall(**{**kw, "out": np.zeros((5, 3), np.float32)}))
+    with pytest.raises(ValueError, match="'Hkv'"):
+        build.flash(build.FlashCall(**{**kw, "Hq": 3, "Hkv": 2}))
+    with pytest.raises(ValueError, match="'mask'"):
+        build.flash(build.FlashCall(**kw, mask_kind=build.MASK_BOOL))
+    with pytest.raises(ValueError, match="'slopes"):
+        build.flash(build.FlashCall(**kw, slopes=np.ones(1, np.float32)))
+    with pytest.raises(TypeError):
+        build.FlashCall(q=[1.0])              # arrays only
+    with pytest.raises(TypeError):
+        build.FlashCall(qs=1, bogus=2)        # no unknown fields
+    with pytest.raises(TypeError):
+        build.flash(None)
+    assert not kw["out"].any()
+
+
+def test_flash_call_keeps_its_arrays_alive(rng, build):
+    """The call object owns references to every array it points into: the
+    caller's names can go away before the kernel runs."""
+    import gc
+    kw = _flash_fields(build, rng)
+    expected = ref.scaled_dot_product_attention(kw["q"], kw["k"], kw["v"], scale=0.5)
+    arrays = {n: np.array(a) for n, a in kw.items() if isinstance(a, np.ndarray)}
+    call = build.FlashCall(**{**kw, **arrays})
+    del arrays, kw
+    gc.collect()
+    assert_close(build.flash(call), expected, 1e-12)
+
+
+def test_other_calls_refuse_unset_fields(rng, build):
+    x = randn(rng, (4, 6), np.float64)
+    z = np.zeros(1, np.int64)
+    out = np.zeros((4, 6))
+    with pytest.raises(ValueError, match="'C' was never set"):
+        build.softmax(build.SoftmaxCall(x=x, xoff=np.arange(4) * 6, xs=1, out=out,
+                                        ooff=np.arange(4) * 6, os=1, nthreads=1))
+    with pytest.raises(ValueError, match="'scale' was never set"):
+        build.scores(build.ScoresCall(q=x, qoff=z, qs=6, k=x, koff=z, ks=6, out=np.zeros((4, 4)),
+                                      ooff=z, os=4, L=4, S=4, D=6, nthreads=1))
+    with pytest.raises(ValueError, match="'Dv' was never set"):
+        build.weighted_sum(build.WeightedSumCall(p=x, poff=z, ps=6, v=x, voff=z, vs=6,
+                                                 out=out, ooff=z, os=6, L=4, S=6, nthreads=1))
+    with pytest.raises(ValueError, match="'tab"):
+        build.classify_mask(build.MaskCall(mask=x, kind=build.MASK_FLOAT, moff=z, Lm=4, Sm=6,
+                                           nthreads=1))
+    with pytest.raises(ValueError, match="'nthreads' was never set"):
+        build.linear(build.LinearCall(x=x, xs=6, w=x, ws=6, out=np.zeros((4, 4)), ys=4))
+    with pytest.raises(TypeError, match="share one"):
+        build.linear(build.LinearCall(x=x, xs=6, w=x.astype(np.float32), ws=6,
+                                      out=np.zeros((4, 4)), ys=4, nthreads=1))
+    assert not out.any()
+    # and work once every field is there
+    build.softmax(build.SoftmaxCall(x=x, xoff=np.arange(4) * 6, xs=1, out=out,
+                                    ooff=np.arange(4) * 6, os=1, C=6, nthreads=1))
+    assert_close(out, ref.softmax(x), 1e-15)

@@ -77,8 +77,9 @@ def gemm(x2, w, bias=None, relu=False, out=None):
     if (N >= TILE_GEMM_MIN_ROWS and _kern is not None and _tile_ok(x2, w, bias, out)):
         it = x2.itemsize
         nt = _n_threads(None, 2 * N * M * K)
-        _kern.linear(x2, x2.strides[0] // it, w, w.strides[0] // it, bias, bool(relu),
-                     out, out.strides[0] // it, nt)
+        _kern.linear(_kern.LinearCall(x=x2, xs=x2.strides[0] // it, w=w,
+                                      ws=w.strides[0] // it, bias=bias, relu=bool(relu),
+                                      out=out, ys=out.strides[0] // it, nthreads=nt))
         return out
     y = np.matmul(x2, w.T, out=out)
     if bias is not None:
