@@ -8,7 +8,7 @@ from .threads import set_num_threads, get_num_threads, threads
 from .functional import (scaled_dot_product_attention, attention_scores,
                          softmax, weighted_sum, attention_weights)
 from . import reference, nn, positional, weights
-from .weights import from_torch
+from .nn.convert import from_torch
 
 __all__ = [
     "__version__", "scaled_dot_product_attention", "attention_scores",

@@ -8,7 +8,7 @@ import pytest
 from fastattn import reference
 from fastattn.nn import MultiHeadAttention, KVCache
 from fastattn.positional import RotaryEmbedding, alibi_slopes
-from fastattn.weights import from_torch
+from fastattn import from_torch
 import fastattn.nn.attention as _attn_mod
 
 TOL = {np.float32: 1e-5, np.float64: 1e-11}

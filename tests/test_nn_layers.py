@@ -4,7 +4,7 @@ import pytest
 
 from fastattn.nn import Linear, LayerNorm, RMSNorm, FeedForward
 from fastattn.nn._ops import act_numpy
-from fastattn.weights import from_torch
+from fastattn import from_torch
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
