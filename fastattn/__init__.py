@@ -4,7 +4,7 @@ Cython + OpenMP kernels (with hand-written SIMD tiles) under a NumPy API.
 """
 from ._version import __version__
 from ._dispatch import kernels, isa
-from .threads import set_num_threads, get_num_threads, threads
+from .threads import set_num_threads, get_num_threads, threads, describe_num_threads
 from .functional import (scaled_dot_product_attention, attention_scores,
                          softmax, weighted_sum, attention_weights)
 from . import reference, nn, positional, weights
@@ -13,6 +13,6 @@ from .nn.convert import from_torch
 __all__ = [
     "__version__", "scaled_dot_product_attention", "attention_scores",
     "softmax", "weighted_sum", "attention_weights", "set_num_threads",
-    "get_num_threads", "threads", "reference", "isa", "kernels",
+    "get_num_threads", "threads", "describe_num_threads", "reference", "isa", "kernels",
     "nn", "positional", "weights", "from_torch",
 ]
