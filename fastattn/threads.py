@@ -34,9 +34,8 @@ import operator
 import os
 
 __all__ = ["set_num_threads", "get_num_threads", "threads", "resolve",
-           "describe_num_threads", "NumThreads", "default_num_threads",
-           "usable_cpus", "cgroup_cpu_quota", "for_flops", "for_rows",
-           "for_attention"]
+           "describe_num_threads", "NumThreads", "usable_cpus", "cgroup_cpu_quota",
+           "for_flops", "for_rows", "for_attention"]
 
 _global = None
 _local = contextvars.ContextVar("fastattn_threads", default=None)
@@ -193,13 +192,6 @@ def _omp_num_threads():
 # ---------------------------------------------------------------------------
 # the setting
 # ---------------------------------------------------------------------------
-
-def default_num_threads():
-    """``OMP_NUM_THREADS`` (its first entry) if set and valid, else the CPUs
-    this process may use (:func:`usable_cpus`)."""
-    n = _omp_num_threads()
-    return n if n is not None else _usable_cpus().count
-
 
 def set_num_threads(n):
     """Set the process-wide number of threads the kernels use.
