@@ -5,7 +5,7 @@ and inputs (float32, ``batch_first``, ReLU, ``dim_feedforward = 4 d_model``,
 heads of 64, post-norm, eval / inference mode):
 
 - ``fastattn``  :class:`fastattn.nn.TransformerEncoderLayer` / ``TransformerEncoder``
-  converted with :func:`fastattn.weights.from_torch`
+  converted with :func:`fastattn.from_torch`
 - ``torch``     ``torch.nn.TransformerEncoderLayer`` / ``TransformerEncoder`` under
   ``torch.inference_mode()`` (its fused "fast path": native multi-head
   attention and ``_transformer_encoder_layer_fwd``)
@@ -113,7 +113,7 @@ def numpy_encoder(states, x, nhead):
 def make_cell(torch, fastattn, d_model, depth, B, L, seed=0):
     """Return ``({impl: callable}, x)`` for one configuration, all sharing one
     set of random weights."""
-    from fastattn.weights import from_torch, torch_state_dict
+    from fastattn.nn.convert import from_torch, torch_state_dict
 
     torch.manual_seed(seed)
     nhead = d_model // HEAD_DIM

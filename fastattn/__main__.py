@@ -37,7 +37,7 @@ def _info(args=None):
                    if f.startswith(("AVX", "FMA", "SSE4", "ASIMD", "NEON")))
     print(f"cpu features: {' '.join(feats)}")
     print(f"openmp: {'on' if k.OPENMP else 'OFF (serial build)'}")
-    print(f"threads: {fastattn.get_num_threads()}")
+    print("threads: {} (from {})".format(*fastattn.describe_num_threads()))
     print(f"tiles: {k.TILE_ROWS} query rows x {k.TILE_KEYS} keys; "
           f"split-K chunk {k.SPLIT_KEYS} keys")
     print(f"numpy {np.__version__}; BLAS: {_blas_name()}")

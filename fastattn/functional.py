@@ -18,16 +18,13 @@ import numbers
 import numpy as np
 
 from ._dispatch import kernels as _k
-from .threads import resolve as _resolve_threads
+from .threads import for_flops as _n_threads
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
            "softmax", "weighted_sum", "attention_weights"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
-# Below this many flops a call runs on one thread: waking a team costs more
-# than it saves (see benchmarks/NOTES.md).
-_FLOPS_PER_THREAD = 4_000_000
 
 
 # ---------------------------------------------------------------------------
@@ -163,11 +160,6 @@ def _check_scale(scale, E):
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
-
-
-def _n_threads(num_threads, flops):
-    n = _resolve_threads(num_threads)
-    return int(max(1, min(n, flops // _FLOPS_PER_THREAD)))
 
 
 # ---------------------------------------------------------------------------

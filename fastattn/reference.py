@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 __all__ = ["softmax", "attention_scores", "weighted_sum", "visibility_mask",
-           "scaled_dot_product_attention", "attention_weights"]
+           "scaled_dot_product_attention", "attention_weights", "add_norm",
+           "activation"]
 
 
 def softmax(x, axis=-1):
@@ -134,3 +135,54 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         return np.zeros(np.broadcast_shapes(p.shape[:-1], v.shape[:-2] + (1,))
                         + (v.shape[-1],))
     return p @ v
+
+
+# ---------------------------------------------------------------------------
+# the layers' fused row kernels (fastattn.nn._ops)
+# ---------------------------------------------------------------------------
+
+def add_norm(a, a_bias, r, mode, w, b, eps):
+    """Reference of ``fastattn.nn._ops.add_norm``: ``s = a + a_bias + r``
+    and ``n = norm(s) * w + b`` (``mode`` ``"layer"``, ``"rms"`` or
+    ``"none"``, then ``n`` is None; ``a_bias``, ``r``, ``w``, ``b`` may be
+    None).  Returns ``(s, n)`` in float64; the variance is the biased,
+    centred one."""
+    s = np.asarray(a, dtype=np.float64)
+    if a_bias is not None:
+        s = s + a_bias
+    if r is not None:
+        s = s + r
+    n = None
+    if mode == "layer":
+        mean = s.mean(-1, keepdims=True)
+        var = ((s - mean) ** 2).mean(-1, keepdims=True)
+        n = (s - mean) / np.sqrt(var + eps)
+    elif mode == "rms":
+        n = s / np.sqrt((s * s).mean(-1, keepdims=True) + eps)
+    elif mode != "none":
+        raise ValueError(f"unknown norm mode {mode!r}")
+    if n is not None:
+        if w is not None:
+            n = n * w
+        if b is not None:
+            n = n + b
+    return s, n
+
+
+def activation(x, name):
+    """The activation ``name`` (``"identity"``, ``"relu"``, ``"gelu"`` (exact,
+    erf), ``"gelu_tanh"``, ``"silu"``) of ``x`` in float64.  ``"gelu"`` needs
+    SciPy (for ``erf``)."""
+    x = np.asarray(x, dtype=np.float64)
+    if name == "identity":
+        return x
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        from scipy.special import erf
+        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(f"unknown activation {name!r}")

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import fastattn
-import fastattn.functional as _functional
 
 DTYPES = (np.float32, np.float64)
 
@@ -71,7 +70,7 @@ def rng(request):
 @pytest.fixture
 def many_threads(monkeypatch):
     """Make every call big enough to use all the threads it is given."""
-    monkeypatch.setattr(_functional, "_FLOPS_PER_THREAD", 1)
+    monkeypatch.setattr(sys.modules["fastattn.threads"], "_FLOPS_PER_THREAD", 1)
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +125,7 @@ def gemm_path(request, monkeypatch):
     import fastattn.nn.layers as layers
     monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS",
                         1 if request.param == "tiles" else 1 << 62)
-    monkeypatch.setattr(_functional, "_FLOPS_PER_THREAD", 1)  # all threads, even tiny
+    monkeypatch.setattr(sys.modules["fastattn.threads"], "_FLOPS_PER_THREAD", 1)  # all threads, even tiny
     return request.param
 
 

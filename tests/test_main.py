@@ -29,7 +29,7 @@ def test_info_subprocess():
     assert re.search(rf"kernel build: {fastattn.isa}\b", out)
     assert re.search(r"openmp: (on|OFF)", out)
     assert ("openmp: on" in out) == bool(fastattn.kernels.OPENMP)
-    assert re.search(r"^threads: 3$", out, re.MULTILINE)          # honours OMP_NUM_THREADS
+    assert re.search(r"^threads: 3 \(from OMP_NUM_THREADS\)$", out, re.MULTILINE)
     assert re.search(r"BLAS: \S+", out)
     assert "BLAS: unknown" not in out and "BLAS: ?" not in out
     assert r.stderr == ""
@@ -39,7 +39,7 @@ def test_info_in_process(capsys):
     with fastattn.threads(2):
         assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "threads: 2" in out
+    assert "threads: 2 (from fastattn.threads(n) block)" in out
     assert f"tiles: {fastattn.kernels.TILE_ROWS} query rows" in out
     for build in fastattn._dispatch.available_builds():
         assert build in out

@@ -8,9 +8,10 @@ import pytest
 from fastattn import reference
 from fastattn.nn import MultiHeadAttention, KVCache
 from fastattn.positional import RotaryEmbedding, alibi_slopes
-from fastattn.weights import from_torch
+from fastattn import from_torch
 import fastattn.nn.attention as _attn_mod
 from conftest import tol
+import fastattn.nn.layers as layers
 
 
 # every test runs with the projections on the tiled GEMM and on BLAS
@@ -359,11 +360,25 @@ def test_pickle_roundtrip(rng):
 def test_attention_thread_policy_next_to_blas_projections(monkeypatch):
     """Decode-sized calls (projections on BLAS) keep the attention on one
     thread unless it is huge; calls whose projections ran on the tiled GEMM
-    leave the choice to the kernel."""
+    leave the choice to the kernel.  The layer tells the policy which GEMM
+    ran its query projection."""
     import fastattn
-    import fastattn.nn.layers as layers
-    T = layers.TILE_GEMM_MIN_ROWS          # set per gemm_path run
+    from fastattn.threads import for_attention
     with fastattn.threads(2):
-        assert _attn_mod._attention_threads(T - 1, 4 * 12 * 1000 * 64) == 1
-        assert _attn_mod._attention_threads(T - 1, 10 ** 12) == 2
-        assert _attn_mod._attention_threads(T, 10) is None
+        assert for_attention(4 * 12 * 1000 * 64, other_pool_hot=True) == 1
+        assert for_attention(10 ** 12, other_pool_hot=True) == 2
+        assert for_attention(10, other_pool_hot=False) is None
+    seen = []
+    monkeypatch.setattr(_attn_mod, "for_attention",
+                        lambda flops, other_pool_hot: seen.append(other_pool_hot))
+    m = MultiHeadAttention(16, 2, rng=0)
+    T = 64
+    monkeypatch.setattr(layers, "TILE_GEMM_MIN_ROWS", T)   # whatever gemm_path set
+    for L in (1, T - 1, T):
+        m(np.ones((1, L, 16), np.float32))
+    assert seen == [True, True, False]
+    seen.clear()
+    mem = np.ones((1, 200, 16), np.float32)          # cross-attention: q decides
+    m(np.ones((1, 1, 16), np.float32), mem, mem)
+    m(np.ones((1, T, 16), np.float32), mem[:, :3], mem[:, :3])
+    assert seen == [True, False]

@@ -8,7 +8,7 @@ import pytest
 from fastattn.nn import (TransformerEncoderLayer, TransformerDecoderLayer,
                          TransformerDecoder, Transformer,
                          LayerNorm, KVCache, generate_square_subsequent_mask)
-from fastattn.weights import from_torch
+from fastattn import from_torch
 from conftest import run_in_threads, tol
 
 # torch warns that its nested-tensor fast path is off for batch_first=False

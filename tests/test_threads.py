@@ -26,13 +26,125 @@ def test_default_from_omp_num_threads(monkeypatch):
     assert fastattn.get_num_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "5,2")        # nested spec: first level
     assert fastattn.get_num_threads() == 5
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count()
+    ncpu = _threads_mod.usable_cpus().count
     for bad in ("", "0", "-2", "many"):
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         assert fastattn.get_num_threads() == ncpu
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert fastattn.get_num_threads() == ncpu
+
+
+# ---------------------------------------------------------------------------
+# the default: CPU affinity, capped by a cgroup CPU quota
+# ---------------------------------------------------------------------------
+
+def _cgroup(tmp_path, files, proc=None):
+    """A fake cgroup tree under tmp_path: {relative file: text}; returns
+    (root, proc_cgroup file)."""
+    root = tmp_path / "cg"
+    root.mkdir()
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    pc = tmp_path / "proc_cgroup"
+    pc.write_text(proc if proc is not None else "0::/\n")
+    return str(root), str(pc)
+
+
+@pytest.mark.parametrize("files,proc,expected", [
+    ({}, None, None),
+    ({"cpu.max": "max 100000\n"}, None, None),
+    ({"cpu.max": "200000 100000\n"}, None, (2, "cpu.max")),
+    ({"cpu.max": "150000 100000"}, None, (2, "cpu.max")),            # rounded up
+    ({"cpu.max": "10000 100000"}, None, (1, "cpu.max")),             # at least 1
+    ({"cpu.max": "garbage"}, None, None),
+    ({"cpu.max": "100000 0"}, None, None),
+    ({"cpu.max": "-5 100000"}, None, None),
+    ({"cpu.max": ""}, None, None),
+    ({"cpu.max": "1.5 100000"}, None, None),
+    ({"cpu.max": "\xff\xfe"}, None, None),
+    # the process's own group and every group above it: the smallest wins
+    ({"a/b/cpu.max": "max 100000", "a/cpu.max": "300000 100000",
+      "cpu.max": "500000 100000"}, "0::/a/b\n", (3, "a/cpu.max")),
+    # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+     "1:cpu:/\n", None),
+    ({"cpu/cpu.cfs_quota_us": "250000", "cpu/cpu.cfs_period_us": "100000"},
+     "1:cpu:/\n", (3, "cpu/cpu.cfs_quota_us")),
+    ({"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "100000",
+      "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000"},
+     "4:cpu,cpuacct:/docker/x\n", (1, "cpu,cpuacct/docker/x/cpu.cfs_quota_us")),
+    # a container: /proc/self/cgroup names the host's path, the mount is the group
+    ({"cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"},
+     "2:cpu:/docker/abc\n", (4, "cpu/cpu.cfs_quota_us")),
+    ({"cpu/cpu.cfs_quota_us": "abc", "cpu/cpu.cfs_period_us": "100000"},
+     "1:cpu:/\n", None),
+    ({"cpu/cpu.cfs_quota_us": "100000"}, "1:cpu:/\n", None),        # no period file
+])
+def test_cgroup_cpu_quota(tmp_path, files, proc, expected):
+    root, pc = _cgroup(tmp_path, files, proc)
+    n, path = _threads_mod.cgroup_cpu_quota(root, pc)
+    if expected is None:
+        assert (n, path) == (None, None)
+    else:
+        assert (n, path) == (expected[0], os.path.join(root, expected[1]))
+
+
+def test_cgroup_quota_unreadable_proc_file(tmp_path):
+    root, _ = _cgroup(tmp_path, {"cpu.max": "200000 100000"})
+    assert _threads_mod.cgroup_cpu_quota(root, str(tmp_path / "missing")) == \
+        (2, os.path.join(root, "cpu.max"))
+    assert _threads_mod.cgroup_cpu_quota(str(tmp_path / "nothing"), None) == (None, None)
+
+
+@pytest.mark.parametrize("quota,expected", [
+    ("100000 100000", (1, "cgroup CPU quota ({root}/cpu.max)")),     # quota < affinity
+    ("350000 100000", (4, "CPU affinity (sched_getaffinity)")),      # 3.5 rounds up to 4
+    ("800000 100000", (4, "CPU affinity (sched_getaffinity)")),      # quota > affinity
+    ("max 100000", (4, "CPU affinity (sched_getaffinity)")),
+    ("broken", (4, "CPU affinity (sched_getaffinity)")),
+])
+def test_usable_cpus(tmp_path, monkeypatch, quota, expected):
+    root, pc = _cgroup(tmp_path, {"cpu.max": quota})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    got = _threads_mod.usable_cpus(root, pc)
+    assert got == (expected[0], expected[1].format(root=root))
+    assert got.count == expected[0]
+
+
+def test_describe_num_threads_sources(tmp_path, monkeypatch):
+    root, pc = _cgroup(tmp_path, {"cpu.max": "100000 100000"})
+    monkeypatch.setattr(_threads_mod, "_usable_cpus",
+                        lambda: _threads_mod.usable_cpus(root, pc))
+    describe = fastattn.describe_num_threads
+    fastattn.set_num_threads(None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert describe() == (1, f"cgroup CPU quota ({root}/cpu.max)")
+    assert fastattn.get_num_threads() == 1
+    for bad in ("", "0", "-2", "many", "2.5", ",3"):      # invalid: ignored
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        assert describe() == (1, f"cgroup CPU quota ({root}/cpu.max)"), bad
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")            # beats the quota
+    assert describe() == (6, "OMP_NUM_THREADS")
+    fastattn.set_num_threads(5)                           # beats OMP_NUM_THREADS
+    assert describe() == (5, "set_num_threads")
+    with fastattn.threads(3):                             # beats set_num_threads
+        assert describe() == (3, "fastattn.threads(n) block")
+        assert describe(7) == (7, "num_threads argument")  # beats everything
+        assert _threads_mod.resolve(7) == 7
+    with pytest.raises(ValueError, match="positive integer"):
+        describe(0)
+
+
+def test_default_count_is_what_the_kernels_get(monkeypatch):
+    """The default really reaches the kernel call (for_flops)."""
+    fastattn.set_num_threads(None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_threads_mod, "_usable_cpus",
+                        lambda: _threads_mod.NumThreads(3, "test"))
+    assert _threads_mod.for_flops(None, 10 ** 12) == 3
+    assert _threads_mod.for_rows(10 ** 9) == 3
 
 
 def test_set_get_and_reset(monkeypatch):
@@ -176,8 +288,18 @@ def test_many_threads_fixture_really_spreads_work(many_threads):
 
 def test_small_calls_use_one_thread():
     from fastattn import functional as F
+    assert F._n_threads is _threads_mod.for_flops          # one home for the policy
     assert F._n_threads(4, 10) == 1
     assert F._n_threads(2, 10**12) == 2
+    assert F._n_threads(8, 3 * 4_000_000 + 1) == 3         # one per 4 MFLOP
+
+
+def test_row_kernel_thread_policy():
+    with fastattn.threads(4):
+        assert _threads_mod.for_rows(1000) == 1
+        assert _threads_mod.for_rows(2 * 65536) == 2
+        assert _threads_mod.for_rows(65536, cost=3) == 3
+        assert _threads_mod.for_rows(10 ** 9, cost=16) == 4
 
 
 # ---------------------------------------------------------------------------

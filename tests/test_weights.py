@@ -1,13 +1,14 @@
-"""fastattn.weights: the pure-NumPy safetensors reader/writer, .npz, state
+"""fastattn.weights: safetensors (through the safetensors package), .npz, state
 dict checks and from_torch."""
 import json
+import os
 import pickle
 import struct
 
 import numpy as np
 import pytest
 
-from fastattn import weights
+from fastattn import weights, from_torch
 from fastattn.nn import (MultiHeadAttention, TransformerEncoderLayer,
                          TransformerDecoderLayer, Transformer, LayerNorm, Linear)
 
@@ -56,7 +57,7 @@ def test_safetensors_roundtrip(tmp_path, rng):
 
 
 def test_interop_with_the_safetensors_package(tmp_path, rng):
-    st = pytest.importorskip("safetensors.numpy")
+    import safetensors.numpy as st
     t = {k: v for k, v in _tensors(rng).items() if k not in ("h.strided", "i.bigendian")}
     ours = tmp_path / "ours.safetensors"
     theirs = tmp_path / "theirs.safetensors"
@@ -101,18 +102,98 @@ def _write(p, header, data=b"", n=None):
     ({"__metadata__": {"a": 1}}, b"", None, "__metadata__"),
     ({}, b"", 10 ** 6, "past the end"),
     ({}, b"", 2 ** 62, "limit"),
+    # oversized shapes: the byte count cannot match, whatever the offsets
+    ({"x": {"dtype": "F32", "shape": [2 ** 40, 2 ** 40], "data_offsets": [0, 8]}},
+     b"\0" * 8, None, "needs 4835703278458516698824704"),
+    ({"x": {"dtype": "F32", "shape": [2 ** 62, 4], "data_offsets": [0, 0]}}, b"", None, "needs"),
+    # dtypes the package knows but NumPy (and fastattn) cannot hold
+    ({"x": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, None,
+     "unsupported dtype 'F8_E4M3'"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "overlaps"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 3, None, "outside"),
 ])
 def test_malformed_files_raise_valueerror(tmp_path, header, data, n, match):
     p = _write(tmp_path / "bad.safetensors", header, data, n)
-    with pytest.raises(ValueError, match=match):
-        weights.load_file(p)
+    for read in (weights.load_file, weights.load, weights.open_safetensors):
+        with pytest.raises(ValueError, match=match) as e:
+            read(p)
+        assert str(p) in str(e.value)
 
 
 def test_truncated_file(tmp_path):
     p = tmp_path / "t.safetensors"
     p.write_bytes(b"\x01\x02")
-    with pytest.raises(ValueError, match="at least 8"):
+    with pytest.raises(ValueError, match="at least 8") as e:
         weights.load_file(p)
+    assert str(p) in str(e.value)
+    p.write_bytes(b"")
+    with pytest.raises(ValueError, match="0 bytes"):
+        weights.load_file(p)
+
+
+def test_lazy_reader(tmp_path, rng):
+    t = _tensors(rng)
+    p = tmp_path / "w.safetensors"
+    weights.save_file(t, p, metadata={"m": "1"})
+    with weights.open_safetensors(p) as f:
+        assert set(f.keys()) == set(t) and len(f) == len(t) and "b" in f
+        assert f.metadata == {"m": "1"}
+        assert f.shape("h.strided") == (2, 2) and f.dtype("i.bigendian") == np.float32
+        a = f.get("a.weight")
+        np.testing.assert_array_equal(a, t["a.weight"])
+        a[0, 0] = 7                                   # our own copy
+        np.testing.assert_array_equal(f["a.weight"], t["a.weight"])
+        _equal(t, dict(f.items()))
+        with pytest.raises(KeyError, match="no tensor named 'zz'"):
+            f.get("zz")
+    with pytest.raises(ValueError, match="closed"):
+        f.get("b")
+    np.testing.assert_array_equal(a[1], t["a.weight"][1])   # still valid after close
+
+
+def test_lazy_bf16(tmp_path):
+    f32 = np.array([1.0, -2.5, 3.140625, 0.0], np.float32)
+    bf = (f32.view(np.uint32) >> 16).astype("<u2")
+    p = _write(tmp_path / "bf.safetensors",
+               {"x": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+                "y": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}},
+               bf.tobytes() + f32.tobytes())
+    with weights.open_safetensors(p) as f:
+        assert f.dtype("x") == np.float32
+        np.testing.assert_array_equal(f.get("x"), f32.reshape(2, 2))
+        np.testing.assert_array_equal(f.get("y"), f32)
+
+
+def test_file_truncated_while_open_raises_not_crashes(tmp_path):
+    """A checkpoint rewritten in place under an open reader: an error naming
+    the file, chained to the package's, never a SIGBUS (the package's mmap
+    backend would die here)."""
+    from safetensors import SafetensorError
+    p = tmp_path / "w.safetensors"
+    weights.save_file({"a": np.ones(4, np.float32), "w": np.ones((512, 512))}, p)
+    with weights.open_safetensors(p) as f:
+        p.write_bytes(p.read_bytes()[:200])
+        with pytest.raises(ValueError, match="could not read") as e:
+            f.get("w")
+        assert str(p) in str(e.value)
+        assert isinstance(e.value.__cause__, SafetensorError)
+
+
+def test_file_replaced_while_open_reads_the_file_opened(tmp_path):
+    p = tmp_path / "w.safetensors"
+    w = np.arange(16, dtype=np.float32).reshape(4, 4)
+    bf = (np.ones(2, np.float32).view(np.uint32) >> 16).astype("<u2")
+    weights.save_file({"w": w}, p)
+    _write(p, {"b": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]},
+               "w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [4, 68]}},
+           bf.tobytes() + w.tobytes())
+    with weights.open_safetensors(p) as f:
+        os.replace(_write(tmp_path / "other.safetensors",
+                          {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                          b"\0" * 8), p)
+        np.testing.assert_array_equal(f.get("w"), w)
+        np.testing.assert_array_equal(f.get("b"), np.ones(2, np.float32))
 
 
 def test_save_rejects_bad_input(tmp_path):
@@ -195,7 +276,7 @@ def test_from_torch_every_supported_module():
         torch.nn.Transformer(E, H, 1, 1, 32): Transformer,
     }
     for tm, cls in mods.items():
-        fm = weights.from_torch(tm)
+        fm = from_torch(tm)
         assert isinstance(fm, cls)
         ours = fm.state_dict()
         theirs = tm.state_dict()
@@ -203,10 +284,10 @@ def test_from_torch_every_supported_module():
         for k in ours:
             np.testing.assert_array_equal(ours[k], theirs[k].numpy())
     with pytest.raises(NotImplementedError):
-        weights.from_torch(torch.nn.MultiheadAttention(E, H, add_bias_kv=True))
+        from_torch(torch.nn.MultiheadAttention(E, H, add_bias_kv=True))
     with pytest.raises(NotImplementedError):
-        weights.from_torch(torch.nn.Conv1d(2, 2, 1))
-    fm = weights.from_torch(torch.nn.Linear(4, 4), dtype=np.float64)
+        from_torch(torch.nn.Conv1d(2, 2, 1))
+    fm = from_torch(torch.nn.Linear(4, 4), dtype=np.float64)
     assert fm.dtype == np.float64
 
 

@@ -26,32 +26,11 @@ import numpy as np
 
 from ..functional import scaled_dot_product_attention, attention_weights
 from ..positional import RotaryEmbedding, alibi_slopes as _alibi_slopes
-from . import layers as _layers
-from .layers import Linear, rows, gemm, _rng, _pos_int
-from ..threads import get_num_threads
+from .layers import Linear, rows, gemm, gemm_via, _rng, _pos_int
+from ..threads import for_attention
 from .module import Module, check_input, _xavier_uniform
 
 __all__ = ["MultiHeadAttention", "merge_masks"]
-
-
-def _attention_threads(q_rows, flops):
-    """Threads for the attention of a layer call (None: the kernel's own
-    choice).  With at least ``TILE_GEMM_MIN_ROWS`` query rows the
-    projections ran on the tiled GEMM, on the same OpenMP team, so the
-    kernel decides alone.  With fewer (decoding) they ran on BLAS, whose
-    workers still spin when the attention starts: a 2-thread attention then
-    shares the cores with them, and the BLAS call after it with libgomp's
-    spinning workers (a 4-layer d_model 768 decode step with a 1000-token
-    cache took 45 ms that way against 9 ms with the attention on one
-    thread).  Such calls take the full team only from
-    ``_BLAS_NEIGHBOUR_FLOPS`` flops per thread."""
-    if q_rows >= _layers.TILE_GEMM_MIN_ROWS:
-        return None
-    n = get_num_threads()
-    return int(max(1, min(n, flops // _BLAS_NEIGHBOUR_FLOPS)))
-
-
-_BLAS_NEIGHBOUR_FLOPS = 1_000_000_000
 
 
 def _same(a, b):
@@ -402,19 +381,21 @@ class MultiHeadAttention(Module):
 
         lead_q = q_in.shape[:2]
         Wq, _, _, bq, _, _ = self._weights()
+        # which GEMM ran the query projection tells the attention whether
+        # BLAS's thread pool is still spinning next to it (for_attention)
         if kv is not None:
-            qp = gemm(rows(q_in, E), Wq, bq)
+            qp, q_via = gemm_via(rows(q_in, E), Wq, bq)
             q4 = heads(qp, H, lead_q)
             k4, v4 = kv
         elif self_attn and not self.separate:
-            qkv = gemm(rows(q_in, E), self.in_proj_weight, self.in_proj_bias)
+            qkv, q_via = gemm_via(rows(q_in, E), self.in_proj_weight, self.in_proj_bias)
             v5 = qkv.reshape(lead_q + (H + 2 * Hkv, D))
             tr = (0, 2, 1, 3) if bf else (1, 2, 0, 3)
             q4 = v5[:, :, :H].transpose(tr)
             k4 = v5[:, :, H:H + Hkv].transpose(tr)
             v4 = v5[:, :, H + Hkv:].transpose(tr)
         else:
-            qp = gemm(rows(q_in, E), Wq, bq)
+            qp, q_via = gemm_via(rows(q_in, E), Wq, bq)
             q4 = heads(qp, H, lead_q)
             k4, v4 = self._kv_proj(k_in, v_in, bf)
 
@@ -451,6 +432,7 @@ class MultiHeadAttention(Module):
                                          None, gqa, causal_alignment=align,
                                          window=self.window,
                                          alibi_slopes=self.alibi_slopes, out=o4,
-                                         num_threads=_attention_threads(
-                                             B * L, 4 * B * H * L * S * D))
+                                         num_threads=for_attention(
+                                             4 * B * H * L * S * D,
+                                             other_pool_hot=q_via == "blas"))
         return buf.reshape(-1, E), weights, out_shape

@@ -13,10 +13,10 @@ import numpy as np
 from . import _ops
 from .module import Module, check_input, _kaiming_uniform
 from .._dispatch import kernels as _kern
-from ..functional import _n_threads
+from ..threads import for_flops
 
-__all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows",
-           "ACTIVATIONS"]
+__all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows", "gemm",
+           "gemm_via", "ACTIVATIONS"]
 
 #: activation names accepted by FeedForward and the transformer layers
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu")
@@ -62,7 +62,15 @@ def gemm(x2, w, bias=None, relu=False, out=None):
     the attention that follows a projection no longer shares the cores with
     BLAS workers still spinning from it (measured in NOTES.md).  Fewer rows
     (decoding) go to BLAS, whose matrix-vector path wastes no lanes.
+    :func:`gemm_via` also says which of the two ran.
     """
+    return gemm_via(x2, w, bias, relu, out)[0]
+
+
+def gemm_via(x2, w, bias=None, relu=False, out=None):
+    """:func:`gemm`, returning ``(out, via)`` where ``via`` is ``"tiles"``
+    (fastattn's OpenMP GEMM) or ``"blas"`` (NumPy's matmul: its thread
+    pool is then hot, see :func:`fastattn.threads.for_attention`)."""
     N, K = x2.shape
     if w.ndim != 2 or w.shape[1] != K:
         raise ValueError(f"weight must have shape (out_features, {K}) for input rows of "
@@ -74,19 +82,19 @@ def gemm(x2, w, bias=None, relu=False, out=None):
         out = np.empty((N, M), dtype=x2.dtype)
     elif out.shape != (N, M):
         raise ValueError(f"out must have shape {(N, M)}, got {out.shape}")
-    if (N >= TILE_GEMM_MIN_ROWS and _kern is not None and _tile_ok(x2, w, bias, out)):
+    if N >= TILE_GEMM_MIN_ROWS and _tile_ok(x2, w, bias, out):
         it = x2.itemsize
-        nt = _n_threads(None, 2 * N * M * K)
+        nt = for_flops(None, 2 * N * M * K)
         _kern.linear(_kern.LinearCall(x=x2, xs=x2.strides[0] // it, w=w,
                                       ws=w.strides[0] // it, bias=bias, relu=bool(relu),
                                       out=out, ys=out.strides[0] // it, nthreads=nt))
-        return out
+        return out, "tiles"
     y = np.matmul(x2, w.T, out=out)
     if bias is not None:
         y += bias
     if relu:
         np.maximum(y, 0, out=y)
-    return y
+    return y, "blas"
 
 
 #: below this many rows a projection goes to BLAS (see :func:`gemm`)

@@ -9,6 +9,8 @@ import copy
 
 import numpy as np
 
+from .. import weights
+
 __all__ = ["Module", "resolve_dtype", "check_input"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -182,7 +184,6 @@ class Module:
 
         See :func:`fastattn.weights.save`.
         """
-        from .. import weights
         meta = {"fastattn.class": type(self).__name__}
         if metadata:
             meta.update(metadata)
@@ -191,7 +192,6 @@ class Module:
     def load(self, path, strict=True):
         """Load parameters written by :meth:`save` (or any safetensors/.npz
         file with the same names); returns ``self``.  Never executes code."""
-        from .. import weights
         return self.load_state_dict(weights.load(path), strict=strict)
 
     # -- calling ----------------------------------------------------------

@@ -3,7 +3,7 @@
 Same constructor arguments, defaults, forward arguments and ``state_dict``
 names as ``torch.nn.TransformerEncoderLayer``, ``TransformerDecoderLayer``,
 ``TransformerEncoder``, ``TransformerDecoder`` and ``Transformer`` (so
-:func:`fastattn.weights.from_torch` is a plain copy of the state dict), for
+:func:`fastattn.from_torch` is a plain copy of the state dict), for
 inference: ``dropout`` is accepted and ignored (eval mode).
 
 Inside a layer every sub-block is::
