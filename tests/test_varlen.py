@@ -278,3 +278,55 @@ def test_validation_errors(rng):
         varlen(q, k[:, :4 // 2], vv[:, :2], cu, out=vv)
     with pytest.raises(ValueError, match="num_threads"):
         varlen(q, k, v, cu, num_threads=0)
+
+
+# ---------------------------------------------------------------------------
+# fuzzing: random batches against the reference, and against themselves
+# ---------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck), print_blob=True)
+_len = st.one_of(st.integers(0, 20), st.sampled_from([63, 64, 65, 129]),
+                 st.sampled_from([1023, 1025]))
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(_len, _len), min_size=1, max_size=5),
+       heads=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2), (8, 1)]),
+       D=st.sampled_from([1, 7, 32, 33]), Dv=st.sampled_from([1, 5, 32]),
+       dtype=st.sampled_from(DTYPES), causal=st.booleans(),
+       align=st.sampled_from(["top_left", "bottom_right"]),
+       window=st.sampled_from([None, (0, 0), (3, None), (None, 2), (17, 40)]),
+       alibi=st.booleans(), layout=st.sampled_from(["contiguous", "qkv", "reversed"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_fuzz_against_reference_and_alone(pairs, heads, D, Dv, dtype, causal, align,
+                                          window, alibi, layout, seed):
+    rng = np.random.default_rng(seed)
+    Hq, Hkv = heads
+    lens_q = [p[0] for p in pairs]
+    lens_k = [p[1] for p in pairs]
+    Tq, Tk = sum(lens_q), sum(lens_k)
+    if layout == "qkv" and D == Dv and Tq == Tk and Hq == Hkv:
+        x = randn(rng, (Tq, 3, Hq, D), dtype)
+        q, k, v = x[:, 0], x[:, 1], x[:, 2]
+    elif layout == "reversed":         # negative token strides, read in place
+        q = randn(rng, (Tq, Hq, D), dtype)[::-1]
+        k = randn(rng, (Tk, Hkv, D), dtype)[::-1]
+        v = randn(rng, (Tk, Hkv, Dv), dtype)[::-1]
+    else:
+        q, k, v = _packed(rng, lens_q, lens_k, Hq, Hkv, D, Dv, dtype)
+    kw = {"is_causal": causal, "causal_alignment": align, "window": window}
+    if alibi:
+        # |bias| <= 8, as in test_fuzz.py: float32 rounds a bias of size b
+        # to ~b * 6e-8, beyond any fixed tolerance for very long rows
+        kw["alibi_slopes"] = rng.random(Hq) * 8 / max(lens_q + lens_k + [1])
+    cu_q, cu_k = _cu(lens_q, np.int64), _cu(lens_k)
+    out = varlen(q, k, v, cu_q, cu_k, **kw)
+    assert_close(out, _expected(q, k, v, cu_q, cu_k, **kw), 4 * tol(dtype), what=str(kw))
+    for i in range(len(pairs)):
+        a, b, c, d = cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1]
+        alone = varlen(q[a:b], k[c:d], v[c:d], [0, b - a], [0, d - c], **kw)
+        assert np.array_equal(alone, out[a:b]), i
