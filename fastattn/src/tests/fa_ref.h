@@ -1,14 +1,15 @@
 /*
  * fa_ref.h: VERBATIM copy of the original scalar specification of fa_tiles.h,
  * functions renamed fa_* -> ref_*, used as the reference and as the "spec"
- * baseline in the benchmark.
+ * side of the benchmark.  (Only change since: the pointer to a design note
+ * outside the repository is dropped from the layout paragraph.)
  *
  * (original header follows) fa_tiles.h -- tile arithmetic for fastattn's fused attention kernel.
  *
  * THIS FILE IS THE INTERFACE CONTRACT. The version below is the plain scalar
  * specification; an optimised version keeps every signature and semantic.
  *
- * Layout ("queries in lanes", see DESIGN.md): the kernel keeps a block of FA_BR
+ * Layout ("queries in lanes"): the kernel keeps a block of FA_BR
  * query rows transposed, so that every per-query quantity is a vector over the
  * FA_BR lanes.  All tile buffers are 64-byte aligned, leading dimension FA_BR.
  *   Qt[d*FA_BR + i]  query i, feature d, pre-multiplied by scale*log2(e);
