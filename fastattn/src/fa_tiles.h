@@ -1,13 +1,16 @@
 /*
- * fa_tiles.h -- tile arithmetic for fastattn's fused attention kernel.
+ * fa_tiles.h -- tile arithmetic for fastattn's fused attention kernel and
+ * tiled GEMM: the tile template, written once against the vector layer of
+ * fa_simd.h and instantiated for float (_f32) and double (_f64).
  *
  * THIS FILE IS THE INTERFACE CONTRACT (signatures, layouts, semantics); the
  * plain scalar specification it implements is kept verbatim, with ref_
  * names, in tests/fa_ref.h, and tests/ checks every function against it.
  *
- * Layout ("queries in lanes", see docs/architecture.md): the kernel keeps a block of FA_BR
- * query rows transposed, so that every per-query quantity is a vector over the
- * FA_BR lanes.  All tile buffers are 64-byte aligned, leading dimension FA_BR.
+ * Layout ("queries in lanes", see docs/architecture.md): the kernel keeps a block of FA_BR query rows
+ * transposed, so that every per-query quantity is a vector over the FA_BR
+ * lanes.  All tile buffers are 64-byte aligned, leading dimension FA_BR
+ * (FA_BR, FA_BC: fa_simd.h).
  *   Qt[d*FA_BR + i]  query i, feature d, pre-multiplied by scale*log2(e);
  *                    lanes i >= valid rows are zero.
  *   St[j*FA_BR + i]  score of query i against key j (log2 units), j < nk.
@@ -17,8 +20,10 @@
  * D features are contiguous.  Every function computes all FA_BR lanes.
  * Every function exists for float (_f32) and double (_f64) with identical
  * layouts (FA_BR lanes of double for _f64; exp2 flushes below -1022 there).
+ * Packing rows into this layout and back (fa_pack_qt, fa_store_ot,
+ * fa_store_yt) is fa_util.h's tile I/O.
  *
- * Functions (T = float / double, suffix _f32 / _f64):
+ * Functions (T = float / double, suffix _f32 / _f64; prototypes below):
  *   fa_qk   St[j][i]  = sum_{d<D} K[j*ks+d] * Qt[d][i]          j < nk <= FA_BC
  *   fa_gemm_nt  Yt[n][i] (+)= sum_{k<kc} W[n*ws+k] * Xt[k][i]   n < nn
  *              (fa_qk's tile as a linear-layer GEMM step; += if accumulate)
@@ -39,6 +44,7 @@
  *   fa_axpy_rows  O[r*Dv+d] += sum_{j<nk} P[r*ldp+j] * V[j*vs+d]  (j in order)
  *   fa_exp2_sub_sum  x[j] = exp2(x[j]-mx); returns the sum (fixed order)
  *   fa_max        max over x[0..n), -inf for n == 0
+ *   fa_tiles_isa  the vector layer's name: avx512, avx2, sse2, generic, scalar
  *
  * NaN: a NaN score/query/value keeps its lane NaN.  (One deliberate difference
  * from the first scalar spec: there, a lane whose only non -inf scores were
@@ -49,24 +55,237 @@
  * threads).  Results of different instruction-set builds may differ in the
  * last bits (FMA, lane partial sums in the row-layout dot products).
  *
- * Implementation: one source, three instruction sets picked by the compiler
- * flags this file is compiled with:
- *   __AVX512F__ (+DQ, BW, VL, FMA) : 512-bit,  32 registers
- *   __AVX2__ && __FMA__            : 256-bit,  16 registers
- *   otherwise (GNU C compilers)    : 128-bit vectors (SSE2 on x86-64,
- *                                    NEON on aarch64, generic elsewhere)
- *   otherwise (e.g. MSVC)          : plain scalar C, same code with 1 lane.
- * The kernels below are written once, against a thin layer of vector
- * operations (fa__ld, fa__fma, ...) whose per-ISA definitions are one-line,
- * one-to-one wrappers of intrinsics or GNU vector extensions; register
- * blocking shapes are chosen by vector width and register count.  The
- * kernel bodies are instantiated twice (float, double) by including this
- * file into itself (FA__TEMPLATE_PASS).  C99, static inline only, no globals.
- *
- * Test-only knobs: FA_FORCE_GENERIC=<bytes> (GNU vector extensions of that
- * width instead of intrinsics), FA_FORCE_SCALAR, FA_FORCE_NREGS=<16|32>.
+ * Implementation: the instruction set (avx512, avx2, sse2, generic, scalar;
+ * see fa_simd.h) is picked by the compiler flags this file is compiled with.
+ * The kernels below are written once, against fa_simd.h's vector operations
+ * (fa__ld, fa__fma, ..., the per-dtype aliases of fa__ld_s / fa__ld_d, ...);
+ * register blocking shapes are chosen by vector width and register count.
+ * The template (the FA__TEMPLATE_PASS half of this file, at the end) is
+ * instantiated twice, float then double, by including this file into itself;
+ * FA__N(fa_qk) there is fa_qk_f32 / fa_qk_f64.  C99, static inline only, no
+ * globals.
  */
-#if defined(FA__TEMPLATE_PASS)
+#if !defined(FA__TEMPLATE_PASS)
+/* ======================================================================= */
+#ifndef FASTATTN_FA_TILES_H
+#define FASTATTN_FA_TILES_H
+
+#include "fa_simd.h"
+
+/* ---- the public tile functions ------------------------------------------
+ * Defined by the template below (FA__N(fa_qk) -> fa_qk_f32, fa_qk_f64, ...);
+ * the compiler checks these prototypes against the definitions. */
+FA__PUB float fa_exp2_f32(float x);
+FA__PUB void fa_qk_f32(const float *K, ptrdiff_t ks, int nk, int D, const float *Qt, float *St);
+FA__PUB void fa_gemm_nt_f32(const float *W, ptrdiff_t ws, int nn, int kc, const float *Xt, float *Yt,
+                            int accumulate);
+FA__PUB void fa_pv_f32(const float *V, ptrdiff_t vs, int nk, int Dv, const float *Pt, float *Ot);
+FA__PUB void fa_rescale_pv_f32(const float *V, ptrdiff_t vs, int nk, int Dv, const float *Pt, float *Ot,
+                               const float *alpha);
+FA__PUB void fa_softmax_f32(float *St, int nk, float *m, float *l, float *alpha);
+FA__PUB void fa_rescale_f32(float *Ot, int Dv, const float *alpha);
+FA__PUB void fa_dot_rows_f32(const float *Q, int R, const float *K, ptrdiff_t ks, int nk, int D,
+                             float *s, int lds);
+FA__PUB void fa_axpy_rows_f32(const float *P, int R, int ldp, const float *V, ptrdiff_t vs, int nk,
+                              int Dv, float *O);
+FA__PUB float fa_exp2_sub_sum_f32(float *x, int n, float mx);
+FA__PUB float fa_max_f32(const float *x, int n);
+
+FA__PUB double fa_exp2_f64(double x);
+FA__PUB void fa_qk_f64(const double *K, ptrdiff_t ks, int nk, int D, const double *Qt, double *St);
+FA__PUB void fa_gemm_nt_f64(const double *W, ptrdiff_t ws, int nn, int kc, const double *Xt, double *Yt,
+                            int accumulate);
+FA__PUB void fa_pv_f64(const double *V, ptrdiff_t vs, int nk, int Dv, const double *Pt, double *Ot);
+FA__PUB void fa_rescale_pv_f64(const double *V, ptrdiff_t vs, int nk, int Dv, const double *Pt,
+                               double *Ot, const double *alpha);
+FA__PUB void fa_softmax_f64(double *St, int nk, double *m, double *l, double *alpha);
+FA__PUB void fa_rescale_f64(double *Ot, int Dv, const double *alpha);
+FA__PUB void fa_dot_rows_f64(const double *Q, int R, const double *K, ptrdiff_t ks, int nk, int D,
+                             double *s, int lds);
+FA__PUB void fa_axpy_rows_f64(const double *P, int R, int ldp, const double *V, ptrdiff_t vs, int nk,
+                              int Dv, double *O);
+FA__PUB double fa_exp2_sub_sum_f64(double *x, int n, double mx);
+FA__PUB double fa_max_f64(const double *x, int n);
+
+static inline const char *fa_tiles_isa(void);
+
+/* Microtile shapes (in vectors of FA__VW lanes; accumulators <= 16).
+ * QK: FA__QK_NK keys x FA__QK_NQ query vectors; PV: FA__PV_ND output rows x
+ * FA__PV_NQ query vectors; softmax/rescale: FA__SM_NV vectors per pass. */
+#if defined(FA__QK_NK_S)
+   /* shapes given by the includer (tuning experiments) */
+#elif defined(FA__ISA_SCALAR)
+#  define FA__QK_NK_S 4
+#  define FA__QK_NQ_S 4
+#  define FA__PV_ND_S 4
+#  define FA__PV_NQ_S 4
+#elif FA__NREGS >= 32
+#  define FA__QK_NK_S 8
+#  define FA__QK_NQ_S 2
+#  define FA__PV_ND_S 4
+#  define FA__PV_NQ_S 4
+#elif defined(FA__ISA_SSE2)
+#  define FA__QK_NK_S 4
+#  define FA__QK_NQ_S 2
+#  define FA__PV_ND_S 4
+#  define FA__PV_NQ_S 2
+#else
+#  define FA__QK_NK_S 6
+#  define FA__QK_NQ_S 2
+#  define FA__PV_ND_S 6
+#  define FA__PV_NQ_S 2
+#endif
+#if FA_BR % (FA__QK_NQ_S * FA__VWS) != 0 || FA_BR % (FA__PV_NQ_S * FA__VWS) != 0 || FA_BR % 16 != 0
+#  error "FA_BR must be a multiple of every microtile's lane group"
+#endif
+#ifndef FA__PF_KEYS
+#  define FA__PF_KEYS 32   /* row-layout dot products prefetch K this many keys ahead */
+#endif
+#if defined(__GNUC__)
+#  define FA__PREFETCH(p) __builtin_prefetch((const void *)(p), 0, FA__PF_LOC)
+#else
+#  define FA__PREFETCH(p) ((void)0)
+#endif
+#ifndef FA__PF_LOC
+#  define FA__PF_LOC 3
+#endif
+#ifndef FA__ROWS_JB
+#  define FA__ROWS_JB 32   /* keys per block in the row-layout functions */
+#endif
+
+/* ---- instantiate the kernels for float and double ---------------------- */
+#define FA__CAT2(a, b) a##b
+#define FA__CAT(a, b) FA__CAT2(a, b)
+#define FA__N(name) FA__CAT(name, FA__SUF)
+#define FA__TEMPLATE_PASS 1
+
+#define FA__T float
+#define FA__V fa__vs
+#define FA__VW FA__VWS
+#define FA__SUF _f32
+#define FA__F64 0
+#define FA__EXP_HI 128.0f
+#define FA__EXP_LO (-126.0f)
+#define FA__EXP_MAGIC 12582912.0f          /* 1.5 * 2^23 */
+#define FA__QK_NK FA__QK_NK_S
+#define FA__QK_NQ FA__QK_NQ_S
+#define FA__PV_ND FA__PV_ND_S
+#define FA__PV_NQ FA__PV_NQ_S
+#define FA__SM_NV (FA__VWS >= 16 ? 1 : FA__VWS >= 4 ? 16 / FA__VWS : 4)
+#define fa__ld fa__ld_s
+#define fa__ldu fa__ldu_s
+#define fa__st fa__st_s
+#define fa__stu fa__stu_s
+#define fa__set1 fa__set1_s
+#define fa__zero fa__zero_s
+#define fa__add fa__add_s
+#define fa__sub fa__sub_s
+#define fa__mul fa__mul_s
+#define fa__fma fa__fma_s
+#define fa__max fa__max_s
+#define fa__min fa__min_s
+#define fa__zero_if_lt fa__zero_if_lt_s
+#define fa__zero_if_eq fa__zero_if_eq_s
+#define fa__scalbits fa__scalbits_s
+#define fa__lane0 fa__lane0_s
+#include "fa_tiles.h"
+#undef FA__T
+#undef FA__V
+#undef FA__VW
+#undef FA__SUF
+#undef FA__F64
+#undef FA__EXP_HI
+#undef FA__EXP_LO
+#undef FA__EXP_MAGIC
+#undef FA__QK_NK
+#undef FA__QK_NQ
+#undef FA__PV_ND
+#undef FA__PV_NQ
+#undef FA__SM_NV
+#undef fa__ld
+#undef fa__ldu
+#undef fa__st
+#undef fa__stu
+#undef fa__set1
+#undef fa__zero
+#undef fa__add
+#undef fa__sub
+#undef fa__mul
+#undef fa__fma
+#undef fa__max
+#undef fa__min
+#undef fa__zero_if_lt
+#undef fa__zero_if_eq
+#undef fa__scalbits
+#undef fa__lane0
+
+#define FA__T double
+#define FA__V fa__vd
+#define FA__VW FA__VWD
+#define FA__SUF _f64
+#define FA__F64 1
+#define FA__EXP_HI 1024.0
+#define FA__EXP_LO (-1022.0)
+#define FA__EXP_MAGIC 6755399441055744.0   /* 1.5 * 2^52 */
+#define FA__QK_NK FA__QK_NK_S
+#define FA__QK_NQ FA__QK_NQ_S
+#define FA__PV_ND FA__PV_ND_S
+#define FA__PV_NQ FA__PV_NQ_S
+#define FA__SM_NV (FA__VWD >= 16 ? 1 : FA__VWD >= 4 ? 16 / FA__VWD : 4)
+#define fa__ld fa__ld_d
+#define fa__ldu fa__ldu_d
+#define fa__st fa__st_d
+#define fa__stu fa__stu_d
+#define fa__set1 fa__set1_d
+#define fa__zero fa__zero_d
+#define fa__add fa__add_d
+#define fa__sub fa__sub_d
+#define fa__mul fa__mul_d
+#define fa__fma fa__fma_d
+#define fa__max fa__max_d
+#define fa__min fa__min_d
+#define fa__zero_if_lt fa__zero_if_lt_d
+#define fa__zero_if_eq fa__zero_if_eq_d
+#define fa__scalbits fa__scalbits_d
+#define fa__lane0 fa__lane0_d
+#include "fa_tiles.h"
+#undef FA__T
+#undef FA__V
+#undef FA__VW
+#undef FA__SUF
+#undef FA__F64
+#undef FA__EXP_HI
+#undef FA__EXP_LO
+#undef FA__EXP_MAGIC
+#undef FA__QK_NK
+#undef FA__QK_NQ
+#undef FA__PV_ND
+#undef FA__PV_NQ
+#undef FA__SM_NV
+#undef fa__ld
+#undef fa__ldu
+#undef fa__st
+#undef fa__stu
+#undef fa__set1
+#undef fa__zero
+#undef fa__add
+#undef fa__sub
+#undef fa__mul
+#undef fa__fma
+#undef fa__max
+#undef fa__min
+#undef fa__zero_if_lt
+#undef fa__zero_if_eq
+#undef fa__scalbits
+#undef fa__lane0
+#undef FA__TEMPLATE_PASS
+
+/* Name of the instruction set this translation unit was compiled for. */
+static inline const char *fa_tiles_isa(void) { return FA_ISA_NAME; }
+
+#endif /* FASTATTN_FA_TILES_H */
+
+#else /* FA__TEMPLATE_PASS */
 /* ======================================================================= */
 /* Template pass: instantiated for FA__T in {float, double}.               */
 /* Uses FA__T, FA__V (vector type), FA__VW (lanes), FA__N(name) (suffix),  */
@@ -495,557 +714,4 @@ FA__PUB FA__T FA__N(fa_max)(const FA__T *x, int n)
     return mx;
 }
 
-#else /* !FA__TEMPLATE_PASS */
-/* ======================================================================= */
-#ifndef FASTATTN_FA_TILES_H
-#define FASTATTN_FA_TILES_H
-
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-#include <math.h>
-
-#define FA_BR 64   /* query rows per tile = lanes */
-#define FA_BC 64   /* keys per tile */
-
-/* The microkernels keep arrays of accumulators in registers; that needs their
- * constant-bound loops fully unrolled, which gcc does by itself only at -O3. */
-#if defined(__clang__)
-#  define FA__UNROLL _Pragma("clang loop unroll(full)")
-#elif defined(__GNUC__) && __GNUC__ >= 8
-#  define FA__UNROLL _Pragma("GCC unroll 16")
-#else
-#  define FA__UNROLL
-#endif
-
-#if defined(__GNUC__)
-#  define FA__AI static inline __attribute__((always_inline))
-#  define FA__PUB static inline
-#elif defined(_MSC_VER)
-#  define FA__AI static __forceinline
-#  define FA__PUB static __inline
-#else
-#  define FA__AI static inline
-#  define FA__PUB static inline
-#endif
-
-/* ---- choose the vector layer ------------------------------------------ */
-#if defined(FA_FORCE_SCALAR) || !defined(__GNUC__)
-#  define FA__ISA_SCALAR 1
-#  define FA_ISA_NAME "scalar"
-#elif defined(FA_FORCE_GENERIC)
-#  define FA__ISA_GENERIC 1
-#  define FA__GVB FA_FORCE_GENERIC
-#  define FA_ISA_NAME "generic"
-#elif defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) \
-    && defined(__AVX512VL__) && defined(__FMA__) && defined(__AVX2__)
-#  define FA__ISA_AVX512 1
-#  define FA_ISA_NAME "avx512"
-#elif defined(__AVX2__) && defined(__FMA__)
-#  define FA__ISA_AVX2 1
-#  define FA_ISA_NAME "avx2"
-#elif defined(__SSE2__) && (defined(__x86_64__) || defined(__i386__))
-#  define FA__ISA_SSE2 1
-#  define FA_ISA_NAME "sse2"
-#else
-#  define FA__ISA_GENERIC 1
-#  define FA__GVB 16
-#  define FA_ISA_NAME "generic"
-#endif
-
-/* register count decides the microtile shapes */
-#if defined(FA_FORCE_NREGS)
-#  define FA__NREGS FA_FORCE_NREGS
-#elif defined(FA__ISA_AVX512) || defined(__aarch64__)
-#  define FA__NREGS 32
-#else
-#  define FA__NREGS 16
-#endif
-
-#if defined(FA__ISA_AVX512) || defined(FA__ISA_AVX2) || defined(FA__ISA_SSE2)
-#  include <immintrin.h>
-#endif
-
-/* Vector layer, one block per ISA.  Per element type (s = float, d = double):
- *   fa__vX           vector type, FA__VWX lanes
- *   ld/ldu/st/stu    aligned / unaligned load and store
- *   set1, zero       broadcast, zero
- *   add, sub, mul    IEEE lane-wise
- *   fma(a,b,c)       a*b + c (fused where the ISA has FMA)
- *   max(a,b)         a > b ? a : b   (x86 maxps semantics: b if NaN)
- *   min(a,b)         a < b ? a : b   (x86 minps semantics: b if NaN)
- *   zero_if_lt(r,x,c) x < c ? 0 : r  (NaN x keeps r)
- *   zero_if_eq(x,c)  x == c ? 0 : x
- *   scalbits(p,t)    bits(p) + (bits(t) << mantissa_bits), integer add
- *   lane0(v)         first lane
- */
-#if defined(FA__ISA_AVX512)
-typedef __m512  fa__vs;
-typedef __m512d fa__vd;
-#  define FA__VWS 16
-#  define FA__VWD 8
-FA__AI fa__vs fa__ld_s(const float *p) { return _mm512_load_ps(p); }
-FA__AI fa__vs fa__ldu_s(const float *p) { return _mm512_loadu_ps(p); }
-FA__AI void fa__st_s(float *p, fa__vs v) { _mm512_store_ps(p, v); }
-FA__AI void fa__stu_s(float *p, fa__vs v) { _mm512_storeu_ps(p, v); }
-FA__AI fa__vs fa__set1_s(float x) { return _mm512_set1_ps(x); }
-FA__AI fa__vs fa__zero_s(void) { return _mm512_setzero_ps(); }
-FA__AI fa__vs fa__add_s(fa__vs a, fa__vs b) { return _mm512_add_ps(a, b); }
-FA__AI fa__vs fa__sub_s(fa__vs a, fa__vs b) { return _mm512_sub_ps(a, b); }
-FA__AI fa__vs fa__mul_s(fa__vs a, fa__vs b) { return _mm512_mul_ps(a, b); }
-FA__AI fa__vs fa__fma_s(fa__vs a, fa__vs b, fa__vs c) { return _mm512_fmadd_ps(a, b, c); }
-FA__AI fa__vs fa__max_s(fa__vs a, fa__vs b) { return _mm512_max_ps(a, b); }
-FA__AI fa__vs fa__min_s(fa__vs a, fa__vs b) { return _mm512_min_ps(a, b); }
-FA__AI fa__vs fa__zero_if_lt_s(fa__vs r, fa__vs x, fa__vs c)
-{ return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c, _CMP_NLT_UQ), r); }
-FA__AI fa__vs fa__zero_if_eq_s(fa__vs x, fa__vs c)
-{ return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c, _CMP_NEQ_UQ), x); }
-FA__AI fa__vs fa__scalbits_s(fa__vs p, fa__vs t)
-{ return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p),
-                                 _mm512_slli_epi32(_mm512_castps_si512(t), 23))); }
-FA__AI float fa__lane0_s(fa__vs v) { return _mm512_cvtss_f32(v); }
-FA__AI fa__vd fa__ld_d(const double *p) { return _mm512_load_pd(p); }
-FA__AI fa__vd fa__ldu_d(const double *p) { return _mm512_loadu_pd(p); }
-FA__AI void fa__st_d(double *p, fa__vd v) { _mm512_store_pd(p, v); }
-FA__AI void fa__stu_d(double *p, fa__vd v) { _mm512_storeu_pd(p, v); }
-FA__AI fa__vd fa__set1_d(double x) { return _mm512_set1_pd(x); }
-FA__AI fa__vd fa__zero_d(void) { return _mm512_setzero_pd(); }
-FA__AI fa__vd fa__add_d(fa__vd a, fa__vd b) { return _mm512_add_pd(a, b); }
-FA__AI fa__vd fa__sub_d(fa__vd a, fa__vd b) { return _mm512_sub_pd(a, b); }
-FA__AI fa__vd fa__mul_d(fa__vd a, fa__vd b) { return _mm512_mul_pd(a, b); }
-FA__AI fa__vd fa__fma_d(fa__vd a, fa__vd b, fa__vd c) { return _mm512_fmadd_pd(a, b, c); }
-FA__AI fa__vd fa__max_d(fa__vd a, fa__vd b) { return _mm512_max_pd(a, b); }
-FA__AI fa__vd fa__min_d(fa__vd a, fa__vd b) { return _mm512_min_pd(a, b); }
-FA__AI fa__vd fa__zero_if_lt_d(fa__vd r, fa__vd x, fa__vd c)
-{ return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, c, _CMP_NLT_UQ), r); }
-FA__AI fa__vd fa__zero_if_eq_d(fa__vd x, fa__vd c)
-{ return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, c, _CMP_NEQ_UQ), x); }
-FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
-{ return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p),
-                                 _mm512_slli_epi64(_mm512_castpd_si512(t), 52))); }
-FA__AI double fa__lane0_d(fa__vd v) { return _mm512_cvtsd_f64(v); }
-
-#elif defined(FA__ISA_AVX2)
-typedef __m256  fa__vs;
-typedef __m256d fa__vd;
-#  define FA__VWS 8
-#  define FA__VWD 4
-FA__AI fa__vs fa__ld_s(const float *p) { return _mm256_load_ps(p); }
-FA__AI fa__vs fa__ldu_s(const float *p) { return _mm256_loadu_ps(p); }
-FA__AI void fa__st_s(float *p, fa__vs v) { _mm256_store_ps(p, v); }
-FA__AI void fa__stu_s(float *p, fa__vs v) { _mm256_storeu_ps(p, v); }
-FA__AI fa__vs fa__set1_s(float x) { return _mm256_set1_ps(x); }
-FA__AI fa__vs fa__zero_s(void) { return _mm256_setzero_ps(); }
-FA__AI fa__vs fa__add_s(fa__vs a, fa__vs b) { return _mm256_add_ps(a, b); }
-FA__AI fa__vs fa__sub_s(fa__vs a, fa__vs b) { return _mm256_sub_ps(a, b); }
-FA__AI fa__vs fa__mul_s(fa__vs a, fa__vs b) { return _mm256_mul_ps(a, b); }
-FA__AI fa__vs fa__fma_s(fa__vs a, fa__vs b, fa__vs c) { return _mm256_fmadd_ps(a, b, c); }
-FA__AI fa__vs fa__max_s(fa__vs a, fa__vs b) { return _mm256_max_ps(a, b); }
-FA__AI fa__vs fa__min_s(fa__vs a, fa__vs b) { return _mm256_min_ps(a, b); }
-FA__AI fa__vs fa__zero_if_lt_s(fa__vs r, fa__vs x, fa__vs c)
-{ return _mm256_andnot_ps(_mm256_cmp_ps(x, c, _CMP_LT_OQ), r); }
-FA__AI fa__vs fa__zero_if_eq_s(fa__vs x, fa__vs c)
-{ return _mm256_andnot_ps(_mm256_cmp_ps(x, c, _CMP_EQ_OQ), x); }
-FA__AI fa__vs fa__scalbits_s(fa__vs p, fa__vs t)
-{ return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),
-                                 _mm256_slli_epi32(_mm256_castps_si256(t), 23))); }
-FA__AI float fa__lane0_s(fa__vs v) { return _mm256_cvtss_f32(v); }
-FA__AI fa__vd fa__ld_d(const double *p) { return _mm256_load_pd(p); }
-FA__AI fa__vd fa__ldu_d(const double *p) { return _mm256_loadu_pd(p); }
-FA__AI void fa__st_d(double *p, fa__vd v) { _mm256_store_pd(p, v); }
-FA__AI void fa__stu_d(double *p, fa__vd v) { _mm256_storeu_pd(p, v); }
-FA__AI fa__vd fa__set1_d(double x) { return _mm256_set1_pd(x); }
-FA__AI fa__vd fa__zero_d(void) { return _mm256_setzero_pd(); }
-FA__AI fa__vd fa__add_d(fa__vd a, fa__vd b) { return _mm256_add_pd(a, b); }
-FA__AI fa__vd fa__sub_d(fa__vd a, fa__vd b) { return _mm256_sub_pd(a, b); }
-FA__AI fa__vd fa__mul_d(fa__vd a, fa__vd b) { return _mm256_mul_pd(a, b); }
-FA__AI fa__vd fa__fma_d(fa__vd a, fa__vd b, fa__vd c) { return _mm256_fmadd_pd(a, b, c); }
-FA__AI fa__vd fa__max_d(fa__vd a, fa__vd b) { return _mm256_max_pd(a, b); }
-FA__AI fa__vd fa__min_d(fa__vd a, fa__vd b) { return _mm256_min_pd(a, b); }
-FA__AI fa__vd fa__zero_if_lt_d(fa__vd r, fa__vd x, fa__vd c)
-{ return _mm256_andnot_pd(_mm256_cmp_pd(x, c, _CMP_LT_OQ), r); }
-FA__AI fa__vd fa__zero_if_eq_d(fa__vd x, fa__vd c)
-{ return _mm256_andnot_pd(_mm256_cmp_pd(x, c, _CMP_EQ_OQ), x); }
-FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
-{ return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p),
-                                 _mm256_slli_epi64(_mm256_castpd_si256(t), 52))); }
-FA__AI double fa__lane0_d(fa__vd v) { return _mm256_cvtsd_f64(v); }
-
-#elif defined(FA__ISA_SSE2)
-typedef __m128  fa__vs;
-typedef __m128d fa__vd;
-#  define FA__VWS 4
-#  define FA__VWD 2
-FA__AI fa__vs fa__ld_s(const float *p) { return _mm_load_ps(p); }
-FA__AI fa__vs fa__ldu_s(const float *p) { return _mm_loadu_ps(p); }
-FA__AI void fa__st_s(float *p, fa__vs v) { _mm_store_ps(p, v); }
-FA__AI void fa__stu_s(float *p, fa__vs v) { _mm_storeu_ps(p, v); }
-FA__AI fa__vs fa__set1_s(float x) { return _mm_set1_ps(x); }
-FA__AI fa__vs fa__zero_s(void) { return _mm_setzero_ps(); }
-FA__AI fa__vs fa__add_s(fa__vs a, fa__vs b) { return _mm_add_ps(a, b); }
-FA__AI fa__vs fa__sub_s(fa__vs a, fa__vs b) { return _mm_sub_ps(a, b); }
-FA__AI fa__vs fa__mul_s(fa__vs a, fa__vs b) { return _mm_mul_ps(a, b); }
-FA__AI fa__vs fa__fma_s(fa__vs a, fa__vs b, fa__vs c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
-FA__AI fa__vs fa__max_s(fa__vs a, fa__vs b) { return _mm_max_ps(a, b); }
-FA__AI fa__vs fa__min_s(fa__vs a, fa__vs b) { return _mm_min_ps(a, b); }
-FA__AI fa__vs fa__zero_if_lt_s(fa__vs r, fa__vs x, fa__vs c)
-{ return _mm_andnot_ps(_mm_cmplt_ps(x, c), r); }
-FA__AI fa__vs fa__zero_if_eq_s(fa__vs x, fa__vs c)
-{ return _mm_andnot_ps(_mm_cmpeq_ps(x, c), x); }
-FA__AI fa__vs fa__scalbits_s(fa__vs p, fa__vs t)
-{ return _mm_castsi128_ps(_mm_add_epi32(_mm_castps_si128(p),
-                              _mm_slli_epi32(_mm_castps_si128(t), 23))); }
-FA__AI float fa__lane0_s(fa__vs v) { return _mm_cvtss_f32(v); }
-FA__AI fa__vd fa__ld_d(const double *p) { return _mm_load_pd(p); }
-FA__AI fa__vd fa__ldu_d(const double *p) { return _mm_loadu_pd(p); }
-FA__AI void fa__st_d(double *p, fa__vd v) { _mm_store_pd(p, v); }
-FA__AI void fa__stu_d(double *p, fa__vd v) { _mm_storeu_pd(p, v); }
-FA__AI fa__vd fa__set1_d(double x) { return _mm_set1_pd(x); }
-FA__AI fa__vd fa__zero_d(void) { return _mm_setzero_pd(); }
-FA__AI fa__vd fa__add_d(fa__vd a, fa__vd b) { return _mm_add_pd(a, b); }
-FA__AI fa__vd fa__sub_d(fa__vd a, fa__vd b) { return _mm_sub_pd(a, b); }
-FA__AI fa__vd fa__mul_d(fa__vd a, fa__vd b) { return _mm_mul_pd(a, b); }
-FA__AI fa__vd fa__fma_d(fa__vd a, fa__vd b, fa__vd c) { return _mm_add_pd(_mm_mul_pd(a, b), c); }
-FA__AI fa__vd fa__max_d(fa__vd a, fa__vd b) { return _mm_max_pd(a, b); }
-FA__AI fa__vd fa__min_d(fa__vd a, fa__vd b) { return _mm_min_pd(a, b); }
-FA__AI fa__vd fa__zero_if_lt_d(fa__vd r, fa__vd x, fa__vd c)
-{ return _mm_andnot_pd(_mm_cmplt_pd(x, c), r); }
-FA__AI fa__vd fa__zero_if_eq_d(fa__vd x, fa__vd c)
-{ return _mm_andnot_pd(_mm_cmpeq_pd(x, c), x); }
-FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
-{ return _mm_castsi128_pd(_mm_add_epi64(_mm_castpd_si128(p),
-                              _mm_slli_epi64(_mm_castpd_si128(t), 52))); }
-FA__AI double fa__lane0_d(fa__vd v) { return _mm_cvtsd_f64(v); }
-
-#elif defined(FA__ISA_GENERIC)
-/* GNU C vector extensions (gcc, clang): NEON on aarch64, anything else
- * elsewhere; the compiler lowers them to whatever the target has. */
-#  define FA__VWS (FA__GVB / 4)
-#  define FA__VWD (FA__GVB / 8)
-typedef float    fa__vs  __attribute__((vector_size(FA__GVB)));
-typedef float    fa__vsa __attribute__((vector_size(FA__GVB), may_alias));
-typedef float    fa__vsu __attribute__((vector_size(FA__GVB), may_alias, aligned(4)));
-typedef uint32_t fa__vsi __attribute__((vector_size(FA__GVB)));
-typedef double   fa__vd  __attribute__((vector_size(FA__GVB)));
-typedef double   fa__vda __attribute__((vector_size(FA__GVB), may_alias));
-typedef double   fa__vdu __attribute__((vector_size(FA__GVB), may_alias, aligned(8)));
-typedef uint64_t fa__vdi __attribute__((vector_size(FA__GVB)));
-FA__AI fa__vs fa__ld_s(const float *p) { return *(const fa__vsa *)p; }
-FA__AI fa__vs fa__ldu_s(const float *p) { return *(const fa__vsu *)p; }
-FA__AI void fa__st_s(float *p, fa__vs v) { *(fa__vsa *)p = v; }
-FA__AI void fa__stu_s(float *p, fa__vs v) { *(fa__vsu *)p = v; }
-FA__AI fa__vs fa__set1_s(float x) { return x - (fa__vs){0}; }
-FA__AI fa__vs fa__zero_s(void) { return (fa__vs){0}; }
-FA__AI fa__vs fa__add_s(fa__vs a, fa__vs b) { return a + b; }
-FA__AI fa__vs fa__sub_s(fa__vs a, fa__vs b) { return a - b; }
-FA__AI fa__vs fa__mul_s(fa__vs a, fa__vs b) { return a * b; }
-FA__AI fa__vs fa__fma_s(fa__vs a, fa__vs b, fa__vs c) { return a * b + c; }
-FA__AI fa__vs fa__max_s(fa__vs a, fa__vs b)
-{ fa__vsi m = (fa__vsi)(a > b); return (fa__vs)((m & (fa__vsi)a) | (~m & (fa__vsi)b)); }
-FA__AI fa__vs fa__min_s(fa__vs a, fa__vs b)
-{ fa__vsi m = (fa__vsi)(a < b); return (fa__vs)((m & (fa__vsi)a) | (~m & (fa__vsi)b)); }
-FA__AI fa__vs fa__zero_if_lt_s(fa__vs r, fa__vs x, fa__vs c)
-{ return (fa__vs)(~(fa__vsi)(x < c) & (fa__vsi)r); }
-FA__AI fa__vs fa__zero_if_eq_s(fa__vs x, fa__vs c)
-{ return (fa__vs)(~(fa__vsi)(x == c) & (fa__vsi)x); }
-FA__AI fa__vs fa__scalbits_s(fa__vs p, fa__vs t)
-{ return (fa__vs)((fa__vsi)p + ((fa__vsi)t << 23)); }
-FA__AI float fa__lane0_s(fa__vs v) { return v[0]; }
-FA__AI fa__vd fa__ld_d(const double *p) { return *(const fa__vda *)p; }
-FA__AI fa__vd fa__ldu_d(const double *p) { return *(const fa__vdu *)p; }
-FA__AI void fa__st_d(double *p, fa__vd v) { *(fa__vda *)p = v; }
-FA__AI void fa__stu_d(double *p, fa__vd v) { *(fa__vdu *)p = v; }
-FA__AI fa__vd fa__set1_d(double x) { return x - (fa__vd){0}; }
-FA__AI fa__vd fa__zero_d(void) { return (fa__vd){0}; }
-FA__AI fa__vd fa__add_d(fa__vd a, fa__vd b) { return a + b; }
-FA__AI fa__vd fa__sub_d(fa__vd a, fa__vd b) { return a - b; }
-FA__AI fa__vd fa__mul_d(fa__vd a, fa__vd b) { return a * b; }
-FA__AI fa__vd fa__fma_d(fa__vd a, fa__vd b, fa__vd c) { return a * b + c; }
-FA__AI fa__vd fa__max_d(fa__vd a, fa__vd b)
-{ fa__vdi m = (fa__vdi)(a > b); return (fa__vd)((m & (fa__vdi)a) | (~m & (fa__vdi)b)); }
-FA__AI fa__vd fa__min_d(fa__vd a, fa__vd b)
-{ fa__vdi m = (fa__vdi)(a < b); return (fa__vd)((m & (fa__vdi)a) | (~m & (fa__vdi)b)); }
-FA__AI fa__vd fa__zero_if_lt_d(fa__vd r, fa__vd x, fa__vd c)
-{ return (fa__vd)(~(fa__vdi)(x < c) & (fa__vdi)r); }
-FA__AI fa__vd fa__zero_if_eq_d(fa__vd x, fa__vd c)
-{ return (fa__vd)(~(fa__vdi)(x == c) & (fa__vdi)x); }
-FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
-{ return (fa__vd)((fa__vdi)p + ((fa__vdi)t << 52)); }
-FA__AI double fa__lane0_d(fa__vd v) { return v[0]; }
-
-#else /* FA__ISA_SCALAR: plain C, one lane */
-typedef float  fa__vs;
-typedef double fa__vd;
-#  define FA__VWS 1
-#  define FA__VWD 1
-FA__AI fa__vs fa__ld_s(const float *p) { return *p; }
-FA__AI fa__vs fa__ldu_s(const float *p) { return *p; }
-FA__AI void fa__st_s(float *p, fa__vs v) { *p = v; }
-FA__AI void fa__stu_s(float *p, fa__vs v) { *p = v; }
-FA__AI fa__vs fa__set1_s(float x) { return x; }
-FA__AI fa__vs fa__zero_s(void) { return 0.0f; }
-FA__AI fa__vs fa__add_s(fa__vs a, fa__vs b) { return a + b; }
-FA__AI fa__vs fa__sub_s(fa__vs a, fa__vs b) { return a - b; }
-FA__AI fa__vs fa__mul_s(fa__vs a, fa__vs b) { return a * b; }
-FA__AI fa__vs fa__fma_s(fa__vs a, fa__vs b, fa__vs c) { return a * b + c; }
-FA__AI fa__vs fa__max_s(fa__vs a, fa__vs b) { return a > b ? a : b; }
-FA__AI fa__vs fa__min_s(fa__vs a, fa__vs b) { return a < b ? a : b; }
-FA__AI fa__vs fa__zero_if_lt_s(fa__vs r, fa__vs x, fa__vs c) { return x < c ? 0.0f : r; }
-FA__AI fa__vs fa__zero_if_eq_s(fa__vs x, fa__vs c) { return x == c ? 0.0f : x; }
-FA__AI fa__vs fa__scalbits_s(fa__vs p, fa__vs t)
-{
-    uint32_t pb, tb;
-    memcpy(&pb, &p, 4); memcpy(&tb, &t, 4);
-    pb += tb << 23;
-    memcpy(&p, &pb, 4);
-    return p;
-}
-FA__AI float fa__lane0_s(fa__vs v) { return v; }
-FA__AI fa__vd fa__ld_d(const double *p) { return *p; }
-FA__AI fa__vd fa__ldu_d(const double *p) { return *p; }
-FA__AI void fa__st_d(double *p, fa__vd v) { *p = v; }
-FA__AI void fa__stu_d(double *p, fa__vd v) { *p = v; }
-FA__AI fa__vd fa__set1_d(double x) { return x; }
-FA__AI fa__vd fa__zero_d(void) { return 0.0; }
-FA__AI fa__vd fa__add_d(fa__vd a, fa__vd b) { return a + b; }
-FA__AI fa__vd fa__sub_d(fa__vd a, fa__vd b) { return a - b; }
-FA__AI fa__vd fa__mul_d(fa__vd a, fa__vd b) { return a * b; }
-FA__AI fa__vd fa__fma_d(fa__vd a, fa__vd b, fa__vd c) { return a * b + c; }
-FA__AI fa__vd fa__max_d(fa__vd a, fa__vd b) { return a > b ? a : b; }
-FA__AI fa__vd fa__min_d(fa__vd a, fa__vd b) { return a < b ? a : b; }
-FA__AI fa__vd fa__zero_if_lt_d(fa__vd r, fa__vd x, fa__vd c) { return x < c ? 0.0 : r; }
-FA__AI fa__vd fa__zero_if_eq_d(fa__vd x, fa__vd c) { return x == c ? 0.0 : x; }
-FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
-{
-    uint64_t pb, tb;
-    memcpy(&pb, &p, 8); memcpy(&tb, &t, 8);
-    pb += tb << 52;
-    memcpy(&p, &pb, 8);
-    return p;
-}
-FA__AI double fa__lane0_d(fa__vd v) { return v; }
-#endif
-
-/* Lane reductions in a fixed (tree) order, shared by every ISA. */
-FA__AI float fa__hsum_f32(fa__vs v)
-{
-#if FA__VWS == 1
-    return v;
-#else
-    float a[FA__VWS] __attribute__((aligned(64)));
-    fa__st_s(a, v);
-    for (int w = FA__VWS / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) a[i] += a[i + w];
-    return a[0];
-#endif
-}
-FA__AI double fa__hsum_f64(fa__vd v)
-{
-#if FA__VWD == 1
-    return v;
-#else
-    double a[FA__VWD] __attribute__((aligned(64)));
-    fa__st_d(a, v);
-    for (int w = FA__VWD / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) a[i] += a[i + w];
-    return a[0];
-#endif
-}
-FA__AI float fa__hmax_f32(fa__vs v)
-{
-#if FA__VWS == 1
-    return v;
-#else
-    float a[FA__VWS] __attribute__((aligned(64)));
-    fa__st_s(a, v);
-    float mx = a[0];
-    for (int i = 1; i < FA__VWS; i++) mx = a[i] > mx ? a[i] : mx;
-    return mx;
-#endif
-}
-FA__AI double fa__hmax_f64(fa__vd v)
-{
-#if FA__VWD == 1
-    return v;
-#else
-    double a[FA__VWD] __attribute__((aligned(64)));
-    fa__st_d(a, v);
-    double mx = a[0];
-    for (int i = 1; i < FA__VWD; i++) mx = a[i] > mx ? a[i] : mx;
-    return mx;
-#endif
-}
-
-/* Microtile shapes (in vectors of FA__VW lanes; accumulators <= 16).
- * QK: FA__QK_NK keys x FA__QK_NQ query vectors; PV: FA__PV_ND output rows x
- * FA__PV_NQ query vectors; softmax/rescale: FA__SM_NV vectors per pass. */
-#if defined(FA__QK_NK_S)
-   /* shapes given by the includer (tuning experiments) */
-#elif defined(FA__ISA_SCALAR)
-#  define FA__QK_NK_S 4
-#  define FA__QK_NQ_S 4
-#  define FA__PV_ND_S 4
-#  define FA__PV_NQ_S 4
-#elif FA__NREGS >= 32
-#  define FA__QK_NK_S 8
-#  define FA__QK_NQ_S 2
-#  define FA__PV_ND_S 4
-#  define FA__PV_NQ_S 4
-#elif defined(FA__ISA_SSE2)
-#  define FA__QK_NK_S 4
-#  define FA__QK_NQ_S 2
-#  define FA__PV_ND_S 4
-#  define FA__PV_NQ_S 2
-#else
-#  define FA__QK_NK_S 6
-#  define FA__QK_NQ_S 2
-#  define FA__PV_ND_S 6
-#  define FA__PV_NQ_S 2
-#endif
-#ifndef FA__PF_KEYS
-#  define FA__PF_KEYS 32   /* row-layout dot products prefetch K this many keys ahead */
-#endif
-#if defined(__GNUC__)
-#  define FA__PREFETCH(p) __builtin_prefetch((const void *)(p), 0, FA__PF_LOC)
-#else
-#  define FA__PREFETCH(p) ((void)0)
-#endif
-#ifndef FA__PF_LOC
-#  define FA__PF_LOC 3
-#endif
-#ifndef FA__ROWS_JB
-#  define FA__ROWS_JB 32   /* keys per block in the row-layout functions */
-#endif
-
-/* ---- instantiate the kernels for float and double ---------------------- */
-#define FA__CAT2(a, b) a##b
-#define FA__CAT(a, b) FA__CAT2(a, b)
-#define FA__N(name) FA__CAT(name, FA__SUF)
-#define FA__TEMPLATE_PASS 1
-
-#define FA__T float
-#define FA__V fa__vs
-#define FA__VW FA__VWS
-#define FA__SUF _f32
-#define FA__F64 0
-#define FA__EXP_HI 128.0f
-#define FA__EXP_LO (-126.0f)
-#define FA__EXP_MAGIC 12582912.0f          /* 1.5 * 2^23 */
-#define FA__QK_NK FA__QK_NK_S
-#define FA__QK_NQ FA__QK_NQ_S
-#define FA__PV_ND FA__PV_ND_S
-#define FA__PV_NQ FA__PV_NQ_S
-#define FA__SM_NV (FA__VWS >= 16 ? 1 : FA__VWS >= 4 ? 16 / FA__VWS : 4)
-#define fa__ld fa__ld_s
-#define fa__ldu fa__ldu_s
-#define fa__st fa__st_s
-#define fa__stu fa__stu_s
-#define fa__set1 fa__set1_s
-#define fa__zero fa__zero_s
-#define fa__add fa__add_s
-#define fa__sub fa__sub_s
-#define fa__mul fa__mul_s
-#define fa__fma fa__fma_s
-#define fa__max fa__max_s
-#define fa__min fa__min_s
-#define fa__zero_if_lt fa__zero_if_lt_s
-#define fa__zero_if_eq fa__zero_if_eq_s
-#define fa__scalbits fa__scalbits_s
-#define fa__lane0 fa__lane0_s
-#include "fa_tiles.h"
-#undef FA__T
-#undef FA__V
-#undef FA__VW
-#undef FA__SUF
-#undef FA__F64
-#undef FA__EXP_HI
-#undef FA__EXP_LO
-#undef FA__EXP_MAGIC
-#undef FA__QK_NK
-#undef FA__QK_NQ
-#undef FA__PV_ND
-#undef FA__PV_NQ
-#undef FA__SM_NV
-#undef fa__ld
-#undef fa__ldu
-#undef fa__st
-#undef fa__stu
-#undef fa__set1
-#undef fa__zero
-#undef fa__add
-#undef fa__sub
-#undef fa__mul
-#undef fa__fma
-#undef fa__max
-#undef fa__min
-#undef fa__zero_if_lt
-#undef fa__zero_if_eq
-#undef fa__scalbits
-#undef fa__lane0
-
-#define FA__T double
-#define FA__V fa__vd
-#define FA__VW FA__VWD
-#define FA__SUF _f64
-#define FA__F64 1
-#define FA__EXP_HI 1024.0
-#define FA__EXP_LO (-1022.0)
-#define FA__EXP_MAGIC 6755399441055744.0   /* 1.5 * 2^52 */
-#define FA__QK_NK FA__QK_NK_S
-#define FA__QK_NQ FA__QK_NQ_S
-#define FA__PV_ND FA__PV_ND_S
-#define FA__PV_NQ FA__PV_NQ_S
-#define FA__SM_NV (FA__VWD >= 16 ? 1 : FA__VWD >= 4 ? 16 / FA__VWD : 4)
-#define fa__ld fa__ld_d
-#define fa__ldu fa__ldu_d
-#define fa__st fa__st_d
-#define fa__stu fa__stu_d
-#define fa__set1 fa__set1_d
-#define fa__zero fa__zero_d
-#define fa__add fa__add_d
-#define fa__sub fa__sub_d
-#define fa__mul fa__mul_d
-#define fa__fma fa__fma_d
-#define fa__max fa__max_d
-#define fa__min fa__min_d
-#define fa__zero_if_lt fa__zero_if_lt_d
-#define fa__zero_if_eq fa__zero_if_eq_d
-#define fa__scalbits fa__scalbits_d
-#define fa__lane0 fa__lane0_d
-#include "fa_tiles.h"
-#undef FA__T
-#undef FA__V
-#undef FA__VW
-#undef FA__SUF
-#undef FA__F64
-#undef FA__EXP_HI
-#undef FA__EXP_LO
-#undef FA__EXP_MAGIC
-#undef FA__QK_NK
-#undef FA__QK_NQ
-#undef FA__PV_ND
-#undef FA__PV_NQ
-#undef FA__SM_NV
-#undef fa__ld
-#undef fa__ldu
-#undef fa__st
-#undef fa__stu
-#undef fa__set1
-#undef fa__zero
-#undef fa__add
-#undef fa__sub
-#undef fa__mul
-#undef fa__fma
-#undef fa__max
-#undef fa__min
-#undef fa__zero_if_lt
-#undef fa__zero_if_eq
-#undef fa__scalbits
-#undef fa__lane0
-#undef FA__TEMPLATE_PASS
-
-/* Name of the instruction set this translation unit was compiled for. */
-static inline const char *fa_tiles_isa(void) { return FA_ISA_NAME; }
-
-#endif /* FASTATTN_FA_TILES_H */
 #endif /* FA__TEMPLATE_PASS */

@@ -1,12 +1,18 @@
 /* fa_util.h -- small portable helpers for fastattn's Cython kernels:
  * aligned allocation, the OpenMP shim (serial stand-ins when the build has no
- * OpenMP), and the name of the instruction set this translation unit targets. */
+ * OpenMP), the name of the setup.py build this translation unit belongs to,
+ * and the tile I/O: packing row-major (B, L, D) views into the lanes layout of
+ * fa_tiles.h (FA_BR lanes, leading dimension FA_BR) and storing tiles back.
+ * Includes fa_simd.h (instruction-set choice, FA_BR / FA_BC); does not need
+ * fa_tiles.h. */
 #ifndef FASTATTN_FA_UTIL_H
 #define FASTATTN_FA_UTIL_H
 
 #include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
+
+#include "fa_simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,15 +21,21 @@ static inline int fa_omp_max_threads(void) { return omp_get_max_threads(); }
 #else
 #define FA_OPENMP 0
 static inline int fa_omp_max_threads(void) { return 1; }
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
 
-#if defined(__AVX512F__)
+/* The setup.py build (module suffix, the kernel module's ISA) from
+ * fa_simd.h's choice: baseline is the sse2, generic or scalar layer. */
+#if defined(FA__ISA_AVX512)
 #define FA_BUILD_ISA "avx512"
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(FA__ISA_AVX2)
 #define FA_BUILD_ISA "avx2"
 #else
 #define FA_BUILD_ISA "baseline"
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
+
+#if FA_BR % 8 != 0
+#  error "the tile I/O works on blocks of 8 lanes: FA_BR must be a multiple of 8"
+#endif /* FASTATTN_FA_UTIL_H */
 
 /* 64-byte aligned, zero-initialised buffer (NULL on failure or n == 0). */
 static inline void *fa_aligned_calloc(size_t nbytes)
@@ -35,7 +47,7 @@ static inline void *fa_aligned_calloc(size_t nbytes)
     p = _aligned_malloc(nbytes, 64);
 #else
     if (posix_memalign(&p, 64, nbytes) != 0) p = NULL;
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
     if (p) memset(p, 0, nbytes);
     return p;
 }
@@ -46,15 +58,27 @@ static inline void fa_aligned_free(void *p)
     _aligned_free(p);
 #else
     free(p);
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
 }
 
+/* ---- the tile I/O functions (defined below by FA_DEF_TILE_IO and
+ * FA_DEF_STORE_Y, once per dtype; the compiler checks these prototypes). */
+static inline void fa_pack_qt_f32(const float *q, ptrdiff_t qs, int nr, int D, float scale, float *Qt);
+static inline void fa_pack_qt_f64(const double *q, ptrdiff_t qs, int nr, int D, double scale, double *Qt);
+static inline void fa_store_ot_f32(const float *Ot, const float *l, int nr, int Dv, float *o, ptrdiff_t os);
+static inline void fa_store_ot_f64(const double *Ot, const double *l, int nr, int Dv, double *o,
+                                   ptrdiff_t os);
+static inline void fa_store_yt_f32(const float *Yt, int nr, int nn, const float *bias, int relu, float *o,
+                                   ptrdiff_t os);
+static inline void fa_store_yt_f64(const double *Yt, int nr, int nn, const double *bias, int relu,
+                                   double *o, ptrdiff_t os);
+
 /* ---- tile transposes between row-major (B, L, D) views and the lanes layout.
- * 8x8 blocks: with AVX2 a register transpose (unpack/shuffle/permute) so both
- * the row-major side and the lanes side are read and written as whole
- * vectors; elsewhere (and for ragged edges) plain loops. */
-#if defined(__AVX2__)
-#include <immintrin.h>
+ * 8x8 blocks: on the avx2 and avx512 layers a 256-bit register transpose
+ * (unpack/shuffle/permute; immintrin.h comes with fa_simd.h) so both the
+ * row-major side and the lanes side are read and written as whole vectors;
+ * elsewhere (and for ragged edges) plain loops. */
+#if defined(FA__ISA_AVX2) || defined(FA__ISA_AVX512)
 static inline void fa__tr8x8_ps(__m256 r[8])
 {
     __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -73,39 +97,39 @@ static inline void fa__tr8x8_ps(__m256 r[8])
 #define FA__HAVE_TR8 1
 #else
 #define FA__HAVE_TR8 0
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
 
 #define FA_DEF_TILE_IO(T, SUF, FAST)                                           \
-/* Qt[d*64 + i] = q[i*qs + d] * scale for i < nr; lanes nr..63 zeroed */       \
+/* Qt[d*FA_BR + i] = q[i*qs + d] * scale for i < nr; lanes nr.. zeroed */     \
 static inline void fa_pack_qt_##SUF(const T *q, ptrdiff_t qs, int nr, int D,  \
                                     T scale, T *Qt)                            \
 {                                                                              \
-    for (int i0 = 0; i0 < 64; i0 += 8) {                                       \
+    for (int i0 = 0; i0 < FA_BR; i0 += 8) {                                    \
         int n = nr - i0, d = 0;                                                \
         if (n < 0) n = 0;                                                      \
         if (n > 8) n = 8;                                                      \
         if (FAST && n == 8) d = fa__pack8_##SUF(q + (ptrdiff_t)i0 * qs, qs, D, \
                                                 scale, Qt + i0);               \
         for (; d < D; d++) {                                                   \
-            T *dst = Qt + (size_t)d * 64 + i0;                                 \
+            T *dst = Qt + (size_t)d * FA_BR + i0;                              \
             for (int ii = 0; ii < n; ii++)                                     \
                 dst[ii] = q[(ptrdiff_t)(i0 + ii) * qs + d] * scale;            \
             for (int ii = n; ii < 8; ii++) dst[ii] = 0;                        \
         }                                                                      \
     }                                                                          \
 }                                                                              \
-/* o[i*os + d] = Ot[d*64 + i] / l[i] for i < nr (0 where l[i] == 0: no key) */ \
+/* o[i*os + d] = Ot[d*FA_BR + i] / l[i], i < nr (0 where l[i] == 0: no key) */ \
 static inline void fa_store_ot_##SUF(const T *Ot, const T *l, int nr, int Dv,  \
                                      T *o, ptrdiff_t os)                       \
 {                                                                              \
-    T inv[64];                                                                 \
+    T inv[FA_BR];                                                              \
     for (int i = 0; i < nr; i++) inv[i] = (l[i] == 0) ? (T)0 : (T)1 / l[i];    \
     for (int i0 = 0; i0 < nr; i0 += 8) {                                       \
         int n = nr - i0 < 8 ? nr - i0 : 8, d = 0;                              \
         T *r0 = o + (ptrdiff_t)i0 * os;                                        \
         if (FAST && n == 8) d = fa__store8_##SUF(Ot + i0, inv + i0, Dv, r0, os); \
         for (; d < Dv; d++) {                                                  \
-            const T *src = Ot + (size_t)d * 64 + i0;                           \
+            const T *src = Ot + (size_t)d * FA_BR + i0;                        \
             for (int ii = 0; ii < n; ii++)                                     \
                 r0[ii * os + d] = (inv[i0 + ii] == 0) ? (T)0 : src[ii] * inv[i0 + ii]; \
         }                                                                      \
@@ -123,7 +147,7 @@ static inline int fa__pack8_f32(const float *q, ptrdiff_t qs, int D, float scale
         for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(q + k * qs + d0);
         fa__tr8x8_ps(r);
         for (int k = 0; k < 8; k++)
-            _mm256_storeu_ps(Qt + (size_t)(d0 + k) * 64, _mm256_mul_ps(r[k], s));
+            _mm256_storeu_ps(Qt + (size_t)(d0 + k) * FA_BR, _mm256_mul_ps(r[k], s));
     }
     return d0;
 }
@@ -133,9 +157,9 @@ static inline int fa__store8_f32(const float *Ot, const float *inv, int Dv,
     __m256 r[8];
     int d0 = 0;
     for (int k = 0; k < 8; k++)
-        if (inv[k] == 0) return 0;       /* a fully masked row: scalar path */
+        if (inv[k] == 0) return 0;       /* a fully masked row: the plain loops */
     for (; d0 + 8 <= Dv; d0 += 8) {
-        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Ot + (size_t)(d0 + k) * 64);
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Ot + (size_t)(d0 + k) * FA_BR);
         fa__tr8x8_ps(r);
         for (int k = 0; k < 8; k++)
             _mm256_storeu_ps(o + k * os + d0, _mm256_mul_ps(r[k], _mm256_set1_ps(inv[k])));
@@ -149,16 +173,16 @@ static inline int fa__pack8_f32(const float *q, ptrdiff_t qs, int D, float s, fl
 static inline int fa__store8_f32(const float *Ot, const float *inv, int Dv, float *o, ptrdiff_t os)
 { (void)Ot; (void)inv; (void)Dv; (void)o; (void)os; return 0; }
 FA_DEF_TILE_IO(float, f32, 0)
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
 static inline int fa__pack8_f64(const double *q, ptrdiff_t qs, int D, double s, double *Qt)
 { (void)q; (void)qs; (void)D; (void)s; (void)Qt; return 0; }
 static inline int fa__store8_f64(const double *Ot, const double *inv, int Dv, double *o, ptrdiff_t os)
 { (void)Ot; (void)inv; (void)Dv; (void)o; (void)os; return 0; }
 FA_DEF_TILE_IO(double, f64, 0)
 
-/* ---- the store of a linear layer's tile: Yt (nn x 64 lanes, W rows by X
+/* ---- the store of a linear layer's tile: Yt (nn x FA_BR lanes, W rows by X
  * rows) back to row-major Y, with the bias and an optional ReLU fused in:
- * o[i*os + n] = relu?(Yt[n*64 + i] + bias[n]) for i < nr, n < nn.  ReLU keeps
+ * o[i*os + n] = relu?(Yt[n*FA_BR + i] + bias[n]) for i < nr, n < nn.  ReLU keeps
  * NaN (like numpy.maximum(v, 0)); bias may be NULL. */
 #if FA__HAVE_TR8
 static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, int nn,
@@ -168,7 +192,7 @@ static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, 
     __m256 r[8];
     int n0 = 0;
     for (; n0 + 8 <= nn; n0 += 8) {
-        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Yt + (size_t)(n0 + k) * 64);
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(Yt + (size_t)(n0 + k) * FA_BR);
         fa__tr8x8_ps(r);
         __m256 bv = bias ? _mm256_loadu_ps(bias + n0) : z;
         for (int k = 0; k < 8; k++) {
@@ -185,7 +209,7 @@ static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, 
 static inline int fa__storey8_f32(const float *Yt, const float *bias, int relu, int nn,
                                   float *o, ptrdiff_t os)
 { (void)Yt; (void)bias; (void)relu; (void)nn; (void)o; (void)os; return 0; }
-#endif
+#endif /* FASTATTN_FA_UTIL_H */
 static inline int fa__storey8_f64(const double *Yt, const double *bias, int relu, int nn,
                                   double *o, ptrdiff_t os)
 { (void)Yt; (void)bias; (void)relu; (void)nn; (void)o; (void)os; return 0; }
@@ -199,7 +223,7 @@ static inline void fa_store_yt_##SUF(const T *Yt, int nr, int nn, const T *bias,
         T *r0 = o + (ptrdiff_t)i0 * os;                                        \
         if (FAST && n == 8) c = fa__storey8_##SUF(Yt + i0, bias, relu, nn, r0, os); \
         for (; c < nn; c++) {                                                  \
-            const T *src = Yt + (size_t)c * 64 + i0;                           \
+            const T *src = Yt + (size_t)c * FA_BR + i0;                        \
             T b = bias ? bias[c] : (T)0;                                       \
             for (int ii = 0; ii < n; ii++) {                                   \
                 T v = src[ii] + b;                                             \
@@ -211,4 +235,4 @@ static inline void fa_store_yt_##SUF(const T *Yt, int nr, int nn, const T *bias,
 FA_DEF_STORE_Y(float, f32, FA__STOREY8_F32)
 FA_DEF_STORE_Y(double, f64, 0)
 
-#endif
+#endif /* FASTATTN_FA_UTIL_H */

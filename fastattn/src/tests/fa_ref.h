@@ -1,7 +1,8 @@
 /*
  * fa_ref.h: VERBATIM copy of the original scalar specification of fa_tiles.h,
  * functions renamed fa_* -> ref_*, used as the reference and as the "spec"
- * baseline in the benchmark.
+ * side of the benchmark.  (Only change since: the pointer to a design note
+ * outside the repository is dropped from the layout paragraph.)
  *
  * (original header follows) fa_tiles.h -- tile arithmetic for fastattn's fused attention kernel.
  *

@@ -1,4 +1,4 @@
-/* Correctness tests of fa_tiles.h, instantiated for float and double by
+/* Correctness tests of fa_tiles.h and fa_util.h's tile I/O, instantiated for float and double by
  * fa_test.c (T, RT = wider reference type, F(name) = name##_f32/_f64,
  * TEPS = unit roundoff of T, TLO = exp2 flush threshold, TMIN = smallest
  * normal). */
@@ -436,12 +436,89 @@ static int F(test_exp2_special)(void)
     return nfail_local;
 }
 
-static int F(run_tests)(const char *tname)
+/* fa_util.h's tile I/O: fa_pack_qt, fa_store_ot, fa_store_yt, bit for bit
+ * against the loops they replace (one multiply / add each, so exact), every
+ * row count 0..FA_BR, strides > D, specials, fully masked rows (l == 0), no
+ * write outside the rows/columns/lanes they own.  Runs on its own random
+ * stream (the global one is restored), so the other tests' inputs are the
+ * same as without it. */
+static int F(same)(T a, T b) { return memcmp(&a, &b, sizeof(T)) == 0; }
+static int F(test_tile_io)(void)
+{
+    int nfail_local = 0;
+    const uint64_t saved_rng = rng_state;
+    rng_state = 0x2545F4914F6CDD1Dull;
+    const int Ds[] = {1, 7, 8, 9, 16, 40, 64, 65, 129};
+    const T sentinel = (T)-777.25;
+    const int maxD = 129, extra = 3, ld = maxD + extra;
+    T *q = xalloc(sizeof(T) * FA_BR * ld), *Qt = xalloc(sizeof(T) * (maxD + 1) * FA_BR);
+    T *Ot = xalloc(sizeof(T) * maxD * FA_BR), *l = xalloc(sizeof(T) * FA_BR);
+    T *o = xalloc(sizeof(T) * FA_BR * ld), *bias = xalloc(sizeof(T) * maxD);
+    for (int di = 0; di < (int)(sizeof(Ds) / sizeof(Ds[0])); di++)
+        for (int nr = 0; nr <= FA_BR; nr += (nr < 10 || nr > FA_BR - 10) ? 1 : 7)
+            for (int sp = 0; sp < 2; sp++) {
+                const int D = Ds[di], qs = D + (nr & 1 ? extra : 0);
+                const T scale = (T)0.3125 + (T)nr / 64;
+                /* pack: rows 0..nr-1 of q (stride qs) into lanes; lanes >= nr
+                 * zeroed; feature rows >= D untouched */
+                for (int i = 0; i < FA_BR * ld; i++) q[i] = F(rnd)();
+                if (sp) F(specials)(q, (size_t)FA_BR * ld, 0.01, 1);
+                for (int i = 0; i < (maxD + 1) * FA_BR; i++) Qt[i] = sentinel;
+                F(fa_pack_qt)(q, qs, nr, D, scale, Qt);
+                for (int d = 0; d <= D && d <= maxD; d++)
+                    for (int i = 0; i < FA_BR; i++) {
+                        T want = d == D ? sentinel : i < nr ? q[(size_t)i * qs + d] * scale : (T)0;
+                        CHECK(F(same)(Qt[d * FA_BR + i], want), "pack_qt D=%d nr=%d d=%d i=%d got %g want %g",
+                              D, nr, d, i, (double)Qt[d * FA_BR + i], (double)want);
+                    }
+                /* store_ot: o[i*os+d] = Ot[d][i] / l[i], 0 where l[i] == 0;
+                 * rows >= nr and columns >= Dv untouched */
+                const int Dv = D, os = qs;
+                for (int i = 0; i < maxD * FA_BR; i++) Ot[i] = F(rnd)();
+                if (sp) F(specials)(Ot, (size_t)maxD * FA_BR, 0.01, 1);
+                for (int i = 0; i < FA_BR; i++) l[i] = (T)0.5 + (T)urand();
+                if (sp) l[nr / 2] = 0;        /* a fully masked row */
+                for (int i = 0; i < FA_BR * ld; i++) o[i] = sentinel;
+                F(fa_store_ot)(Ot, l, nr, Dv, o, os);
+                for (int i = 0; i < FA_BR; i++)
+                    for (int d = 0; d < os; d++) {
+                        T inv = l[i] == 0 ? (T)0 : (T)1 / l[i];
+                        T want = (i >= nr || d >= Dv) ? sentinel : inv == 0 ? (T)0 : Ot[d * FA_BR + i] * inv;
+                        CHECK(F(same)(o[(size_t)i * os + d], want), "store_ot Dv=%d nr=%d i=%d d=%d got %g want %g",
+                              Dv, nr, i, d, (double)o[(size_t)i * os + d], (double)want);
+                    }
+                /* store_yt: o[i*os+n] = relu?(Yt[n][i] + bias[n]); bias may be NULL */
+                const int nn = D;
+                for (int n = 0; n < nn; n++) bias[n] = F(rnd)();
+                for (int v = 0; v < 4; v++) {
+                    const int relu = v & 1;
+                    const T *b = v & 2 ? bias : NULL;
+                    for (int i = 0; i < FA_BR * ld; i++) o[i] = sentinel;
+                    F(fa_store_yt)(Ot, nr, nn, b, relu, o, os);
+                    for (int i = 0; i < FA_BR; i++)
+                        for (int n = 0; n < os; n++) {
+                            T want = sentinel;
+                            if (i < nr && n < nn) {
+                                want = Ot[n * FA_BR + i] + (b ? b[n] : (T)0);
+                                if (relu && want < 0) want = 0;
+                            }
+                            CHECK(F(same)(o[(size_t)i * os + n], want),
+                                  "store_yt nn=%d nr=%d relu=%d bias=%d i=%d n=%d got %g want %g", nn, nr, relu,
+                                  b != NULL, i, n, (double)o[(size_t)i * os + n], (double)want);
+                        }
+                }
+            }
+    free(q); free(Qt); free(Ot); free(l); free(o); free(bias);
+    rng_state = saved_rng;
+    return nfail_local;
+}
+
+static int F(run_tests)(const char *tname, int *nrun)
 {
     int tot = 0, n;
-#define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0;
+#define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0; (*nrun)++;
     RUN(test_qk) RUN(test_gemm_nt) RUN(test_pv) RUN(test_rescale_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
-    RUN(test_exp2_special)
+    RUN(test_exp2_special) RUN(test_tile_io)
 #undef RUN
     return tot;
 }
