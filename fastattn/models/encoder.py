@@ -71,11 +71,12 @@ _ACTS = {
 def _check_dtype(dtype):
     """float32 / float64 (names or NumPy dtypes); anything else is a clear
     'not supported yet'."""
-    name = dtype if isinstance(dtype, str) else None
-    try:
-        dt = np.dtype(dtype) if name is None or name in ("float32", "float64") else None
-    except TypeError:
-        dt = None
+    dt = None
+    if dtype is not None and (not isinstance(dtype, str) or dtype in ("float32", "float64")):
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            pass
     if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype={dtype!r} is not supported yet; the encoders run in "
                          f"'float32' (default) or 'float64'")
@@ -251,12 +252,14 @@ def _int_array(x, name, ndims):
     return x
 
 
-def _check_range(x, lo, hi, name, what):
-    """lo <= x < hi for every element, else a ValueError naming the first
-    offending element."""
+def _check_range(x, lo, hi, name, what, valid=None):
+    """lo <= x < hi for every element (where ``valid``, if given), else a
+    ValueError naming the first offending element."""
     if x.size == 0:
         return
     bad = (x < lo) | (x >= hi)
+    if valid is not None:
+        bad &= valid
     if bad.any():
         i = np.unravel_index(int(np.argmax(bad.reshape(-1))), x.shape)
         where = i[0] if len(i) == 1 else tuple(int(j) for j in i)
@@ -388,6 +391,7 @@ class _Encoder:
             if tt.shape != ids.shape:
                 raise ValueError(f"token_type_ids has shape {tt.shape}, input_ids "
                                  f"{ids.shape}")
+        self._check_tokens(ids, tt, mask)
         if mask is None:
             flat = ids.reshape(-1)
             col = np.tile(np.arange(L, dtype=np.intp), B)
@@ -402,7 +406,7 @@ class _Encoder:
         np.cumsum(lengths, out=cu[1:])
         if tt is not None:
             tt = tt.reshape(-1) if sel is None else tt.reshape(-1)[sel]
-        flat, tt = self._check_tokens(flat, tt)
+        flat, tt = self._as_index(flat, tt)
         if c.model_type in _ROBERTA_TYPES:
             pos = self._roberta_positions(flat, cu)
         else:
@@ -450,7 +454,8 @@ class _Encoder:
             tt = _int_array(token_type_ids, "token_type_ids", (1,))
             if tt.shape != ids.shape:
                 raise ValueError(f"token_type_ids has shape {tt.shape}, input_ids {ids.shape}")
-        ids, tt = self._check_tokens(ids, tt)
+        self._check_tokens(ids, tt)
+        ids, tt = self._as_index(ids, tt)
         if position_ids is None:
             if c.model_type in _ROBERTA_TYPES:
                 pos = self._roberta_positions(ids, cu)
@@ -466,20 +471,30 @@ class _Encoder:
             pos = pos.astype(np.intp, copy=False)
         return self._run(ids, cu, tt, pos)
 
-    def _check_tokens(self, ids, tt):
+    def _check_tokens(self, ids, tt, valid=None):
+        """Range checks at the real tokens (``valid``: None = all)."""
         c = self.config
-        _check_range(ids, 0, c.vocab_size, "input_ids", f"vocab_size={c.vocab_size}")
+        _check_range(ids, 0, c.vocab_size, "input_ids", f"vocab_size={c.vocab_size}", valid)
+        if tt is None:
+            return
+        if c.type_vocab_size == 0:
+            nz = tt != 0
+            if valid is not None:
+                nz &= valid
+            if nz.any():
+                raise ValueError(f"{c.model_type} has no token types: token_type_ids "
+                                 f"must be None or zeros")
+        else:
+            _check_range(tt, 0, c.type_vocab_size, "token_type_ids",
+                         f"type_vocab_size={c.type_vocab_size}", valid)
+
+    def _as_index(self, ids, tt):
+        """Checked ids / token types as index arrays (token types: None when
+        the model has none or all are zero)."""
         ids = ids.astype(np.intp, copy=False)
         if tt is not None:
-            if c.type_vocab_size == 0:
-                if tt.size and tt.any():
-                    raise ValueError(f"{c.model_type} has no token types: token_type_ids "
-                                     f"must be None or zeros")
-                tt = None
-            else:
-                _check_range(tt, 0, c.type_vocab_size, "token_type_ids",
-                             f"type_vocab_size={c.type_vocab_size}")
-                tt = None if not tt.any() else tt.astype(np.intp, copy=False)
+            tt = None if self._tt is None or not tt.any() else \
+                tt.astype(np.intp, copy=False)
         return ids, tt
 
     def _roberta_positions(self, ids, cu):
