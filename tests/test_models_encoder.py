@@ -91,6 +91,14 @@ def _build_xlmr():
     return transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
 
 
+def _build_camembert_task():
+    cfg = transformers.CamembertConfig(
+        vocab_size=VOCAB, hidden_size=20, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=26, max_position_embeddings=30, type_vocab_size=1,
+        pad_token_id=1, hidden_act="gelu")
+    return transformers.CamembertForMaskedLM(cfg)
+
+
 def _build_distilbert():
     cfg = transformers.DistilBertConfig(
         vocab_size=VOCAB, dim=30, n_layers=2, n_heads=3, hidden_dim=44,
@@ -111,6 +119,7 @@ BUILDERS = {
     "roberta": _build_roberta,
     "roberta_task": _build_roberta_task,
     "xlm-roberta": _build_xlmr,
+    "camembert_task": _build_camembert_task,
     "distilbert": _build_distilbert,
     "distilbert_task": _build_distilbert_task,
 }
@@ -192,7 +201,8 @@ def _assert_real_close(ours, ref, mask, atol=ATOL):
 @pytest.mark.parametrize("name,cls", [
     ("bert", fm.BertModel), ("bert_task", fm.BertModel),
     ("roberta", fm.RobertaModel), ("roberta_task", fm.RobertaModel),
-    ("xlm-roberta", fm.RobertaModel), ("distilbert", fm.DistilBertModel),
+    ("xlm-roberta", fm.RobertaModel), ("camembert_task", fm.RobertaModel),
+    ("distilbert", fm.DistilBertModel),
     ("distilbert_task", fm.DistilBertModel), ("bert_sharded", fm.BertModel)])
 def test_auto_model_picks_class(folders, name, cls):
     folder, ref = folders[name]
@@ -311,7 +321,7 @@ def test_float16_stored_weights_are_converted(folders, tmp_path):
 # ---------------------------------------------------------------------------
 
 ACCURACY_MODELS = ("bert", "bert_task", "roberta", "roberta_task", "xlm-roberta",
-                   "distilbert", "distilbert_task", "bert_sharded")
+                   "camembert_task", "distilbert", "distilbert_task", "bert_sharded")
 
 
 @pytest.mark.parametrize("name", ACCURACY_MODELS)
@@ -518,6 +528,25 @@ def test_minilm_batch_and_thread_invariance(minilm, all_threads):
         out = m(ids, mask)
     for j, i in enumerate(order):
         assert np.array_equal(out[j, :len(seqs[i])], alone[i]), i
+
+
+def test_concurrent_calls(folders):
+    """A model holds no per-call state: Python threads may share it."""
+    from conftest import run_in_threads
+    m = fm.AutoModel.from_pretrained(folders["bert"][0])
+    rng = np.random.default_rng(10)
+    seqs = _sequences(rng, m.config, 6)
+    want = _alone(m, seqs)
+    got = {}
+
+    def work(i):
+        for r in range(3):
+            j = (i + r) % len(seqs)
+            got[(i, r)] = (j, m(seqs[j])[0])
+
+    run_in_threads(work, 4)
+    for j, h in got.values():
+        assert np.array_equal(h, want[j])
 
 
 def test_forward_packed_positions(folders):

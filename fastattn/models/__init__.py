@@ -2,7 +2,7 @@
 
 * :class:`AutoModel` ``.from_pretrained(folder, dtype="float32")``: a
   Hugging Face encoder checkpoint (``model_type`` bert, roberta,
-  xlm-roberta or distilbert), run padding-free and batch-invariant
+  xlm-roberta, camembert or distilbert), run padding-free and batch-invariant
   (:mod:`fastattn.models.encoder`).
 * :class:`BertModel`, :class:`RobertaModel`, :class:`DistilBertModel`: the
   same per family; :class:`EncoderConfig`: what a model was built from.

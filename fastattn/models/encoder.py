@@ -39,7 +39,7 @@ Position ids (as in ``transformers``)
   (``0, 1, 2, ...`` per row, counted over padding too, so a left-padded
   row's first real token has the position of its column); in
   :meth:`forward_packed`, ``0 .. len-1`` within each sequence.
-* RoBERTa, XLM-R: ``pad_token_id + 1, pad_token_id + 2, ...`` over the
+* RoBERTa, XLM-R, CamemBERT: ``pad_token_id + 1, pad_token_id + 2, ...`` over the
   sequence's tokens whose id is not ``pad_token_id``; a token whose id is
   ``pad_token_id`` gets ``pad_token_id`` (transformers' ``cumsum(ids !=
   pad) * (ids != pad) + pad``).  Only the real (unmasked) tokens are
@@ -90,7 +90,8 @@ class EncoderConfig:
     Attributes
     ----------
     model_type : str
-        ``"bert"``, ``"roberta"``, ``"xlm-roberta"`` or ``"distilbert"``.
+        ``"bert"``, ``"roberta"``, ``"xlm-roberta"``, ``"camembert"`` or
+        ``"distilbert"``.
     vocab_size, hidden_size, num_layers, num_heads, head_dim,
     intermediate_size, max_position_embeddings : int
     type_vocab_size : int
@@ -144,7 +145,7 @@ class EncoderConfig:
         return self.max_position_embeddings - self.position_offset
 
 
-_ROBERTA_TYPES = ("roberta", "xlm-roberta")
+_ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 def _parse_bert_config(cfg, path, dtype):
@@ -227,7 +228,7 @@ def _load_config(folder, dtype):
     if mt == "distilbert":
         return _parse_distilbert_config(cfg, path, dt)
     raise ValueError(f"{path}: model_type={mt!r} is not supported; supported: "
-                     f"'bert', 'roberta', 'xlm-roberta', 'distilbert'")
+                     f"'bert', 'roberta', 'xlm-roberta', 'camembert', 'distilbert'")
 
 
 # ---------------------------------------------------------------------------
@@ -588,8 +589,8 @@ class BertModel(_Encoder):
 
 
 class RobertaModel(BertModel):
-    """RoBERTa and XLM-RoBERTa encoders (``model_type`` "roberta",
-    "xlm-roberta"): BERT's blocks with position ids that start after the
+    """RoBERTa, XLM-RoBERTa and CamemBERT encoders (``model_type`` "roberta",
+    "xlm-roberta", "camembert"): BERT's blocks with position ids that start after the
     padding index (module docstring)."""
     _model_types = _ROBERTA_TYPES
     _prefixes = ("roberta.",)
@@ -636,4 +637,4 @@ class AutoModel(_Encoder):
 
 
 _CLASSES = {"bert": BertModel, "roberta": RobertaModel, "xlm-roberta": RobertaModel,
-            "distilbert": DistilBertModel}
+            "camembert": RobertaModel, "distilbert": DistilBertModel}
