@@ -241,7 +241,7 @@ def _int_array(x, name, ndims):
             x = np.asarray(x)
         except Exception as e:  # ragged lists, odd objects
             raise TypeError(f"{name} could not be converted to an array: {e}") from None
-    if x.dtype.kind not in "iu" and not (x.dtype.kind == "b" and name == "attention_mask"):
+    if x.dtype.kind not in "iu" and not (x.dtype.kind in "bf" and name == "attention_mask"):
         if x.size == 0 and x.dtype.kind == "f":   # [] / [[]] from a list
             x = x.astype(np.int64)
         else:
@@ -347,7 +347,7 @@ class _Encoder:
         Parameters
         ----------
         input_ids : int array_like, shape (B, L), or (L,) for one sequence
-        attention_mask : int or bool array_like, same shape, optional
+        attention_mask : int, bool or float array_like, same shape, optional
             1 (True) for real tokens, 0 for padding; default all ones.  Any
             pattern is allowed (left or right padding, holes).
         token_type_ids : int array_like, same shape, optional
