@@ -314,6 +314,20 @@ def test_tf_gamma_beta_names(folders, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_bfloat16_stored_weights_are_converted(folders, tmp_path):
+    pytest.importorskip("ml_dtypes", reason="safetensors hands BF16 to NumPy via ml_dtypes")
+    from safetensors.torch import load_file, save_file
+    src = folders["bert"][0]
+    t = load_file(os.path.join(src, "model.safetensors"))
+    save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
+               for k, v in t.items()}, str(tmp_path / "model.safetensors"))
+    shutil.copy(os.path.join(src, "config.json"), tmp_path / "config.json")
+    m = fm.AutoModel.from_pretrained(tmp_path)
+    want = t["embeddings.word_embeddings.weight"].to(torch.bfloat16).float().numpy()
+    assert m._word.dtype == np.float32
+    np.testing.assert_array_equal(m._word, want)
+
+
 def test_float16_stored_weights_are_converted(folders, tmp_path):
     from safetensors.numpy import load_file, save_file
     src = folders["bert"][0]

@@ -6,7 +6,7 @@ Loading
 ``AutoModel.from_pretrained(folder)`` reads ``config.json`` and the
 safetensors weights (``model.safetensors`` or a sharded
 ``model.safetensors.index.json``), lazily and without executing code (see
-:mod:`fastattn.models._checkpoint`), and returns the encoder class of the
+:mod:`fastattn.models._encoder_files`), and returns the encoder class of the
 config's ``model_type``.  Task checkpoints (``BertForSequenceClassification``
 and friends) are accepted: their ``bert.`` / ``roberta.`` / ``distilbert.``
 prefix is detected; heads, the pooler and buffers are not read.  The query,
@@ -53,7 +53,7 @@ import os
 import numpy as np
 
 from . import _ops
-from ._checkpoint import Checkpoint, ConfigReader, read_config
+from ._encoder_files import Checkpoint, ConfigReader, read_config
 
 __all__ = ["EncoderConfig", "AutoModel", "BertModel", "RobertaModel",
            "DistilBertModel"]
