@@ -1,1 +1,6 @@
 """Pretrained model families (BERT-style encoders, GPT-style decoders)."""
+# encoders: AutoModel.from_pretrained(folder) for model_type bert, roberta,
+# xlm-roberta, camembert, distilbert; padding-free and batch-invariant
+# (see fastattn.models.encoder)
+from .encoder import (EncoderConfig, AutoModel, BertModel, RobertaModel,  # noqa: E402
+                      DistilBertModel)
