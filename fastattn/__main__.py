@@ -88,7 +88,11 @@ def main(argv=None):
     d.add_argument("--seq", type=int, default=1024)
     d.add_argument("--heads", type=int, default=8)
     d.add_argument("--repeat", type=int, default=5)
+    from .models import _generate_cli
+    _generate_cli.add_parser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "generate":
+        return _generate_cli.run(args)
     if args.cmd == "info":
         _info()
         return 0

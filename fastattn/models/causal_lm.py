@@ -501,9 +501,10 @@ class CausalLM:
         return out
 
     @staticmethod
-    def _next_tokens(logits, seq, o):
-        """Next token per row from (n, V) logits (``transformers``' logits
-        processors: repetition penalty, then temperature, top-k, top-p)."""
+    def _process_scores(logits, seq, o):
+        """``transformers``' logits processors on (n, V) logits: repetition
+        penalty (over ``seq``, the ids so far), then, when sampling,
+        temperature, top-k and top-p (float64 scores, -inf = removed)."""
         scores = logits
         if o["rep"] is not None:
             scores = scores.copy()
@@ -512,7 +513,7 @@ class CausalLM:
             p = np.float32(o["rep"]) if scores.dtype == np.float32 else o["rep"]
             scores[r, seq] = np.where(g < 0, g * p, g / p)
         if not o["do_sample"]:
-            return np.argmax(scores, axis=1).astype(np.int64)
+            return scores
         s = scores.astype(np.float64)
         if o["temperature"] != 1.0:
             s = s / o["temperature"]
@@ -526,16 +527,27 @@ class CausalLM:
             e = np.exp(ss - ss[:, -1:])
             cum = np.cumsum(e / e.sum(axis=1, keepdims=True), axis=1)
             remove = cum <= 1.0 - o["top_p"]
-            remove[:, -1] = False
+            remove[:, -1] = False           # keep at least the most probable
             rem = np.empty_like(remove)
             np.put_along_axis(rem, order, remove, axis=1)
             s = np.where(rem, -np.inf, s)
+        return s
+
+    @classmethod
+    def _next_tokens(cls, logits, seq, o):
+        """Next token per row: argmax (greedy) or a draw from the processed
+        distribution with ``o["rng"]`` (inverse CDF of one uniform per row)."""
+        s = cls._process_scores(logits, seq, o)
+        if not o["do_sample"]:
+            return np.argmax(s, axis=1).astype(np.int64)
+        V = s.shape[1]
         e = np.exp(s - s.max(axis=1, keepdims=True))
         cdf = np.cumsum(e, axis=1)
         u = o["rng"].random(s.shape[0]) * cdf[:, -1]
         tok = np.empty(s.shape[0], dtype=np.int64)
         for i in range(s.shape[0]):
-            tok[i] = min(int(np.searchsorted(cdf[i], u[i], side="right")), V - 1)
+            j = int(np.searchsorted(cdf[i], u[i], side="right"))
+            tok[i] = j if j < V else int(np.flatnonzero(e[i])[-1])   # u rounded up
         return tok
 
 
