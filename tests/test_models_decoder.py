@@ -51,6 +51,8 @@ CONFIGS = {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 24}),
     "mistral-window": lambda: _small("mistral", num_key_value_heads=2, sliding_window=6),
     "qwen2": lambda: _small("qwen2", num_key_value_heads=2),
+    "qwen2-sliding": lambda: _small("qwen2", num_key_value_heads=2, use_sliding_window=True,
+                                    sliding_window=5, max_window_layers=1),
 }
 
 

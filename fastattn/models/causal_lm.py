@@ -467,7 +467,8 @@ class CausalLM:
         cur = T
         step_out = np.empty(B, dtype=np.int64)
         for step in range(max_new):
-            tok = self._next_tokens(logits, seq[active, :cur], o)
+            past = seq[active, :cur] if o["rep"] is not None else None
+            tok = self._next_tokens(logits, past, o)
             seq[active, cur] = tok
             step_out[:] = o["pad"]
             step_out[active] = tok
