@@ -218,12 +218,12 @@ class CausalLM:
         for li, blk in enumerate(blocks):
             qkv = gemm(h, blk.w_qkv, blk.b_qkv)
             v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
+            if rope is not None:    # q and k heads are adjacent: one rotation
+                qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
+                apply_rotary(qk, rope[0], rope[1], out=qk)
             q = v5[:, :, :H].transpose(0, 2, 1, 3)
             k = v5[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
             v = v5[:, :, H + Hkv:].transpose(0, 2, 1, 3)
-            if rope is not None:
-                apply_rotary(q, rope[0], rope[1], out=q)
-                apply_rotary(k, rope[0], rope[1], out=k)
             if kv is not None:
                 ck, cv = kv[0][li], kv[1][li]
                 ck[:, :, p0:S] = k
