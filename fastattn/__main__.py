@@ -5,6 +5,7 @@ Each subcommand is a function ``run(args) -> exit status`` registered in
 arguments; :func:`main` builds the argument parser from that table.
 """
 import argparse
+import importlib
 import platform
 import sys
 import time
@@ -104,6 +105,11 @@ def _demo(args):
     return 0 if ok else 1
 
 
+# Subcommands defined by other modules, each with ``add_parser(subparsers)``
+# (returning its parser) and ``run(args) -> int``.
+_PLUGINS = ("fastattn.models._generate_cli",)
+
+
 def main(argv=None):
     """Entry point of the ``fastattn`` console script; returns the exit status."""
     p = argparse.ArgumentParser(prog="fastattn", description="fastattn: fast CPU attention.")
@@ -112,7 +118,13 @@ def main(argv=None):
         sp = sub.add_parser(name, help=help_)
         for flags, kw in arguments:
             sp.add_argument(*flags, **kw)
+    plugins = {}
+    for modname in _PLUGINS:
+        mod = importlib.import_module(modname)
+        plugins[mod.add_parser(sub).prog.split()[-1]] = mod.run
     args = p.parse_args(argv)
+    if args.cmd in plugins:
+        return plugins[args.cmd](args)
     if args.cmd is None:
         p.print_help()
         return 0

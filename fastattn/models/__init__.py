@@ -4,3 +4,6 @@
 # (see fastattn.models.encoder)
 from .encoder import (EncoderConfig, AutoModel, BertModel, RobertaModel,  # noqa: E402
                       DistilBertModel)
+from .causal_lm import AutoModelForCausalLM, CausalLM  # noqa: E402  (decoders)
+from .gpt2 import GPT2LMHeadModel  # noqa: E402
+from .llama import LlamaForCausalLM  # noqa: E402
