@@ -25,9 +25,9 @@ import numpy as np
 
 from ..functional import scaled_dot_product_attention
 from ..nn import _ops
-from ..nn.attention import _attention_threads
+from ..threads import for_attention
 from ..nn.cache import KVCache
-from ..nn.layers import gemm
+from ..nn.layers import gemm, gemm_via
 from ..positional import apply_rotary
 
 __all__ = ["CausalLM", "AutoModelForCausalLM"]
@@ -207,7 +207,7 @@ class CausalLM:
             rope = self._rope_tables(positions)
         S = p0 + T
         gqa = Hkv != H
-        nthreads = _attention_threads(B * T, 4 * B * H * T * S * D)
+        att_flops = 4 * B * H * T * S * D
         mode, eps = self.norm, self.eps
         blocks = self.blocks
         b0 = blocks[0]
@@ -216,7 +216,9 @@ class CausalLM:
         o4 = buf.transpose(0, 2, 1, 3)
         a2 = buf.reshape(B * T, H * D)
         for li, blk in enumerate(blocks):
-            qkv = gemm(h, blk.w_qkv, blk.b_qkv)
+            qkv, via = gemm_via(h, blk.w_qkv, blk.b_qkv)
+            # BLAS's pool still spins after a decode-sized projection
+            nthreads = for_attention(att_flops, via == "blas")
             v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
             if rope is not None:    # q and k heads are adjacent: one rotation
                 qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
