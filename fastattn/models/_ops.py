@@ -27,7 +27,7 @@ import numpy as np
 
 import fastattn as _fa
 from .._dispatch import kernels as _kern
-from ..threads import get_num_threads
+from ..threads import for_flops
 from ..nn import _ops as _row
 from . import _varlen
 
@@ -35,11 +35,6 @@ __all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
-
-# Below this many flops per thread a GEMM uses fewer threads (waking the
-# team costs more than it saves).  Results do not depend on it.
-_FLOPS_PER_THREAD = 4_000_000
-
 
 def dense(x, w, b=None, act=None, out=None):
     """``act(x @ w.T + b)`` on fastattn's tiled GEMM, for any row count.
@@ -61,10 +56,13 @@ def dense(x, w, b=None, act=None, out=None):
     if N == 0:
         return out
     fused = act is None or act == "identity" or act == "relu"
-    nt = int(max(1, min(get_num_threads(), (2 * N * M * K) // _FLOPS_PER_THREAD)))
+    # fewer threads for small calls (the policy in fastattn.threads); the
+    # results do not depend on it
+    nt = for_flops(None, 2 * N * M * K)
     it = x.itemsize
-    _kern.linear(x, x.strides[0] // it, w, w.strides[0] // it,
-                 b if fused else None, act == "relu", out, out.strides[0] // it, nt)
+    _kern.linear(_kern.LinearCall(x=x, xs=x.strides[0] // it, w=w, ws=w.strides[0] // it,
+                                  bias=b if fused else None, relu=act == "relu",
+                                  out=out, ys=out.strides[0] // it, nthreads=nt))
     if not fused:
         bias_act(out, b, act, out=out)
     return out
