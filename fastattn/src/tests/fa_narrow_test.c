@@ -9,7 +9,8 @@
  * picks); every other result must have the same bits.
  *
  *   ./fa_narrow_test          the tests
- *   ./fa_narrow_test --bench  + one-thread timings, wide vs narrow tile
+ *   ./fa_narrow_test --bench [nn K [x]]  + one-thread timings, wide vs
+ *                        narrow tile (a 4th argument: timings only)
  *
  * Built for every instruction set by narrow.sh.  Exit status 0 iff all passed.
  */
@@ -183,19 +184,23 @@ DEF_TESTS(double, f64, DBL_MIN, DBL_MAX)
 int main(int argc, char **argv)
 {
     int bench = argc > 1 && !strcmp(argv[1], "--bench");
+    int bnn = argc > 2 ? atoi(argv[2]) : 384, bK = argc > 3 ? atoi(argv[3]) : 768;
+    if (argc > 4) { /* --bench nn K only: skip the tests */ }
     printf("fa_narrow_test: ISA %s, f32 lanes per vector %d\n", fa_tiles_isa(),
            fa_narrow_lanes_f32(1));
-    tests_f32();
-    tests_f64();
+    if (argc <= 4) {
+        tests_f32();
+        tests_f64();
+    }
     if (bench) {
         static const int nrs[] = {1, 4, 8, 12, 16, 24, 32, 48, 63};
-        printf("one thread, best of 7, GFLOP/s (nn = 384, K = 768): nr  wide  narrow\n");
+        printf("one thread, best of 7, GFLOP/s (nn = %d, K = %d): nr  wide  narrow\n", bnn, bK);
         for (int i = 0; i < (int)(sizeof(nrs) / sizeof(int)); i++) {
-            double a = bench_f32(nrs[i], 384, 768, 0, 7), c = bench_f32(nrs[i], 384, 768, 1, 7);
+            double a = bench_f32(nrs[i], bnn, bK, 0, 7), c = bench_f32(nrs[i], bnn, bK, 1, 7);
             printf("  f32 %2d  %6.1f  %6.1f\n", nrs[i], a, c);
         }
         for (int i = 0; i < (int)(sizeof(nrs) / sizeof(int)); i++) {
-            double a = bench_f64(nrs[i], 384, 768, 0, 7), c = bench_f64(nrs[i], 384, 768, 1, 7);
+            double a = bench_f64(nrs[i], bnn, bK, 0, 7), c = bench_f64(nrs[i], bnn, bK, 1, 7);
             printf("  f64 %2d  %6.1f  %6.1f\n", nrs[i], a, c);
         }
     }
