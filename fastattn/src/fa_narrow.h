@@ -22,8 +22,11 @@
  *   - Xn[k*LD + i]: the nr rows packed transposed with LD = nr rounded up to
  *     whole vectors (not 64), so a block of 12 rows costs one 16-lane vector
  *     (AVX-512) instead of four;
- *   - microtiles of NK1 W rows x 1 vector or NK2 rows x 2 vectors, with more
- *     W rows than the 64-lane tile's (the lanes are fewer);
+ *   - microtiles of NK1 W rows x 1 vector or NK2 rows x 2 vectors (AVX-512:
+ *     12 x 1 / 12 x 2 against the wide tile's 8 x 2; AVX2, SSE2, generic:
+ *     12 x 1 / 6 x 2), so few lanes still give enough independent
+ *     accumulators; a block of 3 vectors is one 2-vector and one 1-vector
+ *     group over the same W rows;
  *   - K slices of FA_NR_XN / LD features (the packed slice stays the size of
  *     the wide tile's): the accumulators are stored to Yn and reloaded
  *     between slices as T, exactly as Yt is, so the slice length does not
@@ -36,7 +39,9 @@
  *   fa_gemm_narrow(x, xs, nr, w, ws, nn, K, bias, relu, y, ys, Xn, Yn)
  *     y[i*ys + n] = relu?(sum_k x[i*xs + k] * w[n*ws + k] + bias[n]),
  *     i < nr (1 <= nr <= FA_BR), n < nn; bias may be NULL.
- *     Xn: FA_NR_XN elements, Yn: nn * FA_BR elements; both 64-byte aligned.
+ *     Xn: FA_NR_XN elements, Yn: nn * FA_BR elements; both 64-byte aligned
+ *     (their contents on entry do not matter).  The driver uses it for the
+ *     blocks with fa_narrow_lanes(nr) < FA_BR and the wide tile for the rest.
  *   fa_narrow_lanes_f32/_f64(nr)  LD for nr rows (lanes actually computed).
  *
  * Uses fa_tiles.h's vector layer (fa__vs/fa__vd, fa__*_s/_d, FA__VWS/VWD,
