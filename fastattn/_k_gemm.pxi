@@ -42,6 +42,49 @@ cdef void _lin_task(const floating *x, Py_ssize_t xs, const floating *w, Py_ssiz
     _store_yt(Yt, nr, nn, bias, relu, y, ys)
 
 
+
+# Narrow-lane tile (fa_narrow.h) for row blocks of fewer than FA_BR rows:
+# decode steps, short sentences and the last block of every M that is no
+# multiple of 64.  Every element is computed by the same floating-point
+# operations in the same order as in the 64-lane tile (tested bit for bit in
+# src/tests/fa_narrow_test.c and tests/test_gemm_narrow.py), so a row's
+# result never depends on how many other rows share the call.  It packs the
+# rows into whole vectors only (16 lanes per zmm for 12 rows instead of 64)
+# and reuses the wide task's buffers (Xt: FA_NR_XN elements, Yt: nn*FA_BR).
+cdef extern from "fa_narrow.h" nogil:
+    int FA_NR_XN
+    int fa_narrow_lanes_f32(int nr)
+    int fa_narrow_lanes_f64(int nr)
+    void fa_gemm_narrow_f32(const float *x, Py_ssize_t xs, int nr, const float *w, Py_ssize_t ws,
+                            int nn, Py_ssize_t K, const float *bias, int relu, float *y,
+                            Py_ssize_t ys, float *Xn, float *Yn)
+    void fa_gemm_narrow_f64(const double *x, Py_ssize_t xs, int nr, const double *w, Py_ssize_t ws,
+                            int nn, Py_ssize_t K, const double *bias, int relu, double *y,
+                            Py_ssize_t ys, double *Xn, double *Yn)
+
+
+if FA_NR_XN > LIN_KC * FA_BR:   # the narrow tile packs into the wide task's Xt
+    raise ImportError("fastattn: fa_narrow.h's FA_NR_XN exceeds the linear tile buffer")
+
+
+cdef inline bint _lin_narrow(floating *tag, int nr) noexcept nogil:
+    """The narrow tile for this block: fewer vectors of lanes than FA_BR
+    (blocks that would fill all 64 lanes anyway keep the wide tile)."""
+    if floating is float:
+        return fa_narrow_lanes_f32(nr) < FA_BR
+    else:
+        return fa_narrow_lanes_f64(nr) < FA_BR
+
+
+cdef void _lin_task_narrow(const floating *x, Py_ssize_t xs, const floating *w, Py_ssize_t ws,
+                           const floating *bias, int relu, floating *y, Py_ssize_t ys,
+                           int nr, int nn, Py_ssize_t K, floating *Xt, floating *Yt) noexcept nogil:
+    if floating is float:
+        fa_gemm_narrow_f32(x, xs, nr, w, ws, nn, K, bias, relu, y, ys, Xt, Yt)
+    else:
+        fa_gemm_narrow_f64(x, xs, nr, w, ws, nn, K, bias, relu, y, ys, Xt, Yt)
+
+
 cdef inline void _lin_t(const LinArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
     # W-block-major order: consecutive tasks of a thread reuse W's block
     cdef Py_ssize_t n0 = (t // a.nmb) * a.nb
@@ -49,11 +92,18 @@ cdef inline void _lin_t(const LinArgs *a, Py_ssize_t t, floating *buf) noexcept 
     cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BR else FA_BR
     cdef int nn = <int>(a.N - n0) if a.N - n0 < a.nb else <int>a.nb
     cdef const floating *bias = <const floating *>a.bias
-    _lin_task((<const floating *>a.x) + m0 * a.xs, a.xs,
-              (<const floating *>a.w) + n0 * a.ws, a.ws,
-              (bias + n0) if bias != NULL else NULL, a.relu,
-              (<floating *>a.y) + m0 * a.ys + n0, a.ys, nr, nn, a.K,
-              buf, buf + LIN_KC * FA_BR)
+    if _lin_narrow(buf, nr):
+        _lin_task_narrow((<const floating *>a.x) + m0 * a.xs, a.xs,
+                         (<const floating *>a.w) + n0 * a.ws, a.ws,
+                         (bias + n0) if bias != NULL else NULL, a.relu,
+                         (<floating *>a.y) + m0 * a.ys + n0, a.ys, nr, nn, a.K,
+                         buf, buf + LIN_KC * FA_BR)
+    else:
+        _lin_task((<const floating *>a.x) + m0 * a.xs, a.xs,
+                  (<const floating *>a.w) + n0 * a.ws, a.ws,
+                  (bias + n0) if bias != NULL else NULL, a.relu,
+                  (<floating *>a.y) + m0 * a.ys + n0, a.ys, nr, nn, a.K,
+                  buf, buf + LIN_KC * FA_BR)
 
 cdef void _lin_f32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _lin_t(<const LinArgs *>c, t, <float *>b)
