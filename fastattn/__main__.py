@@ -88,12 +88,15 @@ def main(argv=None):
     d.add_argument("--seq", type=int, default=1024)
     d.add_argument("--heads", type=int, default=8)
     d.add_argument("--repeat", type=int, default=5)
+    from .models import _cli as _embed_cli; _embed_cli.add_parser(sub)  # noqa: E702  `embed`
     args = p.parse_args(argv)
     if args.cmd == "info":
         _info()
         return 0
     if args.cmd == "demo":
         return _demo(args)
+    if args.cmd == "embed":
+        return args.func(args)
     p.print_help()
     return 0
 

@@ -461,8 +461,9 @@ class SentenceEncoder:
         (sentence-transformers' rule, used when include_prompt is False)."""
         n = self._prompt_lengths.get(prompt)
         if n is None:
-            ids = self.tokenizer.encode(prompt).ids
-            n = len(ids) - (1 if ids and ids[-1] in self._special_ids else 0)
+            e = self.tokenizer.encode(prompt)
+            n = len(e) - (1 if len(e) and (e.special_tokens_mask[-1]
+                                           or e.ids[-1] in self._special_ids) else 0)
             self._prompt_lengths[prompt] = n
         return n
 
