@@ -516,6 +516,25 @@ def test_batch_invariance(folders, name, all_threads):
                     off += n
 
 
+def test_batch_invariance_equal_lengths(folders, all_threads):
+    """Sequences of one length side by side (what a length-sorted batch
+    holds) give the same bits as each alone."""
+    m = fm.AutoModel.from_pretrained(folders["bert"][0])
+    rng = np.random.default_rng(11)
+    seqs = [rng.integers(0, VOCAB, n) for n in (6, 6, 6, 13, 13, 1, 1, 6)]
+    alone = _alone(m, seqs)
+    with fastattn.threads(2):
+        ids, mask, _ = _pad(seqs, 0)
+        out = m(ids, mask)
+        packed = m.forward_packed(np.concatenate(seqs),
+                                  np.concatenate([[0], np.cumsum([len(s) for s in seqs])]))
+    off = 0
+    for i, s in enumerate(seqs):
+        assert np.array_equal(out[i, :len(s)], alone[i]), i
+        assert np.array_equal(packed[off:off + len(s)], alone[i]), i
+        off += len(s)
+
+
 def test_minilm_batch_and_thread_invariance(minilm, all_threads):
     m, _ = minilm
     rng = np.random.default_rng(8)
@@ -770,7 +789,7 @@ def test_stand_in_matches_reference(rng):
     """The varlen stand-in (used until fastattn.varlen_attention exists)
     against the float64 reference per sequence, GQA and empty sequences."""
     from fastattn.models import _varlen
-    lens = [3, 0, 1, 17, 8]
+    lens = [3, 3, 0, 0, 1, 17, 8, 8, 8, 1]
     cu = np.concatenate([[0], np.cumsum(lens)])
     T, H, Hkv, D = cu[-1], 4, 2, 6
     q = rng.standard_normal((T, H, D))
@@ -786,5 +805,11 @@ def test_stand_in_matches_reference(rng):
             p = np.exp(s - s.max(-1, keepdims=True))
             ref = (p / p.sum(-1, keepdims=True)) @ v[a:b, h // 2]
             np.testing.assert_allclose(out[a:b, h], ref, atol=1e-12)
+    # runs of equal lengths are batched into one call: same bits as one by one
+    q32, k32, v32 = (x.astype(np.float32) for x in (q, k, v))
+    whole = _varlen.varlen_attention(q32, k32, v32, cu)
+    for a, b in zip(cu[:-1], cu[1:]):
+        one = _varlen.varlen_attention(q32[a:b], k32[a:b], v32[a:b], [0, b - a])
+        assert np.array_equal(whole[a:b], one)
     with pytest.raises(ValueError, match="cu_seqlens_q must rise"):
         _varlen.varlen_attention(q, k, v, [0, 5])

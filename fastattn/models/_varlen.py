@@ -4,9 +4,10 @@ The padding-free encoders call ``fastattn.varlen_attention`` (packed
 sequences described by cumulative offsets, as in FlashAttention's varlen
 API).  Until that kernel entry exists in this build of fastattn, the models
 use :func:`varlen_attention` below instead: the same signature and the same
-results, computed as one :func:`fastattn.scaled_dot_product_attention` call
-per sequence on views of the packed arrays (nothing is copied).  It costs
-one Python-level call per sequence and layer, which the real kernel avoids;
+results, computed by :func:`fastattn.scaled_dot_product_attention` on views
+of the packed arrays (nothing is copied): one call per run of consecutive
+sequences of equal length (a batch axis), so up to one Python-level call
+per sequence and layer, which the real kernel avoids;
 ``fastattn.models._ops.attention`` picks the real entry whenever
 ``hasattr(fastattn, "varlen_attention")``.
 
@@ -62,21 +63,33 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *, is_causal=Fals
     elif out.shape != (q.shape[0], Hq, v.shape[2]):
         raise ValueError(f"out has shape {out.shape}, expected "
                          f"{(q.shape[0], Hq, v.shape[2])}")
-    cq_l = cq.tolist()
-    ck_l = ck.tolist()
-    for i in range(len(cq_l) - 1):
-        a, b = cq_l[i], cq_l[i + 1]
-        c, d = ck_l[i], ck_l[i + 1]
-        if a == b:
-            continue
-        o = out[a:b].transpose(1, 0, 2)
-        if c == d:
-            o[...] = 0
-            continue
-        scaled_dot_product_attention(
-            q[a:b].transpose(1, 0, 2), k[c:d].transpose(1, 0, 2),
-            v[c:d].transpose(1, 0, 2), is_causal=is_causal, scale=scale,
-            enable_gqa=Hkv != Hq, causal_alignment=causal_alignment,
-            window=window, alibi_slopes=alibi_slopes, out=o,
-            num_threads=num_threads)
+    lq = np.diff(cq).tolist()
+    lk = np.diff(ck).tolist()
+    a0, c0 = 0, 0
+    i, nseq = 0, len(lq)
+    while i < nseq:
+        # a run of consecutive sequences with the same lengths is one call
+        # with a batch axis (the kernel computes every (sequence, head) task
+        # the same way whatever the batch: results are bit-identical)
+        n, m = lq[i], lk[i]
+        j = i + 1
+        while j < nseq and lq[j] == n and lk[j] == m:
+            j += 1
+        g = j - i
+        if n:
+            o = out[a0:a0 + g * n].reshape(g, n, Hq, -1).transpose(0, 2, 1, 3)
+            if m == 0:
+                o[...] = 0
+            else:
+                def split(x, c, m=m):
+                    return x[c:c + g * m].reshape(g, m, x.shape[1], -1).transpose(0, 2, 1, 3)
+                scaled_dot_product_attention(
+                    q[a0:a0 + g * n].reshape(g, n, Hq, -1).transpose(0, 2, 1, 3),
+                    split(k, c0), split(v, c0), is_causal=is_causal, scale=scale,
+                    enable_gqa=Hkv != Hq, causal_alignment=causal_alignment,
+                    window=window, alibi_slopes=alibi_slopes, out=o,
+                    num_threads=num_threads)
+        a0 += g * n
+        c0 += g * m
+        i = j
     return out
