@@ -169,7 +169,6 @@ class OrtEncoder:
 
     def encode(self, sentences):
         order = np.argsort([-len(s) for s in sentences], kind="stable")
-        out = np.empty((len(sentences), 0), np.float32)
         rows = []
         for i in range(0, len(sentences), self.batch_size):
             idx = order[i:i + self.batch_size]
@@ -190,7 +189,6 @@ class OrtEncoder:
 
 def build_impls(folder, impls, threads, batch_size, workdir):
     """{name: callable(list of str) -> (N, dim)} and notes {name: reason}."""
-    import fastattn
     from fastattn.models import SentenceEncoder
 
     fns, notes, extra = {}, {}, {}
@@ -231,7 +229,6 @@ def build_impls(folder, impls, threads, batch_size, workdir):
                         fns[name] = enc.encode
             except Exception as exc:  # an exporter / optimiser failure is a result, not a crash
                 notes["ort"] = notes["ort_int8"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    del fastattn
     return fns, notes, extra
 
 

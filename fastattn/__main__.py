@@ -88,7 +88,8 @@ def main(argv=None):
     d.add_argument("--seq", type=int, default=1024)
     d.add_argument("--heads", type=int, default=8)
     d.add_argument("--repeat", type=int, default=5)
-    from .models import _cli as _embed_cli; _embed_cli.add_parser(sub)  # noqa: E702  `embed`
+    from .models import _cli as _embed_cli     # `embed` (sentence embeddings)
+    _embed_cli.add_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "info":
         _info()

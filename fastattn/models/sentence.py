@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from ..threads import _check as _check_threads, threads as _threads_ctx
+from ..threads import threads as _threads_ctx
 
 __all__ = ["SentenceEncoder", "POOLING_MODES", "default_model_folder"]
 
@@ -307,7 +307,11 @@ class SentenceEncoder:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"SentenceEncoder: folder not found: {folder}")
         self.folder = folder
-        self.num_threads = None if num_threads is None else _check_threads(num_threads)
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(
+                num_threads, (int, np.integer)) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer or None, "
+                             f"got {num_threads!r}")
+        self.num_threads = None if num_threads is None else int(num_threads)
         if max_seq_length is not None:
             if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, (int, np.integer)) \
                     or max_seq_length < 2:
