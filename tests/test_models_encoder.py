@@ -35,6 +35,9 @@ def _randomise(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if "position_embeddings" in name and getattr(model.config,
+                                                         "sinusoidal_pos_embds", False):
+                continue        # keep the sinusoidal table (it is in the file)
             if name.endswith("LayerNorm.weight") or "layer_norm.weight" in name:
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
             elif p.ndim == 2 and "embeddings" not in name:
@@ -106,6 +109,13 @@ def _build_distilbert():
     return transformers.DistilBertModel(cfg)
 
 
+def _build_distilbert_sinusoidal():
+    cfg = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=18, n_layers=1, n_heads=3, hidden_dim=22,
+        max_position_embeddings=26, sinusoidal_pos_embds=True, pad_token_id=0)
+    return transformers.DistilBertModel(cfg)
+
+
 def _build_distilbert_task():
     cfg = transformers.DistilBertConfig(
         vocab_size=VOCAB, dim=24, n_layers=1, n_heads=2, hidden_dim=40,
@@ -122,6 +132,7 @@ BUILDERS = {
     "camembert_task": _build_camembert_task,
     "distilbert": _build_distilbert,
     "distilbert_task": _build_distilbert_task,
+    "distilbert_sinusoidal": _build_distilbert_sinusoidal,
 }
 ACT_VARIANTS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu",
                 "swish", "quick_gelu")
@@ -303,6 +314,20 @@ def test_tf_gamma_beta_names(folders, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_bfloat16_stored_weights_are_converted(folders, tmp_path):
+    pytest.importorskip("ml_dtypes", reason="safetensors hands BF16 to NumPy via ml_dtypes")
+    from safetensors.torch import load_file, save_file
+    src = folders["bert"][0]
+    t = load_file(os.path.join(src, "model.safetensors"))
+    save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
+               for k, v in t.items()}, str(tmp_path / "model.safetensors"))
+    shutil.copy(os.path.join(src, "config.json"), tmp_path / "config.json")
+    m = fm.AutoModel.from_pretrained(tmp_path)
+    want = t["embeddings.word_embeddings.weight"].to(torch.bfloat16).float().numpy()
+    assert m._word.dtype == np.float32
+    np.testing.assert_array_equal(m._word, want)
+
+
 def test_float16_stored_weights_are_converted(folders, tmp_path):
     from safetensors.numpy import load_file, save_file
     src = folders["bert"][0]
@@ -321,7 +346,8 @@ def test_float16_stored_weights_are_converted(folders, tmp_path):
 # ---------------------------------------------------------------------------
 
 ACCURACY_MODELS = ("bert", "bert_task", "roberta", "roberta_task", "xlm-roberta",
-                   "camembert_task", "distilbert", "distilbert_task", "bert_sharded")
+                   "camembert_task", "distilbert", "distilbert_task",
+                   "distilbert_sinusoidal", "bert_sharded")
 
 
 @pytest.mark.parametrize("name", ACCURACY_MODELS)
@@ -404,6 +430,8 @@ def test_inputs_as_lists_and_1d(folders):
     np.testing.assert_array_equal(b[1, :3], m(seq[:3])[0])
     bm = m([seq], attention_mask=np.ones((1, 5), dtype=bool))
     np.testing.assert_array_equal(bm, a)
+    fmask = m([seq, seq[:3] + [0, 0]], attention_mask=np.array([[1] * 5, [1, 1, 1, 0, 0]], float))
+    np.testing.assert_array_equal(fmask, b)
 
 
 def test_empty_inputs(folders):
@@ -740,6 +768,8 @@ def test_input_errors(folders):
         m(ok, attention_mask=np.ones((2, 2), int))
     with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
         m(ok, attention_mask=[[1, 2, 1], [1, 1, 1]])
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        m(ok, attention_mask=[[1, 0.5, 1], [1, 1, np.nan]])
     with pytest.raises(ValueError, match=r"token_type_ids has shape"):
         m(ok, token_type_ids=[[0, 1], [0, 1]])
     with pytest.raises(ValueError, match=r"token_type_ids\[\(0, 1\)\] = 3 is out of range \[0, 3\)"):

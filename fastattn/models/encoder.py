@@ -6,7 +6,7 @@ Loading
 ``AutoModel.from_pretrained(folder)`` reads ``config.json`` and the
 safetensors weights (``model.safetensors`` or a sharded
 ``model.safetensors.index.json``), lazily and without executing code (see
-:mod:`fastattn.models._checkpoint`), and returns the encoder class of the
+:mod:`fastattn.models._encoder_files`), and returns the encoder class of the
 config's ``model_type``.  Task checkpoints (``BertForSequenceClassification``
 and friends) are accepted: their ``bert.`` / ``roberta.`` / ``distilbert.``
 prefix is detected; heads, the pooler and buffers are not read.  The query,
@@ -53,7 +53,7 @@ import os
 import numpy as np
 
 from . import _ops
-from ._checkpoint import Checkpoint, ConfigReader, read_config
+from ._encoder_files import Checkpoint, ConfigReader, read_config
 
 __all__ = ["EncoderConfig", "AutoModel", "BertModel", "RobertaModel",
            "DistilBertModel"]
@@ -241,7 +241,7 @@ def _int_array(x, name, ndims):
             x = np.asarray(x)
         except Exception as e:  # ragged lists, odd objects
             raise TypeError(f"{name} could not be converted to an array: {e}") from None
-    if x.dtype.kind not in "iu" and not (x.dtype.kind == "b" and name == "attention_mask"):
+    if x.dtype.kind not in "iu" and not (x.dtype.kind in "bf" and name == "attention_mask"):
         if x.size == 0 and x.dtype.kind == "f":   # [] / [[]] from a list
             x = x.astype(np.int64)
         else:
@@ -347,7 +347,7 @@ class _Encoder:
         Parameters
         ----------
         input_ids : int array_like, shape (B, L), or (L,) for one sequence
-        attention_mask : int or bool array_like, same shape, optional
+        attention_mask : int, bool or float array_like, same shape, optional
             1 (True) for real tokens, 0 for padding; default all ones.  Any
             pattern is allowed (left or right padding, holes).
         token_type_ids : int array_like, same shape, optional

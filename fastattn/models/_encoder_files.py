@@ -1,4 +1,4 @@
-"""Reading a Hugging Face checkpoint folder: ``config.json`` and safetensors.
+"""Reading an encoder's Hugging Face folder: ``config.json`` and safetensors.
 
 Weights are read with ``safetensors.safe_open(path, framework="numpy")``:
 the format holds raw tensors only, so loading never executes code (a
@@ -206,7 +206,11 @@ class Checkpoint:
         if code not in _FLOAT_CODES:
             raise ValueError(f"tensor {name!r} in {path} has dtype {code}, expected a "
                              f"floating-point tensor")
-        a = h.get_tensor(name)
+        try:
+            a = h.get_tensor(name)
+        except Exception as e:  # e.g. BF16 without ml_dtypes installed
+            raise ValueError(f"tensor {name!r} in {path} ({code}) could not be read "
+                             f"as a NumPy array: {e}") from None
         a = np.ascontiguousarray(a.astype(dtype, copy=False))
         if not np.isfinite(a).all():
             raise ValueError(f"tensor {name!r} in {path} holds NaN or infinite values")
