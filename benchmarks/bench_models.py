@@ -293,7 +293,8 @@ def time_split(fn, sentences, repeat=3, settle=0.1):
         row["rest"] = max(0.0, total - sum(acc.values()))
         row["total"] = total
         rows.append(row)
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    rows.sort(key=lambda r: r["total"])
+    return rows[len(rows) // 2]        # the median call, so its shares add up
 
 
 def interleaved(fns, sentences, rounds, block, settle):
@@ -354,7 +355,8 @@ def markdown(results, threads, ceiling_rate, notes, extra):
     lines += ["", "*fp32 ceiling*: the case's real tokens × FLOPs per token (dense layers, plus "
               "attention's 4·L·hidden per layer-token) ÷ the sgemm rate above: the time of the "
               "model's arithmetic at BLAS speed, with no padding, tokenisation or pooling.", "",
-              "Where fastattn's time goes (instrumented calls, median of 3; ms and share):", "",
+              "Where fastattn's time goes (the median of 3 instrumented calls, 1 for the large "
+              "cases; ms and share):", "",
               "| case | total | GEMMs | attention | norms | rest (tokeniser, pooling, Python) |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -409,7 +411,8 @@ def parse_args(argv):
     p.add_argument("--model", default=None,
                    help="sentence-transformers folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--impls", default=",".join(IMPLS))
-    p.add_argument("--corpus", type=int, default=4000, help="corpus sentences")
+    p.add_argument("--corpus", type=int, default=None,
+                   help="corpus sentences (default 4000; 300 with --quick)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
     p.add_argument("--block", type=int, default=3, help="timed calls per block (small cases)")
@@ -429,7 +432,9 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.quick:
-        args.corpus, args.rounds, args.block = 300, 2, 2
+        args.rounds, args.block = 2, 2
+        args.corpus = args.corpus or 300
+    args.corpus = args.corpus or 4000
     impls = [i for i in args.impls.split(",") if i in IMPLS]
     if "fastattn" not in impls:
         impls.insert(0, "fastattn")
