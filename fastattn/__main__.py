@@ -107,7 +107,7 @@ def _demo(args):
 
 # Subcommands defined by other modules, each with ``add_parser(subparsers)``
 # (returning its parser) and ``run(args) -> int``.
-_PLUGINS = ("fastattn.models._generate_cli",)
+_PLUGINS = ("fastattn.models._cli", "fastattn.models._generate_cli")
 
 
 def main(argv=None):

@@ -7,3 +7,4 @@ from .encoder import (EncoderConfig, AutoModel, BertModel, RobertaModel,  # noqa
 from .causal_lm import AutoModelForCausalLM, CausalLM  # noqa: E402  (decoders)
 from .gpt2 import GPT2LMHeadModel  # noqa: E402
 from .llama import LlamaForCausalLM  # noqa: E402
+from .sentence import SentenceEncoder  # noqa: F401,E402
