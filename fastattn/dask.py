@@ -97,8 +97,9 @@ def load_encoder(folder, dtype="float32", max_seq_length=None):
 
 
 def _usable_cpus():
-    from . import threads
-    return threads.available_cpus()
+    import sys
+    from . import threads  # noqa: F401  (the module, not the function)
+    return sys.modules["fastattn.threads"].usable_cpus().count
 
 
 def _worker_facts():
@@ -224,8 +225,9 @@ def encode(texts, model=None, *, batch_size=32, dtype=None,
         num_threads = resolve(num_threads)
     parts = _partitions(texts)
     spec = _model_spec(model, dtype, max_seq_length)
-    from .models.sentence import embedding_dimension
-    dim = embedding_dimension(spec[0])
+    # the embedding size, from the encoder loaded (once, cached) here too;
+    # this also checks the folder before any task runs
+    dim = load_encoder(*spec).dim
     if lengths is True:
         lengths = list(dask.compute(*[delayed(len)(p) for p in parts]))
     if lengths is not None:
@@ -237,12 +239,16 @@ def encode(texts, model=None, *, batch_size=32, dtype=None,
             raise ValueError("lengths must be non-negative")
     client = _active_client()
     by_host = worker_threads(client) if (client is not None and num_threads is None) else None
-    chunks = []
-    for i, p in enumerate(parts):
-        d = delayed(_encode_partition, pure=True)(
-            p, spec, by_host, num_threads, int(batch_size), dict(encode_kwargs))
-        n = lengths[i] if lengths is not None else np.nan
-        chunks.append(da.from_delayed(d, shape=(n, dim), dtype=np.float32))
-    if not chunks:
+    tasks = [delayed(_encode_partition, pure=True)(
+        p, spec, by_host, num_threads, int(batch_size), dict(encode_kwargs))
+        for p in parts]
+    rows = tuple(lengths) if lengths is not None else (np.nan,) * len(tasks)
+    if not tasks:
         return da.zeros((0, dim), dtype=np.float32)
-    return da.concatenate(chunks, axis=0)
+    # one block per input partition, empty ones included (da.concatenate
+    # would drop zero-length blocks and break the partition alignment)
+    from dask.highlevelgraph import HighLevelGraph
+    name = "fastattn-encode-" + dask.base.tokenize(*[t.key for t in tasks])
+    layer = {(name, i, 0): t.key for i, t in enumerate(tasks)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=tasks)
+    return da.Array(graph, name, chunks=(rows, (dim,)), dtype=np.float32)

@@ -307,6 +307,10 @@ class SentenceEncoder:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"SentenceEncoder: folder not found: {folder}")
         self.folder = folder
+        self.dtype = dtype
+        # what pickling stores: the folder and the options, never the weights
+        self._init_args = (folder, dict(dtype=dtype, max_seq_length=max_seq_length,
+                                        num_threads=num_threads))
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(
                 num_threads, (int, np.integer)) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None, "
@@ -452,6 +456,13 @@ class SentenceEncoder:
         self._can_cut = bool(kinds & _SPLITTING_PRE_TOKENIZERS)
         self._special_ids = frozenset(int(t["id"]) for t in tj.get("added_tokens", [])
                                       if t.get("special"))
+
+    def __reduce__(self):
+        """Pickle as the folder and the options: unpickling loads the model
+        again from that folder (which must exist where it is unpickled), so a
+        pickled encoder is a few hundred bytes, not the weights."""
+        folder, kw = self._init_args
+        return (_rebuild_encoder, (folder, kw))
 
     def __repr__(self):
         return (f"SentenceEncoder({self.folder!r}, dim={self.dim}, "
@@ -709,6 +720,10 @@ class SentenceEncoder:
             if bar is not None:
                 bar.update(len(sel))
             i = j
+
+
+def _rebuild_encoder(folder, kw):
+    return SentenceEncoder(folder, **kw)
 
 
 class _nullctx:
