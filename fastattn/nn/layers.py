@@ -60,8 +60,11 @@ def gemm(x2, w, bias=None, relu=False, out=None):
     GEMM (the attention kernel's register tile, OpenMP, bias and ReLU fused
     into the store): a layer then runs every kernel on one thread pool, and
     the attention that follows a projection no longer shares the cores with
-    BLAS workers still spinning from it (measured in NOTES.md).  Fewer rows
-    (decoding) go to BLAS, whose matrix-vector path wastes no lanes.
+    BLAS workers still spinning from it (measured in NOTES.md).  Blocks of
+    fewer than 64 rows run on the narrow-lane variant of the tile, which
+    gives the same bits (NOTES.md, "the narrow-lane tile"); a single row
+    (decoding one token) goes to BLAS, whose matrix-vector path is about
+    twice as fast there as any lane layout that keeps the tile's order.
     :func:`gemm_via` also says which of the two ran.
     """
     return gemm_via(x2, w, bias, relu, out)[0]
@@ -97,8 +100,9 @@ def gemm_via(x2, w, bias=None, relu=False, out=None):
     return y, "blas"
 
 
-#: below this many rows a projection goes to BLAS (see :func:`gemm`)
-TILE_GEMM_MIN_ROWS = 64
+#: below this many rows a projection goes to BLAS (see :func:`gemm`): from 2
+#: rows on the narrow tile beat BLAS in NOTES.md's small-M table
+TILE_GEMM_MIN_ROWS = 2
 
 
 def _tile_ok(x2, w, bias, out):
