@@ -145,8 +145,13 @@ def test_small_inputs_take_blas_by_default(rng):
     for M in (layers.TILE_GEMM_MIN_ROWS - 1, layers.TILE_GEMM_MIN_ROWS):
         x = rng.standard_normal((M, 32)).astype(np.float32)
         _check(layers.gemm(x, w), x, w, None, False)
-    x = rng.standard_normal((3, 32)).astype(np.float32)
+    # one row (decoding one token): BLAS's result exactly; two rows: the tiles'
+    x = rng.standard_normal((1, 32)).astype(np.float32)
+    assert layers.TILE_GEMM_MIN_ROWS == 2
+    assert layers.gemm_via(x, w)[1] == "blas"
     np.testing.assert_array_equal(layers.gemm(x, w), x @ w.T)
+    x2 = rng.standard_normal((2, 32)).astype(np.float32)
+    assert layers.gemm_via(x2, w)[1] == "tiles"
 
 
 def test_kernel_direct_call_with_row_strides(rng):
