@@ -814,33 +814,3 @@ def test_forward_packed_errors(folders):
         m.forward_packed(ids, [0, 4], token_type_ids=[0, 0, -1, 0])
     with pytest.raises(ValueError, match="sequence 1 is too long"):
         m.forward_packed(np.ones(60, int), [0, 2, 60])
-
-
-def test_stand_in_matches_reference(rng):
-    """The varlen stand-in (used until fastattn.varlen_attention exists)
-    against the float64 reference per sequence, GQA and empty sequences."""
-    from fastattn.models import _varlen
-    lens = [3, 3, 0, 0, 1, 17, 8, 8, 8, 1]
-    cu = np.concatenate([[0], np.cumsum(lens)])
-    T, H, Hkv, D = cu[-1], 4, 2, 6
-    q = rng.standard_normal((T, H, D))
-    k = rng.standard_normal((T, Hkv, D))
-    v = rng.standard_normal((T, Hkv, D))
-    out = _varlen.varlen_attention(q, k, v, cu, is_causal=True)
-    for a, b in zip(cu[:-1], cu[1:]):
-        if a == b:
-            continue
-        for h in range(H):
-            s = q[a:b, h] @ k[a:b, h // 2].T / np.sqrt(D)
-            s[np.triu_indices(b - a, 1)] = -np.inf
-            p = np.exp(s - s.max(-1, keepdims=True))
-            ref = (p / p.sum(-1, keepdims=True)) @ v[a:b, h // 2]
-            np.testing.assert_allclose(out[a:b, h], ref, atol=1e-12)
-    # runs of equal lengths are batched into one call: same bits as one by one
-    q32, k32, v32 = (x.astype(np.float32) for x in (q, k, v))
-    whole = _varlen.varlen_attention(q32, k32, v32, cu)
-    for a, b in zip(cu[:-1], cu[1:]):
-        one = _varlen.varlen_attention(q32[a:b], k32[a:b], v32[a:b], [0, b - a])
-        assert np.array_equal(whole[a:b], one)
-    with pytest.raises(ValueError, match="cu_seqlens_q must rise"):
-        _varlen.varlen_attention(q, k, v, [0, 5])

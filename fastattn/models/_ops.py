@@ -29,7 +29,6 @@ import fastattn as _fa
 from .._dispatch import kernels as _kern
 from ..threads import for_flops
 from ..nn import _ops as _row
-from . import _varlen
 
 __all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS"]
 
@@ -108,8 +107,5 @@ def attention(qkv, cu_seqlens, num_heads, scale, out):
     D = qkv.shape[1] // (3 * num_heads)
     q3 = qkv.reshape(T, 3, num_heads, D)
     o3 = out.reshape(T, num_heads, D)
-    fn = getattr(_fa, "varlen_attention", None)
-    if fn is None:          # STAND-IN until the kernel entry exists
-        fn = _varlen.varlen_attention
-    fn(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
+    _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
     return out
