@@ -4,7 +4,8 @@
 # (see fastattn.models.encoder)
 from .encoder import (EncoderConfig, AutoModel, BertModel, RobertaModel,  # noqa: E402
                       DistilBertModel)
-from .causal_lm import AutoModelForCausalLM, CausalLM  # noqa: E402  (decoders)
+from .causal_lm import CausalLM  # noqa: E402  (decoders)
+from .auto_lm import AutoModelForCausalLM  # noqa: E402
 from .gpt2 import GPT2LMHeadModel  # noqa: E402
 from .llama import LlamaForCausalLM  # noqa: E402
 from .sentence import SentenceEncoder  # noqa: F401,E402

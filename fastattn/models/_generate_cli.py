@@ -41,7 +41,7 @@ def run(args, out=None, err=None):
         from tokenizers import Tokenizer
     except ImportError:  # pragma: no cover - optional dependency
         return _err("the 'tokenizers' package is needed (pip install tokenizers)")
-    from .causal_lm import AutoModelForCausalLM
+    from .auto_lm import AutoModelForCausalLM
     tok_path = os.path.join(args.model, "tokenizer.json")
     if not os.path.isfile(tok_path):
         return _err(f"{args.model!r} has no tokenizer.json")

@@ -30,7 +30,7 @@ from ..nn.cache import KVCache
 from ..nn.layers import gemm, gemm_via
 from ..positional import apply_rotary
 
-__all__ = ["CausalLM", "AutoModelForCausalLM"]
+__all__ = ["CausalLM"]
 
 
 class _Block:
@@ -133,12 +133,18 @@ class CausalLM:
     def from_pretrained(cls, folder, dtype="float32"):
         """Load a model folder (``config.json`` + safetensors weights); the
         class must match the folder's ``model_type``."""
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype)
-        if not isinstance(model, cls):
-            raise ValueError(f"{folder!r} holds a {model.model_type!r} model, which "
-                             f"{cls.__name__} does not load (use "
-                             f"AutoModelForCausalLM or {type(model).__name__})")
-        return model
+        from ._checkpoint import read_config
+        types = getattr(cls, "_MODEL_TYPES", None) or (getattr(cls, "model_type", None),)
+        if cls is CausalLM or types == (None,):
+            raise TypeError("CausalLM is the base class: load a folder with "
+                            "AutoModelForCausalLM.from_pretrained or a model class")
+        dt = _resolve_dtype(dtype)
+        path, config, gen = read_config(folder)
+        mt = config.get("model_type")
+        if mt not in types:
+            raise ValueError(f"{folder!r} holds a {mt!r} model, which {cls.__name__} does "
+                             f"not load (use AutoModelForCausalLM)")
+        return cls._load(path, config, gen, dt)
 
     def __repr__(self):
         return (f"{type(self).__name__}(model_type={self.model_type!r}, layers="
@@ -562,37 +568,6 @@ def _drain(gen):
         except StopIteration as e:
             yield e.value
             return
-
-
-class AutoModelForCausalLM:
-    """Pick the model class from ``config.json``'s ``model_type``."""
-
-    @staticmethod
-    def from_pretrained(folder, dtype="float32"):
-        """Load a decoder checkpoint folder.
-
-        Parameters
-        ----------
-        folder : path
-            ``config.json`` and ``model.safetensors`` (or a sharded
-            ``model.safetensors.index.json``); ``generation_config.json`` is
-            read when present.
-        dtype : "float32" (default) or "float64"
-
-        Supported ``model_type``: gpt2, llama, mistral, qwen2.
-        """
-        from ._checkpoint import read_config
-        from .gpt2 import GPT2LMHeadModel
-        from .llama import LlamaForCausalLM
-        dt = _resolve_dtype(dtype)
-        path, config, gen = read_config(folder)
-        mt = config.get("model_type")
-        if mt == "gpt2":
-            return GPT2LMHeadModel._load(path, config, gen, dt)
-        if mt in LlamaForCausalLM._MODEL_TYPES:
-            return LlamaForCausalLM._load(path, config, gen, dt)
-        raise ValueError(f"config.json field model_type = {mt!r} is not supported "
-                         f"(supported: 'gpt2', 'llama', 'mistral', 'qwen2')")
 
 
 def _resolve_dtype(dtype):

@@ -254,7 +254,7 @@ class _Dense:
 
 def _load_model(folder, dtype):
     """The Transformer module's encoder (fastattn.models.AutoModel)."""
-    from . import AutoModel
+    from .encoder import AutoModel
     return AutoModel.from_pretrained(folder, dtype=dtype)
 
 
