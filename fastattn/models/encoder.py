@@ -553,6 +553,28 @@ class _Encoder:
         return x
 
 
+def _read_blocks(cls, ck, c):
+    """Embeddings and every block's arrays, in the order the forward
+    pass unpacks them; Q, K and V concatenated into one projection."""
+    dt, E, I = c.dtype, c.hidden_size, c.intermediate_size
+    p = cls._prefix(ck)
+    word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
+    nm = cls._names
+    layers = []
+    for i in range(c.num_layers):
+        q = f"{p}{cls._layers}.{i}."
+        g = lambda n, s: ck.get(q + n, s, dt)   # noqa: E731
+        wqkv = np.concatenate([g(nm[r] + ".weight", (E, E)) for r in "qkv"])
+        bqkv = np.concatenate([g(nm[r] + ".bias", (E,)) for r in "qkv"])
+        n1w, n1b = cls._norm(ck, q + nm["ln1"], E, dt)
+        n2w, n2b = cls._norm(ck, q + nm["ln2"], E, dt)
+        layers.append((wqkv, bqkv, g(nm["o"] + ".weight", (E, E)), g(nm["o"] + ".bias", (E,)),
+                       n1w, n1b, g(nm["ff1"] + ".weight", (I, E)), g(nm["ff1"] + ".bias", (I,)),
+                       g(nm["ff2"] + ".weight", (E, I)), g(nm["ff2"] + ".bias", (E,)),
+                       n2w, n2b))
+    return word, pos, tt, lnw, lnb, layers
+
+
 class BertModel(_Encoder):
     """BERT encoders (``model_type`` "bert": BERT, MiniLM, BGE, E5, ...).
 
@@ -563,29 +585,13 @@ class BertModel(_Encoder):
     _model_types = ("bert",)
     _prefixes = ("bert.",)
 
-    @classmethod
-    def _read_weights(cls, ck, c):
-        dt, E, I = c.dtype, c.hidden_size, c.intermediate_size
-        p = cls._prefix(ck)
-        word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
-        layers = []
-        for i in range(c.num_layers):
-            q = f"{p}encoder.layer.{i}."
-            g = lambda n, s: ck.get(q + n, s, dt)   # noqa: E731
-            wqkv = np.concatenate([g(f"attention.self.{n}.weight", (E, E))
-                                   for n in ("query", "key", "value")])
-            bqkv = np.concatenate([g(f"attention.self.{n}.bias", (E,))
-                                   for n in ("query", "key", "value")])
-            n1w, n1b = cls._norm(ck, q + "attention.output.LayerNorm", E, dt)
-            n2w, n2b = cls._norm(ck, q + "output.LayerNorm", E, dt)
-            layers.append((wqkv, bqkv,
-                           g("attention.output.dense.weight", (E, E)),
-                           g("attention.output.dense.bias", (E,)), n1w, n1b,
-                           g("intermediate.dense.weight", (I, E)),
-                           g("intermediate.dense.bias", (I,)),
-                           g("output.dense.weight", (E, I)),
-                           g("output.dense.bias", (E,)), n2w, n2b))
-        return word, pos, tt, lnw, lnb, layers
+    # tensor names of one block, under "<prefix><layers>.<i>."
+    _layers = "encoder.layer"
+    _names = dict(q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                  o="attention.output.dense", ln1="attention.output.LayerNorm",
+                  ff1="intermediate.dense", ff2="output.dense", ln2="output.LayerNorm")
+
+    _read_weights = classmethod(_read_blocks)
 
 
 class RobertaModel(BertModel):
@@ -603,28 +609,11 @@ class DistilBertModel(_Encoder):
     _model_types = ("distilbert",)
     _prefixes = ("distilbert.",)
 
-    @classmethod
-    def _read_weights(cls, ck, c):
-        dt, E, I = c.dtype, c.hidden_size, c.intermediate_size
-        p = cls._prefix(ck)
-        word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
-        layers = []
-        for i in range(c.num_layers):
-            q = f"{p}transformer.layer.{i}."
-            g = lambda n, s: ck.get(q + n, s, dt)   # noqa: E731
-            wqkv = np.concatenate([g(f"attention.{n}_lin.weight", (E, E))
-                                   for n in ("q", "k", "v")])
-            bqkv = np.concatenate([g(f"attention.{n}_lin.bias", (E,))
-                                   for n in ("q", "k", "v")])
-            n1w, n1b = cls._norm(ck, q + "sa_layer_norm", E, dt)
-            n2w, n2b = cls._norm(ck, q + "output_layer_norm", E, dt)
-            layers.append((wqkv, bqkv,
-                           g("attention.out_lin.weight", (E, E)),
-                           g("attention.out_lin.bias", (E,)), n1w, n1b,
-                           g("ffn.lin1.weight", (I, E)), g("ffn.lin1.bias", (I,)),
-                           g("ffn.lin2.weight", (E, I)), g("ffn.lin2.bias", (E,)),
-                           n2w, n2b))
-        return word, pos, tt, lnw, lnb, layers
+    _layers = "transformer.layer"
+    _names = dict(q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
+                  o="attention.out_lin", ln1="sa_layer_norm", ff1="ffn.lin1", ff2="ffn.lin2",
+                  ln2="output_layer_norm")
+    _read_weights = classmethod(_read_blocks)
 
 
 class AutoModel(_Encoder):
