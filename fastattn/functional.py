@@ -823,6 +823,7 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
         if m.dtype == np.bool_:
             np.copyto(sc, -np.inf, where=~m)
         else:   # -inf hides the key outright, other values are added
-            sc += m
+            with np.errstate(invalid="ignore"):   # +inf + -inf: replaced just below
+                sc += m
             np.copyto(sc, -np.inf, where=np.isneginf(m))
     return softmax(sc, axis=-1, out=sc, num_threads=num_threads)

@@ -362,3 +362,52 @@ def test_resident_memory_flat():
     grown = _rss_growth(n)
     # a leak of even 64 bytes per call would be 6 MiB
     assert grown < 4.0, f"RSS grew by {grown:.1f} MiB over {n} calls"
+
+
+# ---------------------------------------------------------------------------
+# regressions for what the sanitizers found
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_activations_of_nan_and_inf(dt):
+    """UBSan found undefined behaviour in the float32 exp of the row kernels
+    (silu, gelu, gelu_tanh, swiglu): a NaN input was converted to int and
+    shifted.  The result happened to be NaN on x86, so this test only fails
+    outright under tools/sanitize.sh, which stops at the undefined operation;
+    it also pins the values: NaN stays NaN, +-inf saturate."""
+    from fastattn import reference
+    from fastattn.nn import _ops
+    x = np.array([[np.nan, -np.inf, np.inf, -1e30, 1e30, -88.0, 89.0, 0.0] * 3], dt)
+    for act in ("silu", "gelu", "gelu_tanh"):
+        out = _ops.bias_act(x, None, act)
+        with np.errstate(all="ignore"):
+            ref = reference.activation(x.astype(np.float64), act)
+        assert np.isnan(out[0, 0]) and np.isnan(out[0, 8]), act
+        fin = ~np.isnan(ref)
+        # float32 exp saturates at exp(88.3): silu(-1e30) is -4.5e-9, not -0
+        np.testing.assert_allclose(out[fin], ref[fin], rtol=1e-6, atol=1e-8, err_msg=act)
+    h = np.concatenate([x, np.ones_like(x)], axis=1)
+    s = _ops.swiglu(h)
+    assert np.isnan(s[0, 0])
+    np.testing.assert_allclose(s, _ops.bias_act(x, None, "silu"), rtol=1e-6, atol=1e-8)
+
+
+def test_attention_weights_inf_score_under_float_mask_no_warning():
+    """Found by the long fuzz: a +inf score (a -inf query entry times a
+    negative key entry) hidden by a float -inf mask raised NumPy's
+    'invalid value encountered in add' RuntimeWarning (an error under
+    -W error) from attention_weights, although the result is defined: the
+    key is hidden."""
+    import warnings
+    from fastattn import reference as ref
+    q = np.array([[-np.inf, 0.0], [1.0, 2.0]], F32)
+    k = np.array([[-1.0, 0.5], [1.0, 1.0], [2.0, -1.0]], F32)
+    m = np.array([[-np.inf, 0.0, -np.inf], [0.0, -np.inf, 1.0]], F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = fastattn.attention_weights(q, k, m)
+        o = fastattn.scaled_dot_product_attention(q, k, k, m)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(w, ref.attention_weights(q, k, m), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(o, ref.scaled_dot_product_attention(q, k, k, m),
+                                   rtol=1e-6, atol=1e-6)

@@ -6,6 +6,8 @@
 #   tools/sanitize.sh --quick    kernels, varlen, gemm, row-wise layers, weights
 #                                and the quick fuzz profile (a few minutes)
 #   tools/sanitize.sh [--quick] -- <pytest args>   extra pytest arguments
+#   --no-build    reuse the sanitizer build already in the copy (refresh only
+#                 the Python files and tests; e.g. while another run uses it)
 #
 # The copy lives in build/sanitize/ (gitignored; override with
 # FASTATTN_SANITIZE_DIR), so the normal in-place build is never touched; it is
@@ -20,12 +22,14 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 CC=${CC:-gcc}
 MODE=full
+BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick; shift ;;
         --full) MODE=full; shift ;;
+        --no-build) BUILD=0; shift ;;
         --) shift; break ;;
-        *) echo "usage: $0 [--quick|--full] [-- pytest args]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick|--full] [--no-build] [-- pytest args]" >&2; exit 2 ;;
     esac
 done
 DEST=${FASTATTN_SANITIZE_DIR:-$ROOT/build/sanitize}
@@ -49,9 +53,11 @@ mkdir -p "$DEST"
 git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - -cf - | tar -C "$DEST" -xf -
 
-echo "== sanitize: building with FASTATTN_SANITIZE=1 (log $DEST/build.log)"
-( cd "$DEST" && FASTATTN_SANITIZE=1 CC="$CC" "$PY" setup.py build_ext --inplace \
-      > "$DEST/build.log" 2>&1 ) || { tail -30 "$DEST/build.log"; exit 1; }
+if [ "$BUILD" = 1 ]; then
+    echo "== sanitize: building with FASTATTN_SANITIZE=1 (log $DEST/build.log)"
+    ( cd "$DEST" && FASTATTN_SANITIZE=1 CC="$CC" "$PY" setup.py build_ext --inplace \
+          > "$DEST/build.log" 2>&1 ) || { tail -30 "$DEST/build.log"; exit 1; }
+fi
 
 if [ "$MODE" = quick ]; then
     TESTS=(test_kernels.py test_varlen.py test_gemm.py test_layers_kernels.py
@@ -60,9 +66,6 @@ else
     TESTS=()
 fi
 
-REPORTS=$DEST/reports-$MODE
-rm -rf "$REPORTS"
-mkdir -p "$REPORTS"
 echo "== sanitize: running pytest ${TESTS[*]:-(all)} $* (log $LOG)"
 rc=0
 (
@@ -72,20 +75,20 @@ rc=0
     export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB"
     # allocator_may_return_null=1: a request too large to allocate must give
     # NULL (then MemoryError), as with the system malloc, not an ASan abort.
-    # log_path: pytest captures fd 2 per test and loses it when the process
-    # aborts, so the reports go to files as well (checked below).
-    export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:log_path=$REPORTS/asan:log_exe_name=0"
-    export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan"
+    export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1"
+    export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
     export PYTHONMALLOC=malloc
     export PYTHONPATH="$DEST"
     export HF_HUB_OFFLINE=1
     export FASTATTN_SANITIZED=1
-    "$PY" -m pytest -q -p no:cacheprovider -x "${TESTS[@]}" "$@"
+    # --capture=sys: pytest's default fd capture would swallow a report
+    # printed to fd 2 just before the process aborts; this way it reaches $LOG
+    "$PY" -m pytest -q -p no:cacheprovider -x --capture=sys --durations=10 "${TESTS[@]}" "$@"
 ) > "$LOG" 2>&1 || rc=$?
 tail -5 "$LOG"
 PAT='ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer'
-if grep -nE "$PAT" "$LOG" || { ls "$REPORTS"/* > /dev/null 2>&1 && cat "$REPORTS"/*; }; then
-    echo "sanitize: sanitizer report(s) in $LOG / $REPORTS" >&2
+if grep -nE "$PAT" "$LOG"; then
+    echo "sanitize: sanitizer report(s) in $LOG" >&2
     exit 1
 fi
 if [ "$rc" -ne 0 ]; then
