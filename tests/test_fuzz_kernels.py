@@ -342,6 +342,8 @@ def softmax_case(draw):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     shape = draw(st.lists(st.one_of(st.integers(0, 5), st.sampled_from([16, 17, 65, 300])),
                           min_size=1, max_size=3))
+    if np.prod([n + 1 for n in shape]) > 40_000:     # one long axis at most
+        shape = [min(n, 5) for n in shape[:-1]] + shape[-1:]
     kind = draw(st.sampled_from(VALUES))
     x = _values(rng, [n + 1 for n in shape], dtype, kind)
     x = x[tuple(slice(None, None, draw(st.sampled_from([1, -1, 2]))) for _ in shape)]

@@ -60,8 +60,11 @@ if [ "$BUILD" = 1 ]; then
 fi
 
 if [ "$MODE" = quick ]; then
+    # test_varlen's own hypothesis test is the slowest under ASan (~1.5 min);
+    # test_fuzz_kernels.py's quick profile fuzzes varlen_attention here
     TESTS=(test_kernels.py test_varlen.py test_gemm.py test_layers_kernels.py
-           test_weights.py test_hardening.py test_fuzz_kernels.py)
+           test_weights.py test_hardening.py test_fuzz_kernels.py
+           --deselect test_varlen.py::test_fuzz_against_reference_and_alone)
 else
     TESTS=()
 fi
