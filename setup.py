@@ -19,6 +19,10 @@ by :class:`BuildExt`, the ``build_ext`` command, when extensions are built
    time, so a wheel built here never raises SIGILL on another machine.
    ``FASTATTN_ISAS=baseline,avx2`` limits which builds are made.
 3. ``FASTATTN_DEBUG_CYTHON=1`` turns on Cython's bounds checking.
+4. ``FASTATTN_SANITIZE=1`` (gcc/clang) builds with AddressSanitizer and
+   UndefinedBehaviorSanitizer (``-fsanitize=address,undefined``, ``-O1 -g``,
+   OpenMP still on) for ``tools/sanitize.sh``; such a build only loads with
+   the sanitizer runtimes in ``LD_PRELOAD`` (the script sets that up).
 
 Every extension depends on every ``fastattn/*.pxi`` and ``fastattn/src/*.h``
 (found by glob), so a change to any of them rebuilds the kernels.
@@ -175,16 +179,25 @@ class BuildExt(build_ext):
         omp_c, omp_l = _openmp_flags()
         kind = _compiler_kind()
         base_c = ["/O2"] if kind == "msvc" else ["-O3", "-fno-wrapv", "-std=gnu11"]
+        san_c = san_l = []
+        if os.environ.get("FASTATTN_SANITIZE", "0") == "1":
+            if kind == "msvc":
+                raise SystemExit("FASTATTN_SANITIZE=1 needs gcc or clang")
+            san_l = ["-fsanitize=address,undefined"]
+            san_c = san_l + ["-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
+                             "-O1", "-g"]
+            _log(f"sanitizer build: {san_c}")
         macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         inc = [np.get_include(), os.path.join("fastattn", "src")]
         for ext in self.extensions:
             isa = ext.name.rsplit("_", 1)[-1] if "._kernels_" in ext.name else None
-            cflags = base_c + omp_c + (ISA_FLAGS[isa] if isa and kind != "msvc" else [])
+            cflags = (base_c + omp_c + (ISA_FLAGS[isa] if isa and kind != "msvc" else [])
+                      + san_c)
             _log(f"{ext.name.split('.')[-1]}: cflags={cflags} ldflags={omp_l}")
             ext.include_dirs = inc + list(ext.include_dirs)
             ext.define_macros = macros + list(ext.define_macros)
             ext.extra_compile_args = cflags
-            ext.extra_link_args = list(omp_l)
+            ext.extra_link_args = list(omp_l) + san_l
         directives = {
             "language_level": 3,
             "boundscheck": os.environ.get("FASTATTN_DEBUG_CYTHON", "0") == "1",

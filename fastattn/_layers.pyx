@@ -69,7 +69,7 @@ cdef extern from *:
         float t = x * 1.44269504088896341f;
         float r = t + 12582912.0f;          /* round to nearest integer */
         float n = r - 12582912.0f;
-        float f = x - n * 0.693359375f;
+        float f = x - n * 0.693359375f;     /* NaN stays NaN through f and p */
         f = f - n * -2.12194440e-4f;
         float p = 1.9875691500e-4f;
         p = p * f + 1.3981999507e-3f;
@@ -78,7 +78,11 @@ cdef extern from *:
         p = p * f + 1.6666665459e-1f;
         p = p * f + 5.0000001201e-1f;
         p = p * f * f + f + 1.0f;
-        int32_t bits = ((int32_t)n + 127) << 23;
+        /* a NaN x leaves n NaN: converting that to int is undefined (x86
+           gives INT_MIN, whose shift is undefined too; UBSan caught it), so
+           take the exponent from n only when it is a number */
+        n = n == n ? n : 0.0f;
+        uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
         float scale;
         memcpy(&scale, &bits, sizeof scale);
         return p * scale;

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._dispatch import kernels as _k
 from .threads import for_flops as _n_threads
+from .threads import resolve as _resolve_threads
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
            "softmax", "weighted_sum", "attention_weights"]
@@ -63,10 +64,31 @@ def _readable(x):
     return x
 
 
+def _check_threads(num_threads):
+    """Reject a bad ``num_threads`` even on the early exits (empty output,
+    no keys) that never reach a kernel."""
+    if num_threads is not None:
+        _resolve_threads(num_threads)
+
+
 def _check_size(name, n):
     if n > _INT_MAX:
         raise ValueError(f"{name} = {n} is too large (the kernels take "
                          f"feature sizes below 2**31)")
+
+
+def _too_large(shapes, desc):
+    """numpy.broadcast_shapes also fails when the shapes broadcast but the
+    result has too many elements: say that, not "do not broadcast"."""
+    nd = max((len(s) for s in shapes), default=0)
+    full = []
+    for i in range(nd):
+        sizes = {s[len(s) - nd + i] for s in shapes if len(s) - nd + i >= 0} - {1}
+        if len(sizes) > 1:
+            return
+        full.append(sizes.pop() if sizes else 1)
+    raise ValueError(f"the broadcast shape {tuple(full)} of {desc} is too large "
+                     f"({math.prod(full)} elements)") from None
 
 
 def _broadcast(name_shapes, what):
@@ -74,6 +96,7 @@ def _broadcast(name_shapes, what):
         return tuple(np.broadcast_shapes(*[s for _, s in name_shapes]))
     except ValueError:
         desc = ", ".join(f"{n} {s}" for n, s in name_shapes)
+        _too_large([s for _, s in name_shapes], f"{what} ({desc})")
         raise ValueError(f"{what} do not broadcast: {desc}") from None
 
 
@@ -330,6 +353,7 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
         try:
             full = tuple(np.broadcast_shapes(qb, kb, vb))
         except ValueError:
+            _too_large([qb, kb, vb], f"the batch dimensions ({desc})")
             hint = ""
             if min(len(qb), len(kb), len(vb)) >= 1 and len({qb[-1], kb[-1], vb[-1]}) > 1:
                 hint = " (head counts differ: pass enable_gqa=True for grouped-query attention)"
@@ -420,6 +444,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     else:
         _check_out(out, out_shape, p.dtype, [("query", p.q), ("key", p.k),
                                              ("value", p.v), ("attn_mask", p.mask)])
+    _check_threads(num_threads)
     if out.size == 0:
         return out
     if S == 0:
@@ -594,6 +619,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
         out = np.empty(shape, dtype=dtype)
     else:
         _check_out(out, shape, dtype, [("q", q), ("k", k), ("v", v)])
+    _check_threads(num_threads)
     if out.size == 0:
         return out
     q, k, v = _readable(q), _readable(k), _readable(v)
@@ -652,6 +678,7 @@ def attention_scores(q, k, scale=None, *, out=None, num_threads=None):
         out = np.empty(shape, dtype=dtype)
     else:
         _check_out(out, shape, dtype, [("q", q), ("k", k)])
+    _check_threads(num_threads)
     if out.size == 0:
         return out
     q, k = _readable(q), _readable(k)
@@ -694,6 +721,7 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     else:
         _check_out(out, x.shape, x.dtype, [("x", x)], contiguous_last=False,
                    overlap_hint="pass out=x for in place, or a separate array")
+    _check_threads(num_threads)
     if x.size == 0:
         return out
     if any(s % x.itemsize for s in x.strides):
@@ -738,6 +766,7 @@ def weighted_sum(p, v, *, out=None, num_threads=None):
         out = np.empty(shape, dtype=dtype)
     else:
         _check_out(out, shape, dtype, [("p", p), ("v", v)])
+    _check_threads(num_threads)
     if out.size == 0:
         return out
     if S == 0:
@@ -794,6 +823,7 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None,
         if m.dtype == np.bool_:
             np.copyto(sc, -np.inf, where=~m)
         else:   # -inf hides the key outright, other values are added
-            sc += m
+            with np.errstate(invalid="ignore"):   # +inf + -inf: replaced just below
+                sc += m
             np.copyto(sc, -np.inf, where=np.isneginf(m))
     return softmax(sc, axis=-1, out=sc, num_threads=num_threads)
