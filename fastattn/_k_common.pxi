@@ -276,12 +276,6 @@ cdef inline int _dtype_code(cnp.ndarray a) noexcept:
     return -1
 
 
-cdef int _need(bint ok, str what, str name) except -1:
-    if not ok:
-        raise ValueError(f"fastattn kernel call: {what} {name}")
-    return 0
-
-
 cdef inline const int64_t *_offs(cnp.ndarray a, Py_ssize_t n, str field) except? NULL:
     """Pointer to an int64 offset array with at least n entries (an internal
     consistency check: the call objects are built by fastattn, not users)."""
