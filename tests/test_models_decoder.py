@@ -105,10 +105,21 @@ def _left_padded(lengths, T, seed=2):
     return ids, mask
 
 
+_HF64 = {}
+
+
 def _hf_logits(hf, ids, mask=None):
+    """transformers' logits, computed by a float64 copy of the model: the
+    oracle for fastattn's float32 logits (torch's own float32 result differs
+    from the float64 one by a few 1e-6 here, and by up to 2e-4 on one CI run,
+    so comparing two float32 results would test torch's rounding too)."""
+    import copy
+    hf64 = _HF64.get(id(hf))
+    if hf64 is None:
+        hf64 = _HF64[id(hf)] = (hf, copy.deepcopy(hf).double())
     with torch.no_grad():
         kw = {} if mask is None else {"attention_mask": torch.tensor(mask)}
-        return hf(torch.tensor(ids), **kw).logits.numpy()
+        return hf64[1](torch.tensor(ids), **kw).logits.numpy()
 
 
 def _hf_generate(hf, ids, n, mask=None, **kw):
