@@ -199,6 +199,10 @@ def instrumented():
 
     for mod in (layers, attention, transformer):
         wrap(mod, "gemm", "gemm")
+    # the attention's input projections go through gemm_via (which GEMM ran
+    # decides its thread count); layers.gemm calls it too, so wrap it only
+    # where the attention module looks it up
+    wrap(attention, "gemm_via", "gemm")
     wrap(attention, "scaled_dot_product_attention", "attention")
     for name in ("add_norm", "bias_act", "swiglu"):
         wrap(ops, name, "row kernels")
