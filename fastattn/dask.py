@@ -13,11 +13,14 @@ How the work is laid out
   max_seq_length); later tasks and later jobs reuse it.
 * Inside a worker, fastattn runs one OpenMP team over the worker's share of
   the machine's cores.  Run Dask with **one task at a time per worker
-  process** and one worker process per machine (or per socket)::
+  process** (one Dask thread)::
 
-      LocalCluster(n_workers=1, threads_per_worker=1)     # one machine
-      dask worker tcp://scheduler:8786 --nworkers 1 --nthreads 1
+      LocalCluster(n_workers=N, threads_per_worker=1)
+      dask worker tcp://scheduler:8786 --nworkers N --nthreads 1
 
+  On 2 cores, 2 workers x 1 thread ran at 0.94x the plain encoder and
+  1 worker x 2 threads at 0.85x (benchmarks/RESULTS.md): a worker's own
+  event-loop threads share the cores with a multi-thread OpenMP team.
   Dask's nanny sets ``OMP_NUM_THREADS=1`` in its workers (to stop NumPy's
   BLAS from oversubscribing), so fastattn's own default would be one thread.
   Instead, when a ``distributed`` client is active, :func:`encode` asks every
@@ -144,10 +147,11 @@ def _encode_partition(texts, spec, threads_by_host, num_threads, batch_size,
         num_threads = threads_by_host.get(socket.gethostname())
     from .threads import threads
     if num_threads is None:
-        out = enc.encode(texts, batch_size=batch_size, **kwargs)
+        out = enc.encode(texts, batch_size=batch_size, show_progress_bar=False, **kwargs)
     else:
         with threads(num_threads):
-            out = enc.encode(texts, batch_size=batch_size, **kwargs)
+            out = enc.encode(texts, batch_size=batch_size, show_progress_bar=False,
+                             **kwargs)
     out = np.asarray(out, dtype=np.float32)
     if out.ndim != 2:  # pragma: no cover - encode(list) is always 2-D
         out = out.reshape(len(texts), -1)
