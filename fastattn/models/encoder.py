@@ -372,12 +372,7 @@ class _Encoder:
         B, L = ids.shape
         mask = None
         if attention_mask is not None:
-            m = _int_array(attention_mask, "attention_mask", (1, 2))
-            if m.ndim == 1:
-                m = m[None, :]
-            if m.shape != ids.shape:
-                raise ValueError(f"attention_mask has shape {m.shape}, input_ids "
-                                 f"{ids.shape}")
+            m = _like_ids(attention_mask, "attention_mask", ids)
             if m.dtype.kind != "b":
                 if m.size and ((m != 0) & (m != 1)).any():
                     raise ValueError("attention_mask must hold only 0 and 1")
@@ -386,12 +381,7 @@ class _Encoder:
                 mask = m
         tt = None
         if token_type_ids is not None:
-            tt = _int_array(token_type_ids, "token_type_ids", (1, 2))
-            if tt.ndim == 1:
-                tt = tt[None, :]
-            if tt.shape != ids.shape:
-                raise ValueError(f"token_type_ids has shape {tt.shape}, input_ids "
-                                 f"{ids.shape}")
+            tt = _like_ids(token_type_ids, "token_type_ids", ids)
         self._check_tokens(ids, tt, mask)
         if mask is None:
             flat = ids.reshape(-1)
@@ -551,6 +541,17 @@ class _Encoder:
             dense(hid, w2, None, out=ctx)
             add_norm(ctx, b2, y, n2w, n2b, eps, n=x)        # x = next X
         return x
+
+
+def _like_ids(x, name, ids):
+    """``x`` as a 2-D integer array of ``ids``' (B, L) shape (a 1-D ``x`` is
+    one sequence), or a ValueError naming ``name`` and both shapes."""
+    a = _int_array(x, name, (1, 2))
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.shape != ids.shape:
+        raise ValueError(f"{name} has shape {a.shape}, input_ids {ids.shape}")
+    return a
 
 
 def _read_blocks(cls, ck, c):
