@@ -9,7 +9,9 @@ GFLOP/s = 2 M N K / time.  Every cell is the median over ``--rounds`` rounds
 of the median of a block of calls (``--block`` seconds), the implementations
 taking turns block by block within each round, so machine load hits them
 alike.  On a shared machine quote the ratios (the ``x fp32`` columns), not
-the absolute numbers.  Prints a Markdown table; writes nothing into
+the absolute numbers; the widening paths compare with the fp32 GEMM of the
+same vector width (``fp32 fastattn`` is the selected build's, ``fp32 avx2``
+the avx2 build's).  Prints a Markdown table; writes nothing into
 RESULTS.md/README.md (``--json PATH`` saves the raw cells).
 
 Shapes: MiniLM (all-MiniLM-L6-v2: d=384, FFN 1536) M = 1, 8, 64, 256, 1024,
@@ -54,11 +56,28 @@ def _impls(M, N, K, nt, builds, with_torch):
             B._k = mod
             B.linear(xb, p, out=y, num_threads=nt)
         out[f"bf16 {name}"] = call
+    if builds:
+        # the best build again, storing bf16 (half the output bytes)
+        mod = _dispatch.load_build(builds[0])
+        B._k = mod
+        p0 = B.pack_weight(w)
+        yb = np.empty((M, N), ml_dtypes.bfloat16)
+
+        def call_b(mod=mod):
+            B._k = mod
+            B.linear(xb, p0, out=yb, num_threads=nt)
+        out[f"bf16 {builds[0]} ->bf16"] = call_b
     B._k = _dispatch.kernels
     k = fastattn.kernels
     yf = np.empty((M, N), np.float32)
     lc = k.LinearCall(x=x, xs=K, w=w, ws=K, out=yf, ys=N, nthreads=nt)
     out["fp32 fastattn"] = lambda: k.linear(lc)
+    # the avx2 build's fp32 GEMM: what the avx2 bf16 path must not be slower than
+    if "avx2" in builds and fastattn.isa != "avx2":
+        k2 = _dispatch.load_build("avx2")
+        y2 = np.empty((M, N), np.float32)
+        lc2 = k2.LinearCall(x=x, xs=K, w=w, ws=K, out=y2, ys=N, nthreads=nt)
+        out["fp32 avx2"] = lambda: k2.linear(lc2)
     yn = np.empty((M, N), np.float32)
     wt = w.T
     out["numpy sgemm"] = lambda: np.matmul(x, wt, out=yn)

@@ -427,7 +427,7 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
  * broadcasts, mr x NV vdpbf16ps.  Each lane's sum is the chain over pairs in
  * order, so the chunk height (12, 4, 1) and NV never change a row's bits. */
 FA__AI void fa__dp_tile(const uint32_t *pa, const int mr, const int nv, const uint16_t *b0,
-                        const uint16_t *b1, ptrdiff_t npair, float *cs, int ldc)
+                        const uint16_t *b1, ptrdiff_t npair, float *cs, ptrdiff_t ldc)
 {
     fa__fv acc[12][2];
     FA__UNROLL
@@ -490,24 +490,32 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
         ptrdiff_t g = (n0 + c0) / 16;
         const uint16_t *b0 = P + g * (Kp / 2) * 32;
         const uint16_t *b1 = b0 + (Kp / 2) * 32;
+        int direct = !out_bf16 && nc == 32;     /* whole blocks straight to y */
+        float *cb = direct ? (float *)y + c0 : cs;
+        ptrdiff_t ldc = direct ? ys : 32;
         for (int r0 = 0; r0 < nr; r0 += fa__dp_chunk(nr - r0)) {
             int mr = fa__dp_chunk(nr - r0);
             const uint32_t *pc = pa + (ptrdiff_t)r0 * npair;
-            float *c = cs + r0 * 32;
+            float *c = cb + (ptrdiff_t)r0 * ldc;
             if (mr == 12) {
-                if (nc > 16) fa__dp_tile(pc, 12, 2, b0, b1, npair, c, 32);
-                else fa__dp_tile(pc, 12, 1, b0, b1, npair, c, 32);
+                if (nc > 16) fa__dp_tile(pc, 12, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 12, 1, b0, b1, npair, c, ldc);
             } else if (mr == 4) {
-                if (nc > 16) fa__dp_tile(pc, 4, 2, b0, b1, npair, c, 32);
-                else fa__dp_tile(pc, 4, 1, b0, b1, npair, c, 32);
+                if (nc > 16) fa__dp_tile(pc, 4, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 4, 1, b0, b1, npair, c, ldc);
             } else {
-                if (nc > 16) fa__dp_tile(pc, 1, 2, b0, b1, npair, c, 32);
-                else fa__dp_tile(pc, 1, 1, b0, b1, npair, c, 32);
+                if (nc > 16) fa__dp_tile(pc, 1, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 1, 1, b0, b1, npair, c, ldc);
             }
         }
-        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
-                      ys, out_bf16);
+        if (direct) {
+            if (bias || act)
+                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
+        } else {
+            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                          ys, out_bf16);
+        }
     }
 }
 
@@ -522,10 +530,12 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
  * order (fused on avx512/avx2, multiply-add in plain C), whatever the
  * microkernel height. */
 #if defined(FA__ISA_AVX512)
-#  define FA__WMR 8
+/* 12 rows x 32 lanes: 24 accumulators + 4 widened weight vectors; the
+ * broadcasts fold into the FMAs ({1to16} memory operands) */
+#  define FA__WMR 12
 FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     __m512 acc[FA__WMR][2];
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
@@ -571,7 +581,7 @@ FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
 #  define FA__WMR 4
 FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     (void)nv; (void)b1;    /* one 16-lane group per call */
     __m256 acc[FA__WMR][2];
@@ -617,7 +627,7 @@ FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
 #  define FA__WMR 4
 FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     (void)nv; (void)b1;
     float acc[FA__WMR][16];
@@ -650,6 +660,9 @@ FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
 #  define FA__WIDEN_COLS 32
 #endif
 
+/* row chunk heights: FA__WMR, then 4, then 1 */
+FA__AI int fa__widen_chunk(int left) { return left >= FA__WMR ? FA__WMR : left >= 4 ? 4 : 1; }
+
 static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
                               ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
                               void *y, ptrdiff_t ys, int out_bf16, void *scratch)
@@ -657,8 +670,8 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
     ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
     float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
     float *xa = (float *)((char *)scratch + 8192);          /* nr x 2 npair fp32 */
-    for (int r0 = 0; r0 < nr; r0 += (nr - r0 >= FA__WMR ? FA__WMR : 1)) {
-        int mr = nr - r0 >= FA__WMR ? FA__WMR : 1;
+    for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
+        int mr = fa__widen_chunk(nr - r0);
         float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
         for (int r = 0; r < mr; r++) {
             const uint16_t *xr = x + (r0 + r) * xs;
@@ -673,20 +686,33 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
         ptrdiff_t g = (n0 + c0) / 16;
         const uint16_t *b0 = P + g * (Kp / 2) * 32;
         const uint16_t *b1 = b0 + (Kp / 2) * 32;
-        for (int r0 = 0; r0 < nr; r0 += (nr - r0 >= FA__WMR ? FA__WMR : 1)) {
+        /* whole column blocks of an fp32 output go straight to y */
+        int direct = !out_bf16 && nc == FA__WIDEN_COLS;
+        float *cb = direct ? (float *)y + c0 : cs;
+        ptrdiff_t ldc = direct ? ys : 32;
+        for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
+            int mr = fa__widen_chunk(nr - r0);
             const float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
-            float *c = cs + r0 * 32;
-            if (nr - r0 >= FA__WMR) {
-                if (nc > 16) fa__widen_tile(xc, FA__WMR, 2, b0, b1, npair, c, 32);
-                else fa__widen_tile(xc, FA__WMR, 1, b0, b1, npair, c, 32);
+            float *c = cb + (ptrdiff_t)r0 * ldc;
+            if (mr == FA__WMR) {
+                if (nc > 16) fa__widen_tile(xc, FA__WMR, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, FA__WMR, 1, b0, b1, npair, c, ldc);
+            } else if (mr == 4) {
+                if (nc > 16) fa__widen_tile(xc, 4, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, 4, 1, b0, b1, npair, c, ldc);
             } else {
-                if (nc > 16) fa__widen_tile(xc, 1, 2, b0, b1, npair, c, 32);
-                else fa__widen_tile(xc, 1, 1, b0, b1, npair, c, 32);
+                if (nc > 16) fa__widen_tile(xc, 1, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, 1, 1, b0, b1, npair, c, ldc);
             }
         }
-        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
-                      ys, out_bf16);
+        if (direct) {
+            if (bias || act)
+                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
+        } else {
+            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                          ys, out_bf16);
+        }
     }
 }
 #endif
