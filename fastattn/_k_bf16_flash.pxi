@@ -5,12 +5,16 @@
 # q, k and v are bf16 bit patterns (uint16 views, made in functional.py);
 # the output is float32 or bf16 (uint16).  Every build runs the portable path
 # (fa_bf16_attn.h): the query block is widened once per task into the fp32
-# Qt (lanes) or Qr (rows), and each block of keys and values is widened into
-# a per-thread fp32 scratch just before the fp32 tiles read it -- once per
-# block for all the query heads of a GQA group.  The softmax statistics, the
+# Qt (lanes) or Qr (rows).  Lanes (prefill, compute-bound): each block of
+# keys and values is widened into a per-thread fp32 scratch just before the
+# fp32 tiles read it -- once per block for all the query heads of a GQA
+# group.  Rows (decode, bandwidth-bound): the row tiles read bf16 K and V in
+# place through a widening vector load (fa_dot_rows_bf16k,
+# fa_axpy_rows_bf16v), no scratch round trip.  The softmax statistics, the
 # accumulators and the merge of split-K partials are float32, the same
 # operations in the same order as the fp32 kernel, so a float32 result equals
-# the fp32 kernel's on the widened inputs bit for bit, and a bf16 result is
+# the fp32 kernel's on the widened inputs bit for bit (D, Dv multiples of 16;
+# see fa_bf16_attn.h for the scalar tails), and a bf16 result is
 # that value rounded once (nearest even).  Task tables, chunk sizes and
 # layouts are the fp32 kernel's: bit-identical for any thread count, and a
 # varlen sequence's bits do not depend on the rest of the batch.
@@ -24,23 +28,17 @@ cdef extern from "fa_bf16_attn.h" nogil:
     void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
     void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
                           Py_ssize_t os)
-
-# keys widened at a time on the rows path (stays in L1 next to the scores)
-cdef enum:
-    BF_ROWS_SUB = 64
-
-
-cdef inline size_t _bf16_wbuf(const FlashArgs *a) noexcept:
-    """floats of widened K/V scratch per thread (+16 to keep it 64-byte aligned)"""
-    return FA_BC * (a.D if a.D > a.Dv else a.Dv) + 16
-
+    void fa_dot_rows_bf16k(const float *Q, int R, const uint16_t *K, Py_ssize_t ks, int nk,
+                           int D, float *s, int lds)
+    void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint16_t *V, Py_ssize_t vs,
+                            int nk, int Dv, float *O)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
     return _lanes_buf(a) + FA_BC * a.D + 16 + FA_BC * a.Dv + 16
 
 
 cdef inline size_t _bf16_rows_buf(const FlashArgs *a, Py_ssize_t R) noexcept:
-    return _rows_buf(a, R) + 16 + _bf16_wbuf(a)
+    return _rows_buf(a, R)
 
 
 cdef inline float *_align16(float *p) noexcept nogil:
@@ -151,11 +149,10 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef float *Ob = s + R * ROWS_BC
     cdef float *mb = Ob + R * Dv
     cdef float *lb = mb + R
-    cdef float *W = _align16(lb + R)
     cdef const uint16_t *qrow
     cdef const uint16_t *kp
     cdef const uint16_t *vp
-    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt, j0, nj
+    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt
     cdef int geo, mcls, any_vis
     cdef float qscale = <float>a.qscale
     cdef float mx, al, sm
@@ -198,13 +195,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                 break
         if not any_vis:
             continue
-        # scores of every key (dot products are per key: sub-blocks change nothing)
-        j0 = 0
-        while j0 < nk:
-            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
-            fa_bf16_widen_rows(kp + (k0 + j0) * a.ks, a.ks, <int>nj, <int>D, W)
-            fa_dot_rows_f32(Qr, <int>R, W, D, <int>nj, <int>D, s + j0, ROWS_BC)
-            j0 += BF_ROWS_SUB
+        fa_dot_rows_bf16k(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
         for r in range(R):
             g = r // L
             i = r % L
@@ -235,14 +226,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
             if al != 1:
                 for d in range(Dv):
                     Ob[r * Dv + d] = Ob[r * Dv + d] * al
-        # O += P V in key order; sub-blocks of a multiple of the tile's own
-        # 32-key blocks keep every element's FMA chain unchanged
-        j0 = 0
-        while j0 < nk:
-            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
-            fa_bf16_widen_rows(vp + (k0 + j0) * a.vs, a.vs, <int>nj, <int>Dv, W)
-            fa_axpy_rows_f32(s + j0, <int>R, ROWS_BC, W, Dv, <int>nj, <int>Dv, Ob)
-            j0 += BF_ROWS_SUB
+        fa_axpy_rows_bf16v(s, <int>R, ROWS_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
 
     for r in range(R):
         for d in range(Dv):
