@@ -25,9 +25,10 @@ cdef extern from "fa_bf16_attn.h" nogil:
     void fa_bf16_widen_rows(const uint16_t *src, Py_ssize_t ss, int nr, int nc, float *dst)
     void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
     float fa_bf16_to_f32(uint16_t h)
-    void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
+    void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt,
+                         float *tmp)
     void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                          Py_ssize_t os)
+                          Py_ssize_t os, float *tmp)
     void fa_dot_rows_bf16k(const float *Q, int R, const uint16_t *K, Py_ssize_t ks, int nk,
                            int D, float *s, int lds)
     void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint16_t *V, Py_ssize_t vs,
@@ -47,7 +48,7 @@ cdef extern from "fa_bf16_attn.h" nogil:
     void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
     void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
     void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv, float *O)
-    void fa_amx_store_o(const float *O, const float *l, int nr, int Dv, void *out,
+    void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
                         Py_ssize_t os, int o16)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
@@ -99,7 +100,7 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         m = Ot + ot_sz
         l = m + FA_BR
         fa_pack_qt_bf16((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
-                        <int>nr, <int>D, qscale, Qt)
+                        <int>nr, <int>D, qscale, Qt, Kw)
         for i in range(ot_sz):
             Ot[i] = 0
         for i in range(FA_BR):
@@ -154,7 +155,7 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         l = m + FA_BR
         if o16:
             fa_store_ot_bf16(Ot, l, <int>nr, <int>Dv,
-                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os)
+                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os, Vw)
         else:
             fa_store_ot_f32(Ot, l, <int>nr, <int>Dv,
                             (<float *>a.o) + a.ooff[n] + q0 * a.os, a.os)

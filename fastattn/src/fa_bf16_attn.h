@@ -24,10 +24,11 @@
  *   fa_bf16_widen_rows(src, ss, nr, nc, dst)
  *                                   dst[r*nc + c] = widen(src[r*ss + c])
  *   fa_bf16_round_row(src, n, dst)  dst[c] = round(src[c])
- *   fa_pack_qt_bf16(q, qs, nr, D, scale, Qt)
+ *   fa_pack_qt_bf16(q, qs, nr, D, scale, Qt, tmp)
  *                                   fa_pack_qt_f32 on widened q (identical bits)
- *   fa_store_ot_bf16(Ot, l, nr, Dv, o, os)
+ *   fa_store_ot_bf16(Ot, l, nr, Dv, o, os, tmp)
  *                                   round(fa_store_ot_f32's value) into bf16 o
+ *                                   (tmp: nr x D / nr x Dv floats of scratch)
  *   fa_dot_rows_bf16k(Q, R, K, ks, nk, D, s, lds)
  *   fa_axpy_rows_bf16v(P, R, ldp, V, vs, nk, Dv, O)
  *                                   fa_dot_rows_f32 / fa_axpy_rows_f32 (the
@@ -46,6 +47,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "fa_tiles.h"
+#include "fa_util.h"
 
 static inline float fa_bf16_to_f32(uint16_t h);
 static inline uint16_t fa_f32_to_bf16(float x);
@@ -53,9 +55,9 @@ static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr,
                                       float *dst);
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst);
 static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int D, float scale,
-                                   float *Qt);
+                                   float *Qt, float *tmp);
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                                    ptrdiff_t os);
+                                    ptrdiff_t os, float *tmp);
 
 static inline float fa_bf16_to_f32(uint16_t h)
 {
@@ -65,14 +67,14 @@ static inline float fa_bf16_to_f32(uint16_t h)
     return f;
 }
 
+/* branch-free, so that the row loops below vectorise */
 static inline uint16_t fa_f32_to_bf16(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u)           /* NaN: quiet, sign kept */
-        return (uint16_t)((u >> 16 & 0x8000u) | 0x7FC0u);
-    u += 0x7FFFu + ((u >> 16) & 1u);                /* nearest, ties to even */
-    return (uint16_t)(u >> 16);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;    /* nearest, ties to even */
+    uint32_t qnan = ((u >> 16) & 0x8000u) | 0x7FC0u;        /* NaN: quiet, sign kept */
+    return (uint16_t)(((u & 0x7FFFFFFFu) > 0x7F800000u) ? qnan : r);
 }
 
 /* plain loops: the compiler vectorises them for each build's -m flags */
@@ -91,35 +93,24 @@ static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
     for (int c = 0; c < n; c++) dst[c] = fa_f32_to_bf16(src[c]);
 }
 
-/* Qt[d*FA_BR + i] = widen(q[i*qs + d]) * scale, lanes i >= nr zero: the same
- * single multiply as fa_pack_qt_f32, so the same bits */
+/* Qt[d*FA_BR + i] = widen(q[i*qs + d]) * scale, lanes i >= nr zero: the rows
+ * widened into tmp (nr x D floats) and fa_pack_qt_f32's transposing pack,
+ * the same single multiply, so the same bits as the fp32 kernel */
 static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int D, float scale,
-                                   float *Qt)
+                                   float *Qt, float *tmp)
 {
-    for (int i = 0; i < nr; i++) {
-        const uint16_t *row = q + (ptrdiff_t)i * qs;
-        for (int d = 0; d < D; d++) Qt[(size_t)d * FA_BR + i] = fa_bf16_to_f32(row[d]) * scale;
-    }
-    for (int d = 0; d < D; d++)
-        for (int i = nr; i < FA_BR; i++) Qt[(size_t)d * FA_BR + i] = 0;
+    fa_bf16_widen_rows(q, qs, nr, D, tmp);
+    fa_pack_qt_f32(tmp, D, nr, D, scale, Qt);
 }
 
 /* o[i*os + d] = round(Ot[d*FA_BR + i] * (1 / l[i])), 0 where l[i] == 0: the
- * value fa_store_ot_f32 stores, rounded once */
+ * value fa_store_ot_f32 stores (into tmp, nr x Dv floats), rounded once */
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                                    ptrdiff_t os)
+                                    ptrdiff_t os, float *tmp)
 {
-    float row[8];
-    for (int i = 0; i < nr; i++) {
-        float inv = (l[i] == 0) ? 0.0f : 1.0f / l[i];
-        uint16_t *orow = o + (ptrdiff_t)i * os;
-        for (int d0 = 0; d0 < Dv; d0 += 8) {
-            int n = Dv - d0 < 8 ? Dv - d0 : 8;
-            for (int k = 0; k < n; k++)
-                row[k] = (inv == 0) ? 0.0f : Ot[(size_t)(d0 + k) * FA_BR + i] * inv;
-            fa_bf16_round_row(row, n, orow + d0);
-        }
-    }
+    fa_store_ot_f32(Ot, l, nr, Dv, tmp, Dv);
+    for (int i = 0; i < nr; i++)
+        fa_bf16_round_row(tmp + (size_t)i * Dv, Dv, o + (ptrdiff_t)i * os);
 }
 
 /* ---- the rows layout reading bf16 K/V in place ---------------------------
@@ -351,20 +342,26 @@ static inline void fa_amx_begin(void)
 
 static inline void fa_amx_end(void) { _tile_release(); }
 
-/* Qp[p*FA_BR + i] = (q[i][2p], q[i][2p+1]) as a 32-bit pair; 0 past nr / D */
+static inline void fa__tr16x16_ps(__m512 r[16]);
+
+/* Qp[p*FA_BR + i] = (q[i][2p], q[i][2p+1]) as a 32-bit pair; 0 past nr / D:
+ * 16 x 16 transposes of the rows read as 32-bit pairs */
 static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
 {
     const int np = FA_AMX_DP(D) / 2;
-    for (int p = 0; p < np; p++) {
-        uint32_t *row = Qp + (size_t)p * FA_BR;
-        const int d0 = 2 * p;
-        for (int i = 0; i < nr; i++) {
-            const uint16_t *qi = q + (ptrdiff_t)i * qs;
-            uint32_t lo = d0 < D ? qi[d0] : 0u, hi = d0 + 1 < D ? qi[d0 + 1] : 0u;
-            row[i] = lo | hi << 16;
+    for (int i0 = 0; i0 < FA_BR; i0 += 16)
+        for (int p0 = 0; p0 < np; p0 += 16) {
+            __m512 r[16];
+            int d0 = 2 * p0, n = D - d0 < 32 ? D - d0 : 32;
+            __mmask32 mk = (__mmask32)(n >= 32 ? 0xFFFFFFFFu : (n <= 0 ? 0u : ((1u << n) - 1u)));
+            for (int k = 0; k < 16; k++)
+                r[k] = (i0 + k < nr)
+                    ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, q + (ptrdiff_t)(i0 + k) * qs + d0))
+                    : _mm512_setzero_ps();
+            fa__tr16x16_ps(r);
+            for (int k = 0; k < 16; k++)
+                _mm512_storeu_ps((float *)(void *)(Qp + (size_t)(p0 + k) * FA_BR + i0), r[k]);
         }
-        for (int i = nr; i < FA_BR; i++) row[i] = 0;
-    }
 }
 
 /* Kp[j*Dp + d] = K[j*ks + d], zeros past nk keys (up to FA_BC) and D */
@@ -587,21 +584,19 @@ static inline void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_
 #endif /* FA_BF16_ATTN_AMX */
 
 /* out[i*os + d] = O[i*Dvp + d] / l[i] (0 where l[i] == 0), i < nr, d < Dv:
- * float32 (o16 == 0) or rounded once to bf16 */
-static inline void fa_amx_store_o(const float *O, const float *l, int nr, int Dv, void *out,
+ * float32 (o16 == 0) or rounded once to bf16 (O rows scaled in place) */
+static inline void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
                                   ptrdiff_t os, int o16)
 {
     const int Dvp = FA_AMX_DVP(Dv);
     for (int i = 0; i < nr; i++) {
         float inv = (l[i] == 0) ? 0.0f : 1.0f / l[i];
-        const float *o = O + (size_t)i * Dvp;
-        if (o16) {
-            uint16_t *dst = (uint16_t *)out + (ptrdiff_t)i * os;
-            for (int d = 0; d < Dv; d++) dst[d] = fa_f32_to_bf16(inv == 0 ? 0.0f : o[d] * inv);
-        } else {
-            float *dst = (float *)out + (ptrdiff_t)i * os;
-            for (int d = 0; d < Dv; d++) dst[d] = inv == 0 ? 0.0f : o[d] * inv;
-        }
+        float *o = O + (size_t)i * Dvp;
+        for (int d = 0; d < Dv; d++) o[d] = inv == 0 ? 0.0f : o[d] * inv;
+        if (o16)
+            fa_bf16_round_row(o, Dv, (uint16_t *)out + (ptrdiff_t)i * os);
+        else
+            memcpy((float *)out + (ptrdiff_t)i * os, o, (size_t)Dv * sizeof(float));
     }
 }
 
