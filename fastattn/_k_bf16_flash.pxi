@@ -24,7 +24,7 @@ from libc.stdint cimport uint16_t, uint32_t
 cdef extern from "fa_bf16_attn.h" nogil:
     void fa_bf16_widen_rows(const uint16_t *src, Py_ssize_t ss, int nr, int nc, float *dst)
     void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
-    float fa_bf16_to_f32(uint16_t h)
+    float fa_bf16_widen1(uint16_t h)
     void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt,
                          float *tmp)
     void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
@@ -299,7 +299,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         n = bn * a.Hq + hkv * a.G + g
         qrow = (<const uint16_t *>a.q) + a.qoff[n] + i * a.qs
         for d in range(D):
-            Qr[r * D + d] = fa_bf16_to_f32(qrow[d]) * qscale
+            Qr[r * D + d] = fa_bf16_widen1(qrow[d]) * qscale
         for d in range(Dv):
             Ob[r * Dv + d] = 0
         mb[r] = -INFINITY
@@ -517,7 +517,7 @@ cdef void _bvm_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
 
 # how this build computes bf16 attention: "amx" (prefill on AMX tiles,
 # decode widening) or "widen" (both layouts widening to the fp32 tiles)
-BF16_PATH = "amx" if FA_BF16_ATTN_AMX else "widen"
+ATTN_BF16_PATH = "amx" if FA_BF16_ATTN_AMX else "widen"
 
 
 def flash_bf16(FlashCall call not None):

@@ -19,8 +19,8 @@
  * sign|0x7FC0 and +-inf stays +-inf (the same bits as ml_dtypes' astype).
  *
  * Functions (C99, static inline, no globals):
- *   fa_bf16_to_f32(x)               one value
- *   fa_f32_to_bf16(x)               one value, round to nearest even
+ *   fa_bf16_widen1(x)               one value
+ *   fa_bf16_round1(x)               one value, round to nearest even
  *   fa_bf16_widen_rows(src, ss, nr, nc, dst)
  *                                   dst[r*nc + c] = widen(src[r*ss + c])
  *   fa_bf16_round_row(src, n, dst)  dst[c] = round(src[c])
@@ -49,8 +49,8 @@
 #include "fa_tiles.h"
 #include "fa_util.h"
 
-static inline float fa_bf16_to_f32(uint16_t h);
-static inline uint16_t fa_f32_to_bf16(float x);
+static inline float fa_bf16_widen1(uint16_t h);
+static inline uint16_t fa_bf16_round1(float x);
 static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr, int nc,
                                       float *dst);
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst);
@@ -59,7 +59,7 @@ static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int 
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
                                     ptrdiff_t os, float *tmp);
 
-static inline float fa_bf16_to_f32(uint16_t h)
+static inline float fa_bf16_widen1(uint16_t h)
 {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -68,7 +68,7 @@ static inline float fa_bf16_to_f32(uint16_t h)
 }
 
 /* branch-free, so that the row loops below vectorise */
-static inline uint16_t fa_f32_to_bf16(float x)
+static inline uint16_t fa_bf16_round1(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
@@ -90,7 +90,7 @@ static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr,
 
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
 {
-    for (int c = 0; c < n; c++) dst[c] = fa_f32_to_bf16(src[c]);
+    for (int c = 0; c < n; c++) dst[c] = fa_bf16_round1(src[c]);
 }
 
 /* Qt[d*FA_BR + i] = widen(q[i*qs + d]) * scale, lanes i >= nr zero: the rows
@@ -137,7 +137,7 @@ FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
 FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
 {
     float t[FA__VWS];
-    for (int i = 0; i < FA__VWS; i++) t[i] = fa_bf16_to_f32(p[i]);
+    for (int i = 0; i < FA__VWS; i++) t[i] = fa_bf16_widen1(p[i]);
     return fa__ldu_s(t);
 }
 #endif
@@ -165,7 +165,7 @@ FA__AI void fa__dotr_micro_bf16k(const float *Q, ptrdiff_t D, const uint16_t *K,
         FA__UNROLL for (b = 0; b < KB; b++) {
             float t = fa__hsum_f32(acc[r][b]);
             for (ptrdiff_t dd = Dvec; dd < D; dd++)
-                t += Q[r * D + dd] * fa_bf16_to_f32(K[b * ks + dd]);
+                t += Q[r * D + dd] * fa_bf16_widen1(K[b * ks + dd]);
             s[r * lds + b] = t;
         }
 }
@@ -244,7 +244,7 @@ FA__AI void fa__axpy_rowsc_bf16v(const float *P, ptrdiff_t ldp, const uint16_t *
     for (d = dvec; d < Dv; d++)
         FA__UNROLL for (int r = 0; r < RC; r++) {
             float o = O[r * Dv + d];
-            for (ptrdiff_t j = 0; j < nk; j++) o += P[r * ldp + j] * fa_bf16_to_f32(V[j * vs + d]);
+            for (ptrdiff_t j = 0; j < nk; j++) o += P[r * ldp + j] * fa_bf16_widen1(V[j * vs + d]);
             O[r * Dv + d] = o;
         }
 }
