@@ -609,14 +609,16 @@ cdef int _set(bint ok, str field) except -1:
     return 0
 
 
-cdef int _fill_args(FlashCall c, FlashArgs *a, int *dt) except -1:
-    """FlashArgs from a FlashCall, after checking its own consistency."""
+cdef int _fill_args(FlashCall c, FlashArgs *a, int *dt, bint bf16=False) except -1:
+    """FlashArgs from a FlashCall, after checking its own consistency.  With
+    bf16 (flash_bf16, which checks the operand dtypes itself) the compute
+    dtype is float32 (dt 0): float masks must be float32."""
     cdef bint varlen = c.cu_q is not None or c.cu_k is not None
     cdef Py_ssize_t nq, nkv
     _set(c.q is not None, "q"); _set(c.k is not None, "k")
     _set(c.v is not None, "v"); _set(c.out is not None, "out")
-    dt[0] = _dtype_code(c.q)
-    if (dt[0] < 0 or _dtype_code(c.k) != dt[0] or _dtype_code(c.v) != dt[0]
+    dt[0] = 0 if bf16 else _dtype_code(c.q)
+    if not bf16 and (dt[0] < 0 or _dtype_code(c.k) != dt[0] or _dtype_code(c.v) != dt[0]
             or _dtype_code(c.out) != dt[0]):
         raise TypeError("fastattn kernel call: q, k, v and out must share one "
                         "float32/float64 dtype")
@@ -732,8 +734,12 @@ cdef int _cmp_seq(const void *x, const void *y) noexcept nogil:
     return -1 if p[2] < q[2] else (1 if p[2] > q[2] else 0)
 
 
-cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt) except -1:
-    """Variable-length batch: per-sequence layouts, one task table."""
+cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
+                       task_fn mfn=NULL, size_t lanes_extra=0, size_t rows_extra=0,
+                       size_t merge_bytes=0) except -1:
+    """Variable-length batch: per-sequence layouts, one task table.  tfn/mfn
+    (with their extra scratch, in elements, and merge scratch in bytes)
+    replace the task functions: flash_bf16 runs its own on the same table."""
     cdef Py_ssize_t nb = a.nb, i, j, h, blk, L, S, nblk, R
     cdef Py_ssize_t ntask = 0, nmerge = 0, part_total = 0, Rmax = 0
     cdef bint any_lanes = False, rows
@@ -800,17 +806,18 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt) except -1:
                     tk[4 * nt + 3] = P_LANES
                     nt += 1
     if any_lanes:
-        nbuf = _lanes_buf(a)
-    if Rmax and _rows_buf(a, Rmax) > nbuf:
-        nbuf = _rows_buf(a, Rmax)
+        nbuf = _lanes_buf(a) + lanes_extra
+    if Rmax and _rows_buf(a, Rmax) + rows_extra > nbuf:
+        nbuf = _rows_buf(a, Rmax) + rows_extra
     part = np.empty(part_total, dtype=np.float32 if dt == 0 else np.float64)
     a.part = _ptr(part)
     a.part_off = poff
     a.tasks = tk
-    _run_tasks(ntask, nbuf * isz, _varlen_f32 if dt == 0 else _varlen_f64,
-               a, call.nthreads, True)
+    if tfn == NULL:
+        tfn = _varlen_f32 if dt == 0 else _varlen_f64
+        mfn = _vmerge_f32 if dt == 0 else _vmerge_f64
+    _run_tasks(ntask, nbuf * isz, tfn, a, call.nthreads, True)
     if nmerge:
         a.tasks = mg
-        _run_tasks(nmerge, 0, _vmerge_f32 if dt == 0 else _vmerge_f64,
-                   a, call.nthreads, False)
+        _run_tasks(nmerge, merge_bytes, mfn, a, call.nthreads, False)
     return 0

@@ -7,6 +7,7 @@
 #                        tile table, the one parallel scratch scaffold
 #   _k_flash.pxi         the fused attention (lanes, rows/split-K, variable-
 #                        length batches) and its call object FlashCall
+#   _k_bf16_flash.pxi    the fused attention on bfloat16 operands (flash_bf16)
 #   _k_mask.pxi          classify_mask (per-tile mask summary), MaskCall
 #   _k_materialised.pxi  scores, softmax, weighted_sum and their calls
 #   _k_gemm.pxi          linear (the tiled GEMM), LinearCall
@@ -22,6 +23,7 @@
 
 include "_k_common.pxi"
 include "_k_flash.pxi"
+include "_k_bf16_flash.pxi"
 include "_k_mask.pxi"
 include "_k_materialised.pxi"
 include "_k_gemm.pxi"

@@ -32,26 +32,78 @@ _INT_MAX = 2**31 - 1
 # argument checking helpers
 # ---------------------------------------------------------------------------
 
-def _as_float_array(x, name):
+def _bf16():
+    """The ``ml_dtypes.bfloat16`` dtype (ml_dtypes is optional: imported only
+    when bfloat16 is asked for)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError('bfloat16 needs the ml_dtypes package: pip install '
+                          '"fastattn[bf16]"') from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _is_bf16(dtype):
+    # a bfloat16 array exists only if ml_dtypes is installed: no import needed
+    # to say no
+    return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype == _bf16()
+
+
+def _as_float_array(x, name, bf16=False):
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
         except Exception as e:  # ragged lists, odd objects
             raise TypeError(f"{name} could not be converted to a NumPy array: "
                             f"{e}") from None
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got dtype "
+    if x.dtype not in _FLOATS and not (bf16 and _is_bf16(x.dtype)):
+        raise TypeError(f"{name} must be float32 or float64"
+                        f"{' or bfloat16' if bf16 else ''}, got dtype "
                         f"{x.dtype} (shape {x.shape})")
     return x
 
 
-def _same_dtype(arrays):
+def _same_dtype(arrays, bf16=False):
     dt = {a.dtype for _, a in arrays}
     if len(dt) > 1:
         desc = ", ".join(f"{n}: {a.dtype}" for n, a in arrays)
         raise TypeError(f"mixed dtypes are not supported ({desc}); convert "
-                        "them to one of float32 or float64")
+                        "them to one of float32" + (", float64 or bfloat16" if bf16
+                                                    else " or float64"))
     return dt.pop()
+
+
+def _out_dtype(out_dtype, dtype, out):
+    """The output dtype of an attention call on inputs of ``dtype``: the
+    inputs' own dtype, or for bfloat16 inputs float32 or bfloat16 (the
+    ``out_dtype=`` keyword, else ``out``'s dtype, else bfloat16)."""
+    bf16_in = _is_bf16(dtype)
+    if out_dtype is None:
+        if bf16_in and isinstance(out, np.ndarray) and out.dtype == np.float32:
+            return np.dtype(np.float32)
+        return dtype
+    if isinstance(out_dtype, str) and out_dtype in ("bfloat16", "bf16"):
+        od = _bf16()
+    else:
+        try:
+            od = np.dtype(out_dtype)
+        except TypeError:
+            raise TypeError(f"out_dtype must be a dtype (float32 or bfloat16) or "
+                            f"None, got {out_dtype!r}") from None
+    if bf16_in:
+        if od != np.float32 and not _is_bf16(od):
+            raise TypeError(f"out_dtype for bfloat16 inputs must be float32 or "
+                            f"bfloat16, got {od}")
+    elif od != dtype:
+        raise TypeError(f"out_dtype={od} is not supported for {dtype} inputs (the "
+                        f"output has the inputs' dtype; out_dtype chooses float32 "
+                        f"or bfloat16 for bfloat16 inputs)")
+    return od
+
+
+def _u16(x):
+    """The bit pattern of a bfloat16 array (a view, no copy) for the kernels."""
+    return x.view(np.uint16)
 
 
 def _readable(x):
@@ -230,7 +282,11 @@ def _check_mask(attn_mask, dtype, batch_shape, L, S):
             m = np.asarray(m)
         except Exception as e:
             raise TypeError(f"attn_mask could not be converted to an array: {e}") from None
-    if m.dtype != np.bool_ and m.dtype != dtype:
+    if _is_bf16(dtype):
+        if m.dtype != np.bool_ and m.dtype != np.float32:
+            raise TypeError(f"attn_mask for bfloat16 inputs must be bool or float32 "
+                            f"(additive), got {m.dtype} (shape {m.shape})")
+    elif m.dtype != np.bool_ and m.dtype != dtype:
         raise TypeError(f"attn_mask must be bool or the query's dtype "
                         f"({dtype}), got {m.dtype} (shape {m.shape})")
     target = tuple(batch_shape) + (L, S)
@@ -295,18 +351,19 @@ class _Plan:
 
 
 def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
-          enable_gqa, causal_alignment, window, alibi_slopes):
+          enable_gqa, causal_alignment, window, alibi_slopes, bf16=False):
     """Validate the arguments shared by scaled_dot_product_attention and
-    attention_weights (``value`` may be None for the latter)."""
+    attention_weights (``value`` may be None for the latter; ``bf16``
+    accepts bfloat16 operands)."""
     p = _Plan()
-    q = _as_float_array(query, "query")
-    k = _as_float_array(key, "key")
+    q = _as_float_array(query, "query", bf16)
+    k = _as_float_array(key, "key", bf16)
     named = [("query", q), ("key", k)]
     v = None
     if value is not None:
-        v = _as_float_array(value, "value")
+        v = _as_float_array(value, "value", bf16)
         named.append(("value", v))
-    p.dtype = _same_dtype(named)
+    p.dtype = _same_dtype(named, bf16)
     for name, x in named:
         if x.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions "
@@ -383,7 +440,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
                                  dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, causal_alignment="top_left",
                                  window=None, alibi_slopes=None, out=None,
-                                 num_threads=None):
+                                 out_dtype=None, num_threads=None):
     """Attention ``softmax(scale * query @ key^T + bias) @ value``, fused.
 
     Same semantics as ``torch.nn.functional.scaled_dot_product_attention``
@@ -395,12 +452,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     query : ndarray, shape (..., L, E)
     key : ndarray, shape (..., S, E)
     value : ndarray, shape (..., S, Ev)
-        float32 or float64, all the same dtype.  Leading dimensions broadcast
-        against each other; axis -3 (when present) is the head axis.
+        float32, float64 or bfloat16 (``ml_dtypes.bfloat16``), all the same
+        dtype.  Leading dimensions broadcast against each other; axis -3
+        (when present) is the head axis.  bfloat16 is computed in float32
+        (scores, softmax statistics, accumulators) from the bf16 values.
     attn_mask : ndarray, optional
         Broadcastable to ``(..., L, S)``; never expanded in memory.  Boolean:
-        True means the key takes part.  Float (the query's dtype): added to
-        the scaled scores (``-inf`` hides a key).
+        True means the key takes part.  Float (the query's dtype; float32 for
+        bfloat16 inputs): added to the scaled scores (``-inf`` hides a key).
     dropout_p : float
         Must be 0: fastattn is an inference library (``NotImplementedError``
         otherwise).
@@ -425,8 +484,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         ALiBi: adds ``-slope[h] * |i' - j|`` to head h's scores inside the
         kernel (no bias tensor is built).  H is the size of the head axis.
     out : ndarray, optional
-        Written in place and returned; shape ``(..., L, Ev)``, same dtype,
-        writeable, contiguous last axis, not overlapping any input.
+        Written in place and returned; shape ``(..., L, Ev)``, the output
+        dtype, writeable, contiguous last axis, not overlapping any input.
+    out_dtype : dtype or {"float32", "bfloat16"}, optional
+        The output's dtype: the inputs' dtype (the default), or for
+        bfloat16 inputs float32 (the float32 result, unrounded) or bfloat16
+        (it rounded once to nearest even, the default).  With ``out=`` of
+        float32 and bfloat16 inputs, float32 is implied.
     num_threads : int, optional
         Threads for this call (default: ``fastattn.get_num_threads()``).
 
@@ -436,14 +500,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         A query row that sees no key (fully masked) is all zeros, never NaN.
     """
     p = _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
-              enable_gqa, causal_alignment, window, alibi_slopes)
+              enable_gqa, causal_alignment, window, alibi_slopes, bf16=True)
     L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
     out_shape = p.batch_out + (L, Ev)
+    odt = _out_dtype(out_dtype, p.dtype, out)
     if out is None:
-        out = np.empty(out_shape, dtype=p.dtype)
+        out = np.empty(out_shape, dtype=odt)
     else:
-        _check_out(out, out_shape, p.dtype, [("query", p.q), ("key", p.k),
-                                             ("value", p.v), ("attn_mask", p.mask)])
+        _check_out(out, out_shape, odt, [("query", p.q), ("key", p.k),
+                                         ("value", p.v), ("attn_mask", p.mask)])
     _check_threads(num_threads)
     if out.size == 0:
         return out
@@ -458,17 +523,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     if not p.batch_out:   # plain (L, E) inputs
         bshape_q = bshape_kv = (1,)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
+    bf16 = _is_bf16(p.dtype)
+    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
     call = _k.FlashCall(
-        q=q, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
-        k=k, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
-        v=v, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
-        out=out, ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=_u16(out) if _is_bf16(out.dtype) else out,
+        ooff=_offsets(out, bshape_q), os=_row_stride(out),
         L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
         left=p.left, right=p.right, off=p.off, slopes=p.slopes,
         nthreads=_n_threads(num_threads, flops))
     if p.mask is not None:
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
-    _k.flash(call)
+    if bf16:
+        _k.flash_bf16(call)
+    else:
+        _k.flash(call)
     return out
 
 
@@ -510,7 +581,7 @@ def _check_cu(cu, name, total, what):
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
                      is_causal=False, scale=None, window=None,
                      alibi_slopes=None, causal_alignment="top_left", out=None,
-                     num_threads=None):
+                     out_dtype=None, num_threads=None):
     """Attention over a packed batch of variable-length sequences, fused.
 
     Like FlashAttention's varlen API: the sequences of a batch are packed
@@ -529,7 +600,10 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
     q : ndarray, shape (total_q, Hq, D)
     k : ndarray, shape (total_k, Hkv, D)
     v : ndarray, shape (total_k, Hkv, Dv)
-        float32 or float64, all the same dtype.  Grouped-query attention when
+        float32, float64 or bfloat16, all the same dtype (bfloat16 is
+        computed in float32, as in :func:`scaled_dot_product_attention`;
+        a sequence's bits still never depend on the rest of the batch).
+        Grouped-query attention when
         ``Hkv < Hq`` (``Hq`` a multiple of ``Hkv``; query head ``h`` uses kv
         head ``h // (Hq // Hkv)``).  Views with a contiguous last axis are read
         in place, e.g. ``qkv[:, 0]`` of a fused ``(total, 3, H, D)``
@@ -554,8 +628,12 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
         Per-sequence alignment of ``is_causal`` and ``window`` when a
         sequence has ``L_i != S_i``.
     out : ndarray, optional
-        Written in place and returned; shape ``(total_q, Hq, Dv)``, same
-        dtype, writeable, contiguous last axis, not overlapping any input.
+        Written in place and returned; shape ``(total_q, Hq, Dv)``, the
+        output dtype, writeable, contiguous last axis, not overlapping any
+        input.
+    out_dtype : dtype or {"float32", "bfloat16"}, optional
+        As in :func:`scaled_dot_product_attention`: for bfloat16 inputs,
+        float32 or bfloat16 (the default).
     num_threads : int, optional
         Threads for this call (default: ``fastattn.get_num_threads()``).
 
@@ -575,10 +653,10 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
     >>> o.shape
     (8, 2, 4)
     """
-    q = _as_float_array(q, "q")
-    k = _as_float_array(k, "k")
-    v = _as_float_array(v, "v")
-    dtype = _same_dtype([("q", q), ("k", k), ("v", v)])
+    q = _as_float_array(q, "q", True)
+    k = _as_float_array(k, "k", True)
+    v = _as_float_array(v, "v", True)
+    dtype = _same_dtype([("q", q), ("k", k), ("v", v)], True)
     for name, x, dims in (("q", q, "(total_q, Hq, D)"), ("k", k, "(total_k, Hkv, D)"),
                           ("v", v, "(total_k, Hkv, Dv)")):
         if x.ndim != 3:
@@ -615,27 +693,37 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
                                     total_q, total_k)
     slopes = _check_slopes(alibi_slopes, Hq)
     shape = (total_q, Hq, Dv)
+    odt = _out_dtype(out_dtype, dtype, out)
     if out is None:
-        out = np.empty(shape, dtype=dtype)
+        out = np.empty(shape, dtype=odt)
     else:
-        _check_out(out, shape, dtype, [("q", q), ("k", k), ("v", v)])
+        _check_out(out, shape, odt, [("q", q), ("k", k), ("v", v)])
     _check_threads(num_threads)
     if out.size == 0:
         return out
     q, k, v = _readable(q), _readable(k), _readable(v)
     nseq = cu_q.size - 1
-    it = q.itemsize
+    it, ito = q.itemsize, out.itemsize
     lq, lk = np.diff(cu_q), np.diff(cu_k)
     flops = 4 * Hq * int(np.dot(lq, lk)) * max(D, Dv)
-    _k.flash(_k.FlashCall(
-        q=q, qoff=np.arange(Hq, dtype=np.int64) * (q.strides[1] // it), qs=q.strides[0] // it,
-        k=k, koff=np.arange(Hkv, dtype=np.int64) * (k.strides[1] // it), ks=k.strides[0] // it,
-        v=v, voff=np.arange(Hkv, dtype=np.int64) * (v.strides[1] // it), vs=v.strides[0] // it,
-        out=out, ooff=np.arange(Hq, dtype=np.int64) * (out.strides[1] // it),
-        os=out.strides[0] // it, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
+    bf16 = _is_bf16(dtype)
+    call = _k.FlashCall(
+        q=_u16(q) if bf16 else q, qoff=np.arange(Hq, dtype=np.int64) * (q.strides[1] // it),
+        qs=q.strides[0] // it,
+        k=_u16(k) if bf16 else k, koff=np.arange(Hkv, dtype=np.int64) * (k.strides[1] // it),
+        ks=k.strides[0] // it,
+        v=_u16(v) if bf16 else v, voff=np.arange(Hkv, dtype=np.int64) * (v.strides[1] // it),
+        vs=v.strides[0] // it,
+        out=_u16(out) if _is_bf16(out.dtype) else out,
+        ooff=np.arange(Hq, dtype=np.int64) * (out.strides[1] // ito),
+        os=out.strides[0] // ito, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
         left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
         bottom_right=causal_alignment == "bottom_right",
-        nthreads=_n_threads(num_threads, flops)))
+        nthreads=_n_threads(num_threads, flops))
+    if bf16:
+        _k.flash_bf16(call)
+    else:
+        _k.flash(call)
     return out
 
 

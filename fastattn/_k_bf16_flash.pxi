@@ -1,0 +1,443 @@
+# bfloat16 operands for the fused attention kernel (flash_bf16).  Included by
+# _kernels.pxi after _k_flash.pxi, whose FlashArgs, FlashCall, tile
+# classification and mask/bound/ALiBi helpers it reuses.
+#
+# q, k and v are bf16 bit patterns (uint16 views, made in functional.py);
+# the output is float32 or bf16 (uint16).  Every build runs the portable path
+# (fa_bf16_attn.h): the query block is widened once per task into the fp32
+# Qt (lanes) or Qr (rows), and each block of keys and values is widened into
+# a per-thread fp32 scratch just before the fp32 tiles read it -- once per
+# block for all the query heads of a GQA group.  The softmax statistics, the
+# accumulators and the merge of split-K partials are float32, the same
+# operations in the same order as the fp32 kernel, so a float32 result equals
+# the fp32 kernel's on the widened inputs bit for bit, and a bf16 result is
+# that value rounded once (nearest even).  Task tables, chunk sizes and
+# layouts are the fp32 kernel's: bit-identical for any thread count, and a
+# varlen sequence's bits do not depend on the rest of the batch.
+
+from libc.stdint cimport uint16_t
+
+cdef extern from "fa_bf16_attn.h" nogil:
+    void fa_bf16_widen_rows(const uint16_t *src, Py_ssize_t ss, int nr, int nc, float *dst)
+    void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
+    float fa_bf16_to_f32(uint16_t h)
+    void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
+    void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
+                          Py_ssize_t os)
+
+# keys widened at a time on the rows path (stays in L1 next to the scores)
+cdef enum:
+    BF_ROWS_SUB = 64
+
+
+cdef inline size_t _bf16_wbuf(const FlashArgs *a) noexcept:
+    """floats of widened K/V scratch per thread (+16 to keep it 64-byte aligned)"""
+    return FA_BC * (a.D if a.D > a.Dv else a.Dv) + 16
+
+
+cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
+    return _lanes_buf(a) + FA_BC * a.D + 16 + FA_BC * a.Dv + 16
+
+
+cdef inline size_t _bf16_rows_buf(const FlashArgs *a, Py_ssize_t R) noexcept:
+    return _rows_buf(a, R) + 16 + _bf16_wbuf(a)
+
+
+cdef inline float *_align16(float *p) noexcept nogil:
+    return <float *>((<size_t>p + 63) & ~(<size_t>63))
+
+
+cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
+                            Py_ssize_t qb, float *buf, bint o16) noexcept nogil:
+    """_flash_lanes_block on bf16 operands (the same order of operations)."""
+    cdef Py_ssize_t q0 = qb * FA_BR
+    cdef Py_ssize_t nr = a.L - q0
+    if nr > FA_BR:
+        nr = FA_BR
+    cdef Py_ssize_t q1 = q0 + nr - 1
+    cdef Py_ssize_t D = a.D, Dv = a.Dv, G = a.G
+    cdef Py_ssize_t qt_sz = D * FA_BR, ot_sz = Dv * FA_BR
+    cdef float *St = buf
+    cdef float *alpha = St + FA_BC * FA_BR
+    cdef float *hbase = alpha + FA_BR
+    cdef Py_ssize_t hstride = qt_sz + ot_sz + 2 * FA_BR
+    cdef float *Kw = _align16(hbase + G * hstride)
+    cdef float *Vw = _align16(Kw + FA_BC * D)
+    cdef float *Qt
+    cdef float *Ot
+    cdef float *m
+    cdef float *l
+    cdef const uint16_t *kp
+    cdef const uint16_t *vp
+    cdef Py_ssize_t g, n, i, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
+    cdef int geo, mcls
+    cdef bint widened
+    cdef float qscale = <float>a.qscale
+
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qt = hbase + g * hstride
+        Ot = Qt + qt_sz
+        m = Ot + ot_sz
+        l = m + FA_BR
+        fa_pack_qt_bf16((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
+                        <int>nr, <int>D, qscale, Qt)
+        for i in range(ot_sz):
+            Ot[i] = 0
+        for i in range(FA_BR):
+            m[i] = -INFINITY
+            l[i] = 0
+
+    lo = _row_lo(a, q0)
+    hi = _row_hi(a, q1)
+    if lo < 0:
+        lo = 0
+    if hi > a.S - 1:
+        hi = a.S - 1
+    kb_lo = lo // FA_BC
+    kb_hi = hi // FA_BC + 1 if hi >= lo else kb_lo
+
+    kp = (<const uint16_t *>a.k) + a.koff[bn * a.Hkv + hkv]
+    vp = (<const uint16_t *>a.v) + a.voff[bn * a.Hkv + hkv]
+    for kb in range(kb_lo, kb_hi):
+        k0 = kb * FA_BC
+        nk = a.S - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        k1 = k0 + nk - 1
+        geo = _geo_class(a, q0, q1, k0, k1)
+        if geo == T_HIDDEN:
+            continue
+        widened = False
+        for g in range(G):
+            n = bn * a.Hq + hkv * G + g
+            mcls = _mask_class(a, n, qb, kb)
+            if mcls == T_HIDDEN:
+                continue
+            if not widened:   # once per key block for the whole GQA group
+                fa_bf16_widen_rows(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kw)
+                fa_bf16_widen_rows(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Vw)
+                widened = True
+            Qt = hbase + g * hstride
+            Ot = Qt + qt_sz
+            m = Ot + ot_sz
+            l = m + FA_BR
+            fa_qk_f32(Kw, D, <int>nk, <int>D, Qt, St)
+            if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
+            fa_softmax_f32(St, <int>nk, m, l, alpha)
+            fa_rescale_pv_f32(Vw, Dv, <int>nk, <int>Dv, St, Ot, alpha)
+
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qt = hbase + g * hstride
+        Ot = Qt + qt_sz
+        m = Ot + ot_sz
+        l = m + FA_BR
+        if o16:
+            fa_store_ot_bf16(Ot, l, <int>nr, <int>Dv,
+                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os)
+        else:
+            fa_store_ot_f32(Ot, l, <int>nr, <int>Dv,
+                            (<float *>a.o) + a.ooff[n] + q0 * a.os, a.os)
+
+
+cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
+                           Py_ssize_t c, float *P, float *buf) noexcept nogil:
+    """_flash_rows_chunk on bf16 operands: partial (O, m, l) to P ([R, Dv+2])."""
+    cdef Py_ssize_t R = a.R, D = a.D, Dv = a.Dv, L = a.L
+    cdef float *Qr = buf
+    cdef float *s = Qr + R * D
+    cdef float *Ob = s + R * ROWS_BC
+    cdef float *mb = Ob + R * Dv
+    cdef float *lb = mb + R
+    cdef float *W = _align16(lb + R)
+    cdef const uint16_t *qrow
+    cdef const uint16_t *kp
+    cdef const uint16_t *vp
+    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt, j0, nj
+    cdef int geo, mcls, any_vis
+    cdef float qscale = <float>a.qscale
+    cdef float mx, al, sm
+
+    for r in range(R):
+        g = r // L
+        i = r % L
+        n = bn * a.Hq + hkv * a.G + g
+        qrow = (<const uint16_t *>a.q) + a.qoff[n] + i * a.qs
+        for d in range(D):
+            Qr[r * D + d] = fa_bf16_to_f32(qrow[d]) * qscale
+        for d in range(Dv):
+            Ob[r * Dv + d] = 0
+        mb[r] = -INFINITY
+        lb[r] = 0
+
+    kp = (<const uint16_t *>a.k) + a.koff[bn * a.Hkv + hkv]
+    vp = (<const uint16_t *>a.v) + a.voff[bn * a.Hkv + hkv]
+    c0 = c * FA_SPLIT
+    c1 = c0 + FA_SPLIT
+    if c1 > a.S:
+        c1 = a.S
+    for kb in range(c0 // ROWS_BC, (c1 + ROWS_BC - 1) // ROWS_BC):
+        k0 = kb * ROWS_BC
+        nk = c1 - k0
+        if nk > ROWS_BC:
+            nk = ROWS_BC
+        k1 = k0 + nk - 1
+        any_vis = 0
+        for r in range(R):
+            n = bn * a.Hq + hkv * a.G + r // L
+            for tt in range((nk + FA_BC - 1) // FA_BC):
+                t0 = k0 + tt * FA_BC
+                t1 = min(t0 + FA_BC - 1, k1)
+                if (_geo_class(a, r % L, r % L, t0, t1) != T_HIDDEN and
+                        _mask_class(a, n, (r % L) // FA_BR, t0 // FA_BC) != T_HIDDEN):
+                    any_vis = 1
+                    break
+            if any_vis:
+                break
+        if not any_vis:
+            continue
+        # scores of every key (dot products are per key: sub-blocks change nothing)
+        j0 = 0
+        while j0 < nk:
+            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
+            fa_bf16_widen_rows(kp + (k0 + j0) * a.ks, a.ks, <int>nj, <int>D, W)
+            fa_dot_rows_f32(Qr, <int>R, W, D, <int>nj, <int>D, s + j0, ROWS_BC)
+            j0 += BF_ROWS_SUB
+        for r in range(R):
+            g = r // L
+            i = r % L
+            n = bn * a.Hq + hkv * a.G + g
+            for tt in range((nk + FA_BC - 1) // FA_BC):
+                t0 = k0 + tt * FA_BC
+                t1 = min(t0 + FA_BC - 1, k1)
+                geo = _geo_class(a, i, i, t0, t1)
+                mcls = _mask_class(a, n, i // FA_BR, t0 // FA_BC)
+                if geo == T_HIDDEN or mcls == T_HIDDEN:
+                    for j in range(t0 - k0, t1 - k0 + 1):
+                        s[r * ROWS_BC + j] = -INFINITY
+                elif geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                    _bias_row(a, &s[r * ROWS_BC + t0 - k0], n, hkv * a.G + g, i,
+                              t0, t1 - t0 + 1, geo, mcls)
+            mx = fa_max_f32(&s[r * ROWS_BC], <int>nk)
+            if mb[r] > mx:
+                mx = mb[r]
+            if mx == -INFINITY:
+                al = 0
+            else:
+                al = fa_exp2_f32(mb[r] - mx)
+            sm = fa_exp2_sub_sum_f32(&s[r * ROWS_BC], <int>nk, mx)
+            lb[r] = lb[r] * al + sm
+            mb[r] = mx
+            if lb[r] != lb[r]:
+                mb[r] = lb[r]
+            if al != 1:
+                for d in range(Dv):
+                    Ob[r * Dv + d] = Ob[r * Dv + d] * al
+        # O += P V in key order; sub-blocks of a multiple of the tile's own
+        # 32-key blocks keep every element's FMA chain unchanged
+        j0 = 0
+        while j0 < nk:
+            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
+            fa_bf16_widen_rows(vp + (k0 + j0) * a.vs, a.vs, <int>nj, <int>Dv, W)
+            fa_axpy_rows_f32(s + j0, <int>R, ROWS_BC, W, Dv, <int>nj, <int>Dv, Ob)
+            j0 += BF_ROWS_SUB
+
+    for r in range(R):
+        for d in range(Dv):
+            P[r * (Dv + 2) + d] = Ob[r * Dv + d]
+        P[r * (Dv + 2) + Dv] = mb[r]
+        P[r * (Dv + 2) + Dv + 1] = lb[r]
+
+
+cdef void _bf16_rows_merge(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
+                           const float *base, bint o16, float *tmp) noexcept nogil:
+    """_flash_rows_merge into a float32 output, or into tmp and then rounded
+    once into a bf16 output."""
+    cdef Py_ssize_t R = a.R, Dv = a.Dv, L = a.L, rs = a.R * (a.Dv + 2)
+    cdef const float *Pc
+    cdef float *orow
+    cdef Py_ssize_t r, c, d, n
+    cdef float M, lsum, w
+    for r in range(R):
+        n = bn * a.Hq + hkv * a.G + r // L
+        if o16:
+            orow = tmp
+        else:
+            orow = (<float *>a.o) + a.ooff[n] + (r % L) * a.os
+        M = -INFINITY
+        for c in range(a.nchunk):
+            Pc = base + c * rs + r * (Dv + 2)
+            if Pc[Dv] != Pc[Dv] or Pc[Dv] > M:
+                M = Pc[Dv]
+                if M != M:
+                    break
+        for d in range(Dv):
+            orow[d] = 0
+        if M != -INFINITY:
+            lsum = 0
+            for c in range(a.nchunk):
+                Pc = base + c * rs + r * (Dv + 2)
+                if Pc[Dv] == -INFINITY:
+                    continue
+                w = fa_exp2_f32(Pc[Dv] - M)
+                lsum = lsum + w * Pc[Dv + 1]
+                for d in range(Dv):
+                    orow[d] = orow[d] + w * Pc[d]
+            if lsum == 0:
+                for d in range(Dv):
+                    orow[d] = 0
+            else:
+                w = 1 / lsum
+                for d in range(Dv):
+                    orow[d] = orow[d] * w
+        if o16:
+            fa_bf16_round_row(tmp, <int>Dv,
+                              (<uint16_t *>a.o) + a.ooff[n] + (r % L) * a.os)
+
+
+# -- dense batches ------------------------------------------------------------
+
+cdef inline void _bf16_lanes_task(const FlashArgs *a, Py_ssize_t t, float *buf,
+                                  bint o16) noexcept nogil:
+    cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
+    cdef Py_ssize_t bh = t // nqb
+    _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
+
+
+cdef void _bl_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, False)
+cdef void _bl_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, True)
+
+
+cdef void _br_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    cdef const FlashArgs *a = <const FlashArgs *>c
+    cdef Py_ssize_t bh = t // a.nchunk
+    _bf16_rows_chunk(a, bh // a.Hkv, bh % a.Hkv, t % a.nchunk,
+                     (<float *>a.part) + t * a.R * (a.Dv + 2), <float *>b)
+
+
+cdef inline void _bf16_merge_task(const FlashArgs *a, Py_ssize_t bh, float *tmp,
+                                  bint o16) noexcept nogil:
+    _bf16_rows_merge(a, bh // a.Hkv, bh % a.Hkv,
+                     (<const float *>a.part) + bh * a.nchunk * a.R * (a.Dv + 2), o16, tmp)
+
+
+cdef void _bm_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_merge_task(<const FlashArgs *>c, t, <float *>b, False)
+cdef void _bm_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_merge_task(<const FlashArgs *>c, t, <float *>b, True)
+
+
+# -- variable-length batches --------------------------------------------------
+
+cdef inline void _bf16_seq_view(const FlashArgs *a, Py_ssize_t sq, FlashArgs *s,
+                                bint o16) noexcept nogil:
+    """_seq_view for bf16 operands (uint16 q/k/v; float32 or uint16 out)."""
+    s[0] = a[0]
+    s.q = <const char *>((<const uint16_t *>a.q) + a.cu_q[sq] * a.qs)
+    if o16:
+        s.o = <char *>((<uint16_t *>a.o) + a.cu_q[sq] * a.os)
+    else:
+        s.o = <char *>((<float *>a.o) + a.cu_q[sq] * a.os)
+    s.k = <const char *>((<const uint16_t *>a.k) + a.cu_k[sq] * a.ks)
+    s.v = <const char *>((<const uint16_t *>a.v) + a.cu_k[sq] * a.vs)
+    s.nb = 1
+    s.L = a.cu_q[sq + 1] - a.cu_q[sq]
+    s.S = a.cu_k[sq + 1] - a.cu_k[sq]
+    s.off = s.S - s.L if a.bottom_right else 0
+    s.R = s.L * a.G
+    s.nchunk = (s.S + FA_SPLIT - 1) // FA_SPLIT
+
+
+cdef inline void _bf16_varlen_task(const FlashArgs *a, Py_ssize_t t, float *buf,
+                                   bint o16) noexcept nogil:
+    cdef const int64_t *e = a.tasks + 4 * t
+    cdef FlashArgs s
+    _bf16_seq_view(a, e[0], &s, o16)
+    if e[3] == P_LANES:
+        _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
+    else:
+        _bf16_rows_chunk(&s, 0, e[1], e[2],
+                         (<float *>a.part) + a.part_off[e[0]]
+                         + (e[1] * s.nchunk + e[2]) * s.R * (a.Dv + 2), buf)
+
+
+cdef inline void _bf16_varlen_merge(const FlashArgs *a, Py_ssize_t t, float *tmp,
+                                    bint o16) noexcept nogil:
+    cdef const int64_t *e = a.tasks + 4 * t
+    cdef FlashArgs s
+    _bf16_seq_view(a, e[0], &s, o16)
+    _bf16_rows_merge(&s, 0, e[1], (<const float *>a.part) + a.part_off[e[0]]
+                     + e[1] * s.nchunk * s.R * (a.Dv + 2), o16, tmp)
+
+
+cdef void _bv_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_varlen_task(<const FlashArgs *>c, t, <float *>b, False)
+cdef void _bv_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_varlen_task(<const FlashArgs *>c, t, <float *>b, True)
+cdef void _bvm_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_varlen_merge(<const FlashArgs *>c, t, <float *>b, False)
+cdef void _bvm_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _bf16_varlen_merge(<const FlashArgs *>c, t, <float *>b, True)
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+BF16_PATH = "widen"     # how this build computes bf16 attention
+
+
+def flash_bf16(FlashCall call not None):
+    """Fused attention on bf16 operands: ``call.q``/``k``/``v`` are uint16
+    views of bfloat16 arrays, ``call.out`` float32 or uint16 (a bfloat16
+    view: the result rounded once); float masks are float32.  Same fields
+    and semantics as :func:`flash`.  Writes and returns ``call.out``."""
+    cdef FlashArgs a
+    cdef int dt
+    cdef bint rows, o16
+    for name, arr in (("q", call.q), ("k", call.k), ("v", call.v), ("out", call.out)):
+        _set(arr is not None, name)
+    if (cnp.PyArray_TYPE(call.q) != cnp.NPY_UINT16 or cnp.PyArray_TYPE(call.k) != cnp.NPY_UINT16
+            or cnp.PyArray_TYPE(call.v) != cnp.NPY_UINT16):
+        raise TypeError("fastattn kernel call: flash_bf16 needs q, k and v as uint16 "
+                        "views of bfloat16 arrays")
+    if cnp.PyArray_TYPE(call.out) == cnp.NPY_UINT16:
+        o16 = True
+    elif cnp.PyArray_TYPE(call.out) == cnp.NPY_FLOAT32:
+        o16 = False
+    else:
+        raise TypeError("fastattn kernel call: flash_bf16 writes a float32 or "
+                        "uint16 (bfloat16) out")
+    _fill_args(call, &a, &dt, True)
+    if a.cu_q != NULL:
+        _flash_varlen(call, &a, 0, _bv_o16 if o16 else _bv_o32,
+                      _bvm_o16 if o16 else _bvm_o32,
+                      _bf16_lanes_buf(&a) - _lanes_buf(&a),
+                      _bf16_rows_buf(&a, 0) - _rows_buf(&a, 0), (a.Dv + 16) * 4)
+        return call.out
+    if a.nb * a.Hq * a.L == 0:
+        return call.out
+    a.R = a.L * a.G
+    rows = a.R <= ROWS_MAX
+    if call.path == P_LANES:
+        rows = False
+    elif call.path == P_ROWS:
+        rows = True
+    part = None
+    if rows:
+        a.nchunk = (a.S + FA_SPLIT - 1) // FA_SPLIT
+        part = np.empty(a.nb * a.Hkv * a.nchunk * a.R * (a.Dv + 2), dtype=np.float32)
+        a.part = _ptr(part)
+        _run_tasks(a.nb * a.Hkv * a.nchunk, _bf16_rows_buf(&a, a.R) * 4, _br_task,
+                   &a, call.nthreads, True)
+        _run_tasks(a.nb * a.Hkv, (a.Dv + 16) * 4, _bm_o16 if o16 else _bm_o32,
+                   &a, call.nthreads, False)
+    else:
+        _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
+                   _bl_o16 if o16 else _bl_o32, &a, call.nthreads, True)
+    return call.out
