@@ -18,8 +18,10 @@ What is bf16 and what stays float32
   statistics, RoPE (applied to the float32 QKV output), the logits, the
   embedding tables (a lookup reads one row per token: nothing to save),
   norm weights and biases.
-* the KV cache: see :data:`fastattn.models._ops.BF16_ATTENTION`: bf16 when
-  the attention kernels take bf16 K/V (half the cache bytes), else float32.
+* the KV cache is bf16 (half the bytes a decoding step reads from it): K
+  and V are rounded once when they are written (after RoPE, in float32),
+  the query is rounded before the attention, which reads bf16 and keeps its
+  softmax statistics and accumulation in float32.
 """
 import numpy as np
 
@@ -43,7 +45,7 @@ def convert(m, dtype):
     m._lm_head_tied = tied
     m.dtype = dtype.type
     m._float_dtype = np.float32
-    m._cache_dtype = dtype.type if _ops.BF16_ATTENTION else np.float32
+    m._cache_dtype = dtype.type
     m._bf16 = True
     return m
 
@@ -87,6 +89,8 @@ def run(m, ids, positions, kv, p0, mask, last_only, rope=None):
             ck[:, :, p0:S] = k                  # rounded to bf16 if the cache is
             cv[:, :, p0:S] = v
             k, v = ck[:, :, :S], cv[:, :, :S]
+        else:                                   # no cache: the same rounding
+            k, v = k.astype(b16), v.astype(b16)
         _ops.decoder_attention_bf16(q, k, v, mask, blk.scale, gqa, blk.window, o4, nthreads)
         y = dense(a2, blk.w_o)
         _row.add_norm(y, blk.b_o, x, mode, blk.n2w, blk.n2b, eps, s=x, nb=hb)

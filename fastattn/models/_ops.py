@@ -53,7 +53,7 @@ from ..nn import _ops as _row
 
 __all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS",
            "resolve_dtype", "is_bf16", "bf16", "pack", "dense_bf16", "attention_bf16",
-           "decoder_attention_bf16", "BF16_ATTENTION"]
+           "decoder_attention_bf16"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
@@ -216,25 +216,12 @@ def dense_bf16(x, w, b=None, act=None, out=None, out_dtype=np.float32):
     return out
 
 
-#: True when fastattn's attention takes bf16 q/k/v (b2's kernels); until then
-#: :func:`attention_bf16` and :func:`decoder_attention_bf16` widen to float32
-#: here, the one place that does it.
-BF16_ATTENTION = False
-
-
 def attention_bf16(qkv, cu_seqlens, num_heads, scale, out):
-    """:func:`attention` on a bf16 fused QKV output; ``out`` bf16 (the
-    output projection's input).  Softmax statistics and accumulation in
-    float32."""
+    """:func:`attention` on a bf16 fused QKV output (q, k, v read in place
+    through views); ``out`` bf16 (the output projection's input).  Softmax
+    statistics and accumulation in float32, the output rounded once."""
     T = qkv.shape[0]
     D = qkv.shape[1] // (3 * num_heads)
-    mod = bf16()
-    if not BF16_ATTENTION:
-        # interim: float32 attention on the widened (exact) bf16 q/k/v, its
-        # output rounded once to bf16
-        o = np.empty((T, num_heads * D), np.float32)
-        attention(mod.to_float32(qkv), cu_seqlens, num_heads, scale, o)
-        return mod.to_bfloat16(o, out=out)
     q3 = qkv.reshape(T, 3, num_heads, D)
     o3 = out.reshape(T, num_heads, D)
     _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
@@ -242,18 +229,11 @@ def attention_bf16(qkv, cu_seqlens, num_heads, scale, out):
 
 
 def decoder_attention_bf16(q, k, v, mask, scale, enable_gqa, window, out, num_threads):
-    """The decoders' causal (bottom-right) attention with bf16 output
-    ``out`` (B, H, T, D) (a view).  ``q`` float32 (after RoPE); ``k``, ``v``
-    the cache views (float32, or bf16 when :data:`BF16_ATTENTION`)."""
-    mod = bf16()
-    if not BF16_ATTENTION:
-        o = np.empty(out.shape, np.float32)
-        _fa.scaled_dot_product_attention(q, k, v, mask, 0.0, True, scale, enable_gqa,
-                                         causal_alignment="bottom_right", window=window,
-                                         out=o, num_threads=num_threads)
-        out[...] = o.astype(mod.bfloat16)
-        return out
-    qb = q.astype(mod.bfloat16)
+    """The decoders' causal (bottom-right aligned) attention: ``q`` float32
+    (B, H, T, D) after RoPE, rounded to bf16 here; ``k``, ``v`` views of the
+    bf16 KV cache; ``out`` a bf16 (B, H, T, D) view (the output
+    projection's input)."""
+    qb = bf16().to_bfloat16(q) if q.flags.c_contiguous else q.astype(out.dtype)
     _fa.scaled_dot_product_attention(qb, k, v, mask, 0.0, True, scale, enable_gqa,
                                      causal_alignment="bottom_right", window=window,
                                      out=out, num_threads=num_threads)
