@@ -14,7 +14,8 @@ by :class:`BuildExt`, the ``build_ext`` command, when extensions are built
 2. It compiles the attention kernels (``fastattn/_kernels_<isa>.pyx``, which
    include the ``fastattn/*.pxi`` files) once per instruction set as separate
    extension modules (``_kernels_baseline``, ``_kernels_avx2``,
-   ``_kernels_avx512`` on x86-64; only the baseline elsewhere).
+   ``_kernels_avx512``, ``_kernels_avx512bf16``, ``_kernels_amx`` on x86-64;
+   only the baseline elsewhere).
    ``fastattn/_dispatch.py`` picks the best one the CPU supports at import
    time, so a wheel built here never raises SIGILL on another machine.
    ``FASTATTN_ISAS=baseline,avx2`` limits which builds are made.
@@ -59,6 +60,11 @@ ISA_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
                "-mavx2", "-mfma"],
 }
+# bf16 builds (issue 12): the avx512 flags plus AVX512-BF16 (vdpbf16ps,
+# vcvtneps2bf16), then AMX tiles (tdpbf16ps) on top.  Their fp32 kernels are
+# the avx512 ones; only the bf16 GEMM/conversion code differs (fa_bf16.h).
+ISA_FLAGS["avx512bf16"] = ISA_FLAGS["avx512"] + ["-mavx512bf16"]
+ISA_FLAGS["amx"] = ISA_FLAGS["avx512bf16"] + ["-mamx-tile", "-mamx-bf16"]
 
 
 def _compiler_kind():
@@ -121,7 +127,7 @@ def _isa_list():
     if not _is_x86_64() or _compiler_kind() == "msvc":
         isas = ["baseline"]
     else:
-        isas = ["baseline", "avx2", "avx512"]
+        isas = ["baseline", "avx2", "avx512", "avx512bf16", "amx"]
     wanted = os.environ.get("FASTATTN_ISAS")
     if wanted:
         req = [w.strip() for w in wanted.split(",") if w.strip()]

@@ -10,7 +10,7 @@ from ._dispatch import kernels, isa
 from .threads import set_num_threads, get_num_threads, threads, describe_num_threads
 from .functional import (scaled_dot_product_attention, varlen_attention,
                          attention_scores, softmax, weighted_sum, attention_weights)
-from . import reference, nn, positional, weights
+from . import reference, nn, positional, weights, bf16
 from .nn.convert import from_torch
 
 __all__ = [
@@ -18,5 +18,5 @@ __all__ = [
     "attention_scores",
     "softmax", "weighted_sum", "attention_weights", "set_num_threads",
     "get_num_threads", "threads", "describe_num_threads", "reference", "isa", "kernels",
-    "nn", "positional", "weights", "from_torch",
+    "nn", "positional", "weights", "from_torch", "bf16",
 ]

@@ -37,6 +37,11 @@ def _info(args=None):
     feats = sorted(f for f in _dispatch.cpu_features()
                    if f.startswith(("AVX", "FMA", "SSE4", "ASIMD", "NEON")))
     print(f"cpu features: {' '.join(feats)}")
+    amx = _dispatch.amx_status or (False, "not checked (no AVX512-BF16)")
+    print(f"bf16 GEMM: {getattr(k, 'BF16_PATH', '?')} microkernel; AMX: "
+          f"{'usable' if amx[0] else 'unavailable: ' + amx[1]}")
+    for note in _dispatch.fallback_notes:
+        print(f"self-check: {note}")
     print(f"openmp: {'on' if k.OPENMP else 'OFF (serial build)'}")
     print("threads: {} (from {})".format(*fastattn.describe_num_threads()))
     print(f"tiles: {k.TILE_ROWS} query rows x {k.TILE_KEYS} keys; "

@@ -1,26 +1,54 @@
 """Pick the best compiled kernel build the CPU supports, once, at import.
 
 The kernels are compiled once per instruction set (``_kernels_baseline``,
-``_kernels_avx2``, ``_kernels_avx512``).  The choice is made from the CPU
-features NumPy detected at start-up (it checks both the CPU and the OS's
-register-state support), falling back to ``/proc/cpuinfo``.  The environment
-variable ``FASTATTN_ISA=baseline|avx2|avx512`` forces a build; asking for one
-the CPU cannot run, or that was not built, raises ``ImportError`` with the
+``_kernels_avx2``, ``_kernels_avx512``, ``_kernels_avx512bf16``,
+``_kernels_amx``).  The choice is made from the CPU features NumPy detected at
+start-up (it checks both the CPU and the OS's register-state support), falling
+back to ``/proc/cpuinfo``.  AMX is not in NumPy's list: its detection (cpuid
+leaf 7, XCR0) and the Linux permission request for the tile state
+(``arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)``, once per process, before any
+tile instruction) are done in C by the baseline build (``amx_request``); when
+they succeed the pseudo-features ``AMX_TILE`` and ``AMX_BF16`` join the set,
+otherwise :data:`amx_status` holds the reason.  The environment variable
+``FASTATTN_ISA=baseline|avx2|avx512|avx512bf16|amx`` forces a build; asking for
+one the CPU cannot run, or that was not built, raises ``ImportError`` with the
 reason instead of crashing later with an illegal instruction.
 """
 import importlib
 import os
 
-ORDER = ("avx512", "avx2", "baseline")
+ORDER = ("amx", "avx512bf16", "avx512", "avx2", "baseline")
+_AVX512 = ("AVX512F", "AVX512DQ", "AVX512BW", "AVX512VL", "AVX2", "FMA3")
 _REQUIRED = {
-    "avx512": ("AVX512F", "AVX512DQ", "AVX512BW", "AVX512VL", "AVX2", "FMA3"),
+    "amx": _AVX512 + ("AVX512BF16", "AMX_TILE", "AMX_BF16"),
+    "avx512bf16": _AVX512 + ("AVX512BF16",),
+    "avx512": _AVX512,
     "avx2": ("AVX2", "FMA3"),
     "baseline": (),
 }
 
 
+# (usable, reason) of AMX in this process; None until first asked
+amx_status = None
+
+
+def _amx_probe():
+    """Ask the baseline build's C code, once per process, whether AMX-BF16 is
+    present and the OS granted this process the tile state."""
+    global amx_status
+    if amx_status is None:
+        try:
+            base = importlib.import_module("fastattn._kernels_baseline")
+            ok, reason = base.amx_request()
+        except (ImportError, AttributeError) as e:   # pragma: no cover
+            ok, reason = False, f"the baseline build cannot check AMX ({e})"
+        amx_status = (bool(ok), str(reason))
+    return amx_status
+
+
 def cpu_features():
-    """Set of CPU feature names (NumPy's spelling: AVX2, FMA3, AVX512F, ...)."""
+    """Set of CPU feature names (NumPy's spelling: AVX2, FMA3, AVX512F, ...,
+    plus AMX_TILE and AMX_BF16 when this process may use AMX)."""
     feats = set()
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as f
@@ -41,7 +69,11 @@ def cpu_features():
                             feats.add(w.upper())
                     if "fma" in words:
                         feats.add("FMA3")
+                    if "avx512_bf16" in words:
+                        feats.add("AVX512BF16")
                     break
+    if "AVX512BF16" in feats and _amx_probe()[0]:
+        feats.update(("AMX_TILE", "AMX_BF16"))
     return feats
 
 
@@ -64,8 +96,11 @@ def _select():
                               f"{', '.join(ORDER)}")
         if not supported(forced, feats):
             missing = [f for f in _REQUIRED[forced] if f not in feats]
+            why = ""
+            if any(f.startswith("AMX") for f in missing) and amx_status is not None:
+                why = f" ({amx_status[1]})"
             raise ImportError(f"FASTATTN_ISA={forced!r} but this CPU lacks "
-                              f"{', '.join(missing)}")
+                              f"{', '.join(missing)}{why}")
         try:
             return forced, _load(forced)
         except ImportError as e:
@@ -111,19 +146,71 @@ def _self_check(mod, ref):
     return True
 
 
+def _self_check_bf16(mod, ref):
+    """The bf16 GEMM (packed weight, odd shapes, bias + GELU, fp32 and bf16
+    stores) and the fp32 -> bf16 conversion through ``mod`` and ``ref``.  The
+    two builds accumulate in different orders (AMX tiles, vdpbf16ps pairs,
+    fp32 FMA chains), so the products are compared within a few fp32 ulps of
+    the sum of |terms|; the conversion must agree bit for bit."""
+    import numpy as np
+    if not hasattr(ref, "bf16_linear"):   # pragma: no cover - a stale build
+        return True
+    rng = np.random.default_rng(4321)
+    xf = rng.standard_normal((37, 70)).astype(np.float32)
+    wf = rng.standard_normal((45, 70)).astype(np.float32)
+    bias = rng.standard_normal(45).astype(np.float32)
+    cvt = []
+    for m in (mod, ref):
+        o = np.empty(xf.shape, np.uint16)
+        m.bf16_from_f32(xf, o, 1)
+        cvt.append(o)
+    if not np.array_equal(cvt[0], cvt[1]):
+        return False
+    x = cvt[1]
+    w = np.empty(wf.shape, np.uint16)
+    ref.bf16_from_f32(wf, w, 1)
+    xb = (x.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    wb = (w.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    bound = 70 * 2.0 ** -22 * (np.abs(xb) @ np.abs(wb).T) + 1e-30
+    outs = []
+    for m in (mod, ref):
+        p = m.bf16_pack(w)
+        y = np.empty((37, 45), np.float32)
+        m.bf16_linear(x, p, None, 0, y, 1)
+        yb = np.empty((37, 45), np.uint16)
+        m.bf16_linear(x[5:], p, bias, m.ACT_GELU, yb[5:], 1)
+        outs.append((y, yb[5:]))
+    if not np.all(np.abs(outs[0][0].astype(np.float64) - outs[1][0]) <= 2 * bound):
+        return False
+    # bf16 stores: GELU (slope <= 1.13) of values within 2 * bound, each
+    # rounded once to bf16 (half an ulp, 2^-9 relative, each)
+    b0, b1 = ((o.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+              for o in (outs[0][1], outs[1][1]))
+    tol = 2.3 * bound[5:] + 2.0 ** -8 * np.maximum(np.abs(b0), np.abs(b1))
+    return bool(np.all(np.abs(b0 - b1) <= tol))
+
+
+# each build checked against the next one down at import (not when forced)
+_CHECKED = ("amx", "avx512bf16", "avx512")
+fallback_notes = []
+
 isa, kernels = _select()
-if isa == "avx512" and not os.environ.get("FASTATTN_ISA"):
+while isa in _CHECKED and not os.environ.get("FASTATTN_ISA"):
+    _down = ORDER[ORDER.index(isa) + 1]
     try:
-        _fallback = _load("avx2")
-    except ImportError:  # pragma: no cover - avx2 build missing
-        _fallback = None
-    if _fallback is not None and not _self_check(kernels, _fallback):  # pragma: no cover
-        import warnings
-        warnings.warn("fastattn: the avx512 kernel build failed its start-up "
-                      "self-check against the avx2 build; using avx2. Please "
-                      "report this with `python -m fastattn info`.",
-                      RuntimeWarning, stacklevel=2)
-        isa, kernels = "avx2", _fallback
+        _fallback = _load(_down)
+    except ImportError:  # pragma: no cover - that build missing
+        break
+    _ok = _self_check(kernels, _fallback) and _self_check_bf16(kernels, _fallback)
+    if _ok:
+        break
+    import warnings  # pragma: no cover
+    _msg = (f"fastattn: the {isa} kernel build failed its start-up self-check "
+            f"against the {_down} build; using {_down}. Please report this "
+            f"with `python -m fastattn info`.")
+    fallback_notes.append(_msg)
+    warnings.warn(_msg, RuntimeWarning, stacklevel=2)
+    isa, kernels = _down, _fallback
 
 
 def available_builds():

@@ -1,5 +1,6 @@
 # Shared body of fastattn's attention kernels, compiled once per instruction
-# set (_kernels_baseline.pyx, _kernels_avx2.pyx, _kernels_avx512.pyx include
+# set (_kernels_baseline.pyx, _kernels_avx2.pyx, _kernels_avx512.pyx,
+# _kernels_avx512bf16.pyx, _kernels_amx.pyx include
 # this file; setup.py gives each its own -m flags and fa_tiles.h picks its
 # SIMD branch from them).  One include per concern:
 #
@@ -11,6 +12,8 @@
 #   _k_mask.pxi          classify_mask (per-tile mask summary), MaskCall
 #   _k_materialised.pxi  scores, softmax, weighted_sum and their calls
 #   _k_gemm.pxi          linear (the tiled GEMM), LinearCall
+#   _k_bf16_gemm.pxi     bfloat16: conversions, weight packing, bf16_linear
+#                        (AMX / vdpbf16ps / widening microkernels, fa_bf16.h)
 #
 # Parallel layout: every kernel flattens the leading (batch, head)
 # dimensions into a list of element offsets computed in Python
@@ -27,3 +30,4 @@ include "_k_bf16_flash.pxi"
 include "_k_mask.pxi"
 include "_k_materialised.pxi"
 include "_k_gemm.pxi"
+include "_k_bf16_gemm.pxi"

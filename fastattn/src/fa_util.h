@@ -25,7 +25,12 @@ static inline int fa_omp_max_threads(void) { return 1; }
 
 /* The setup.py build (module suffix, the kernel module's ISA) from
  * fa_simd.h's choice: baseline is the sse2, generic or scalar layer. */
-#if defined(FA__ISA_AVX512)
+#if defined(FA__ISA_AVX512) && defined(__AMX_TILE__) && defined(__AMX_BF16__) \
+    && defined(__AVX512BF16__)
+#define FA_BUILD_ISA "amx"
+#elif defined(FA__ISA_AVX512) && defined(__AVX512BF16__)
+#define FA_BUILD_ISA "avx512bf16"
+#elif defined(FA__ISA_AVX512)
 #define FA_BUILD_ISA "avx512"
 #elif defined(FA__ISA_AVX2)
 #define FA_BUILD_ISA "avx2"

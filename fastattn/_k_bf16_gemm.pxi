@@ -1,0 +1,199 @@
+# bfloat16 storage kernels (issue 12): fp32 <-> bf16 conversion, weight
+# packing and the bf16 x bf16 -> fp32 GEMM with a fused bias + activation +
+# fp32-or-bf16 store.  Included by _kernels.pxi, so compiled in every build;
+# fastattn/src/fa_bf16.h picks the microkernel (amx / dp / widen) from the
+# build's target flags.  bf16 arrays are seen here as uint16 (the public
+# module fastattn/bf16.py passes uint16 views of ml_dtypes.bfloat16 arrays,
+# after validating everything).
+#
+# GEMM tasks: blocks of BF16_MB (32) rows x nb output features (a multiple of
+# 32), ordered feature-block-major so a thread's consecutive tasks reuse one
+# packed weight panel from cache.  Every output element is summed over all of
+# K inside one task in an order fixed by K alone, so nb (which follows the
+# thread count) and the block a row falls in never change its bits.
+
+cdef extern from "fa_bf16.h" nogil:
+    const char *FA_BF16_PATH
+    int FA_BF16_MB
+    int FA_ACT_NONE, FA_ACT_RELU, FA_ACT_GELU, FA_ACT_GELU_TANH, FA_ACT_SILU, FA_ACT_QUICK_GELU
+    int fa_amx_request(const char **reason)
+    Py_ssize_t fa_bf16_np(Py_ssize_t N)
+    Py_ssize_t fa_bf16_kp(Py_ssize_t K)
+    size_t FA_BF16_SCRATCH(Py_ssize_t K)
+    void fa_bf16_from_f32_n(const float *src, unsigned short *dst, Py_ssize_t n)
+    void fa_bf16_to_f32_n(const unsigned short *src, float *dst, Py_ssize_t n)
+    void fa_bf16_pack_groups(const unsigned short *W, Py_ssize_t ws, Py_ssize_t N, Py_ssize_t K,
+                             unsigned short *P, Py_ssize_t g0, Py_ssize_t g1)
+    void fa_bf16_unpack(const unsigned short *P, Py_ssize_t N, Py_ssize_t K, unsigned short *W)
+    void fa_bf16_gemm_task(const unsigned short *x, Py_ssize_t xs, int nr, const unsigned short *P,
+                           Py_ssize_t K, Py_ssize_t n0, int nn, const float *bias, int act,
+                           void *y, Py_ssize_t ys, int out_bf16, void *scratch)
+
+BF16_PATH = (<bytes>FA_BF16_PATH).decode()
+BF16_ROWS_PER_TASK = FA_BF16_MB
+ACT_NONE = FA_ACT_NONE
+ACT_RELU = FA_ACT_RELU
+ACT_GELU = FA_ACT_GELU
+ACT_GELU_TANH = FA_ACT_GELU_TANH
+ACT_SILU = FA_ACT_SILU
+ACT_QUICK_GELU = FA_ACT_QUICK_GELU
+
+
+def amx_request():
+    """(ok, reason): whether this CPU has AMX-BF16 and the OS granted this
+    process the tile state (asks Linux for it: once per process is enough,
+    asking again is harmless).  Uses no tile instruction itself."""
+    cdef const char *reason = NULL
+    cdef int ok = fa_amx_request(&reason)
+    return bool(ok), (<bytes>reason).decode()
+
+
+cdef enum:
+    CVT_CHUNK = 65536       # elements per conversion task
+
+
+ctypedef struct CvtArgs:
+    const char *src
+    char *dst
+    Py_ssize_t n
+    int to_bf16
+
+
+cdef void _cvt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    cdef const CvtArgs *a = <const CvtArgs *>c
+    cdef Py_ssize_t i0 = t * CVT_CHUNK
+    cdef Py_ssize_t n = a.n - i0 if a.n - i0 < CVT_CHUNK else CVT_CHUNK
+    if a.to_bf16:
+        fa_bf16_from_f32_n((<const float *>a.src) + i0, (<unsigned short *>a.dst) + i0, n)
+    else:
+        fa_bf16_to_f32_n((<const unsigned short *>a.src) + i0, (<float *>a.dst) + i0, n)
+
+
+cdef _convert(cnp.ndarray src, cnp.ndarray dst, int nthreads, int to_bf16):
+    cdef CvtArgs a
+    _set(cnp.PyArray_IS_C_CONTIGUOUS(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst), "contiguous")
+    _set(cnp.PyArray_SIZE(src) == cnp.PyArray_SIZE(dst), "sizes")
+    _set(nthreads >= 1, "nthreads")
+    a.src = _ptr(src); a.dst = _ptr(dst); a.n = cnp.PyArray_SIZE(src); a.to_bf16 = to_bf16
+    _run_tasks((a.n + CVT_CHUNK - 1) // CVT_CHUNK, 0, _cvt_task, &a, nthreads, False)
+    return dst
+
+
+def bf16_from_f32(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads):
+    """dst (uint16, the bf16 bits) = src (float32) rounded to nearest even;
+    both C-contiguous with the same number of elements."""
+    _set(cnp.PyArray_TYPE(src) == cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(dst) == cnp.NPY_UINT16,
+         "dtypes (float32 -> uint16)")
+    return _convert(src, dst, nthreads, 1)
+
+
+def bf16_to_f32(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads):
+    """dst (float32) = src (uint16 bf16 bits), exactly."""
+    _set(cnp.PyArray_TYPE(src) == cnp.NPY_UINT16 and cnp.PyArray_TYPE(dst) == cnp.NPY_FLOAT32,
+         "dtypes (uint16 -> float32)")
+    return _convert(src, dst, nthreads, 0)
+
+
+cdef inline cnp.ndarray _u16_2d(cnp.ndarray a, str name):
+    _set(a is not None and cnp.PyArray_NDIM(a) == 2 and cnp.PyArray_TYPE(a) == cnp.NPY_UINT16,
+         f"{name} (2-D uint16)")
+    _set(cnp.PyArray_SIZE(a) == 0 or (a.strides[1] == 2 and a.strides[0] % 2 == 0),
+         f"{name} (contiguous last axis)")
+    return a
+
+
+def bf16_pack(cnp.ndarray w not None):
+    """The packed ("vnni16") copy of w (N, K) bf16 bits, shape
+    (ceil(N/16), Kp/2, 32) uint16 with Kp = K rounded up to 32, zero-padded,
+    64-byte aligned (fa_bf16.h describes the layout)."""
+    _u16_2d(w, "w")
+    cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
+    cdef Py_ssize_t G = fa_bf16_np(N) // 16, Kp = fa_bf16_kp(K)
+    cdef Py_ssize_t n = G * (Kp // 2) * 32
+    raw = np.zeros(n + 32, np.uint16)
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
+    cdef Py_ssize_t off = <Py_ssize_t>(((64 - addr % 64) % 64) // 2)
+    cdef cnp.ndarray P = raw[off:off + n].reshape(G, Kp // 2, 32)
+    cdef Py_ssize_t ws = w.strides[0] // 2
+    with nogil:
+        fa_bf16_pack_groups(<const unsigned short *>cnp.PyArray_DATA(w), ws, N, K,
+                            <unsigned short *>cnp.PyArray_DATA(P), 0, G)
+    return P
+
+
+cdef inline void _check_packed(cnp.ndarray P, Py_ssize_t N, Py_ssize_t K) except *:
+    _set(P is not None and cnp.PyArray_NDIM(P) == 3 and cnp.PyArray_TYPE(P) == cnp.NPY_UINT16
+         and cnp.PyArray_IS_C_CONTIGUOUS(P), "packed (3-D contiguous uint16)")
+    _set(P.shape[0] == fa_bf16_np(N) // 16 and P.shape[1] == fa_bf16_kp(K) // 2
+         and P.shape[2] == 32, f"packed shape for N={N}, K={K}")
+
+
+def bf16_unpack(cnp.ndarray P not None, Py_ssize_t N, Py_ssize_t K):
+    """W (N, K) uint16 back from its packed copy (tests)."""
+    _check_packed(P, N, K)
+    out = np.empty((N, K), np.uint16)
+    fa_bf16_unpack(<const unsigned short *>cnp.PyArray_DATA(P), N, K,
+                   <unsigned short *>cnp.PyArray_DATA(out))
+    return out
+
+
+ctypedef struct Bf16LinArgs:
+    const unsigned short *x
+    Py_ssize_t xs
+    const unsigned short *P
+    const float *bias
+    int act
+    char *y
+    Py_ssize_t ys
+    int out_bf16
+    Py_ssize_t M, N, K, nmb, nb
+
+
+cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
+    cdef const Bf16LinArgs *a = <const Bf16LinArgs *>c
+    cdef Py_ssize_t n0 = (t // a.nmb) * a.nb
+    cdef Py_ssize_t m0 = (t % a.nmb) * FA_BF16_MB
+    cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BF16_MB else FA_BF16_MB
+    cdef int nn = <int>(a.N - n0) if a.N - n0 < a.nb else <int>a.nb
+    cdef size_t esz = 2 if a.out_bf16 else 4
+    fa_bf16_gemm_task(a.x + m0 * a.xs, a.xs, nr, a.P, a.K, n0, nn,
+                      (a.bias + n0) if a.bias != NULL else NULL, a.act,
+                      <void *>(a.y + (m0 * a.ys + n0) * esz), a.ys, a.out_bf16, buf)
+
+
+def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias,
+                int act, cnp.ndarray out not None, int nthreads):
+    """out (M, N) = act(x (M, K) bf16 @ W.T + bias) over pre-validated operands:
+    P = bf16_pack(W), bias float32 (N,) contiguous or None, out float32 or
+    uint16 (bf16 bits) with a contiguous last axis; returns ``out``."""
+    cdef Bf16LinArgs a
+    cdef Py_ssize_t nb = 256, nnb
+    _u16_2d(x, "x")
+    _set(cnp.PyArray_NDIM(out) == 2 and out.strides[1] == out.itemsize
+         and out.strides[0] % out.itemsize == 0, "out (2-D, contiguous last axis)")
+    _set(cnp.PyArray_TYPE(out) in (cnp.NPY_FLOAT32, cnp.NPY_UINT16), "out dtype")
+    _set(act >= FA_ACT_NONE and act <= FA_ACT_QUICK_GELU, "act")
+    _set(nthreads >= 1, "nthreads")
+    a.M = x.shape[0]; a.K = x.shape[1]; a.N = out.shape[1]
+    _set(out.shape[0] == a.M, "out (M, N)")
+    _check_packed(P, a.N, a.K)
+    if bias is not None:
+        _set(cnp.PyArray_TYPE(bias) == cnp.NPY_FLOAT32 and cnp.PyArray_IS_C_CONTIGUOUS(bias)
+             and cnp.PyArray_SIZE(bias) == a.N, "bias (N,) float32")
+    if a.M == 0 or a.N == 0:
+        return out
+    a.x = <const unsigned short *>cnp.PyArray_DATA(x); a.xs = x.strides[0] // 2
+    a.P = <const unsigned short *>cnp.PyArray_DATA(P)
+    a.bias = <const float *>cnp.PyArray_DATA(bias) if bias is not None else NULL
+    a.act = act
+    a.y = _ptr(out); a.out_bf16 = cnp.PyArray_TYPE(out) == cnp.NPY_UINT16
+    a.ys = out.strides[0] // out.itemsize
+    a.nmb = (a.M + FA_BF16_MB - 1) // FA_BF16_MB
+    # few row blocks: narrower feature blocks so every thread has several
+    # tasks (the split never changes a result: each element is one task's)
+    while nb > 32 and a.nmb * ((a.N + nb - 1) // nb) < 4 * nthreads:
+        nb = nb // 2
+    nnb = (a.N + nb - 1) // nb
+    a.nb = nb
+    _run_tasks(a.nmb * nnb, FA_BF16_SCRATCH(a.K), _bf16_lin_task, &a, nthreads, False)
+    return out

@@ -1,0 +1,688 @@
+/*
+ * fa_bf16.h -- bfloat16 storage kernels: fp32 <-> bf16 conversion, the
+ * packed weight layout and the bf16 x bf16 -> fp32 GEMM microkernels
+ * (issue 12).  docs/architecture.md, "bfloat16 GEMM", describes the design.
+ *
+ * One path per kernel build, chosen from the compiler's target macros:
+ *
+ *   path    build          chosen when                         microkernel
+ *   amx     amx            __AMX_TILE__ __AMX_BF16__ + avx512bf16  tdpbf16ps tiles
+ *   dp      avx512bf16     __AVX512BF16__ + avx512             vdpbf16ps registers
+ *   widen   avx512         avx512 (fa_simd.h)                  fp32 FMA, W widened
+ *           avx2           avx2                                in the loads
+ *           baseline       anything else (plain C)
+ *
+ * Test-only knobs (src/tests/build.sh): FA_BF16_EMUL_AMX / FA_BF16_EMUL_DP
+ * compile the amx / dp path with the intrinsics replaced by plain C that
+ * follows the instructions' documented semantics (fa_bf16_emul.h), so the
+ * tile code runs on any CPU; FA_BF16_FORCE_WIDEN forces the widen path.
+ *
+ * Packed weight layout (the same in every build, "vnni16"): W (N, K) in torch
+ * layout is cut into groups of 16 output features (N padded to Np, a multiple
+ * of 16, with zeros) and K is padded with zeros to Kp, a multiple of 32.  For
+ * group g, feature pair p (k = 2p, 2p+1) and lane j (n = 16 g + j):
+ *     P[((g * Kp/2 + p) * 16 + j) * 2 + e] = W[16 g + j][2 p + e]
+ * so one 64-byte line holds the 16 lanes' pair p: one zmm for vdpbf16ps (and
+ * for the widen path: even k = line << 16, odd k = line & 0xffff0000), and 16
+ * consecutive lines (1 KB) are exactly one AMX B tile (16 pairs x 16 lanes).
+ *
+ * Batch invariance: every output element is summed over all of K in one task,
+ * in a fixed order that depends only on K (tiles / pairs / features in
+ * order); lanes and tile rows are independent, so a row's bits never depend
+ * on M, on where the row sits, on how many rows a microkernel handles or on
+ * the thread count.  Work is split over M and N only.
+ *
+ * Rounding fp32 -> bf16 is round-to-nearest-even; NaN keeps its sign and
+ * becomes the quiet NaN 0x7fc0 / 0xffc0 (what ml_dtypes does); +-inf stay.
+ */
+#ifndef FASTATTN_FA_BF16_H
+#define FASTATTN_FA_BF16_H
+
+#include "fa_simd.h"
+#include "fa_bf16_cpu.h"
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(FA_BF16_EMUL_AMX)
+#  define FA_BF16_AMX 1
+#  define FA_BF16_EMUL 1
+#  define FA_BF16_PATH "amx-emulated"
+#elif defined(FA_BF16_EMUL_DP)
+#  define FA_BF16_DP 1
+#  define FA_BF16_EMUL 1
+#  define FA_BF16_PATH "dp-emulated"
+#elif !defined(FA_BF16_FORCE_WIDEN) && defined(FA__ISA_AVX512) && defined(__AVX512BF16__) \
+    && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#  define FA_BF16_AMX 1
+#  define FA_BF16_PATH "amx"
+#elif !defined(FA_BF16_FORCE_WIDEN) && defined(FA__ISA_AVX512) && defined(__AVX512BF16__)
+#  define FA_BF16_DP 1
+#  define FA_BF16_PATH "dp"
+#else
+#  define FA_BF16_WIDEN 1
+#  if defined(FA__ISA_AVX512)
+#    define FA_BF16_PATH "widen-avx512"
+#  elif defined(FA__ISA_AVX2)
+#    define FA_BF16_PATH "widen-avx2"
+#  else
+#    define FA_BF16_PATH "widen-c"
+#  endif
+#endif
+
+/* The amx and dp paths name the instructions through these macros: the
+ * intrinsics, or fa_bf16_emul.h's plain C versions in the emulation builds. */
+#if defined(FA_BF16_EMUL)
+#  include "fa_bf16_emul.h"
+#elif defined(FA_BF16_AMX) || defined(FA_BF16_DP)
+#  include <immintrin.h>
+typedef __m512 fa__fv;
+typedef __m512bh fa__bv;
+#  define FA__FV_ZERO() _mm512_setzero_ps()
+#  define FA__FV_ST(p, v) _mm512_storeu_ps((p), (v))
+#  define FA__BV_LD(p) ((__m512bh)_mm512_loadu_si512((const void *)(p)))
+#  define FA__BV_SET1(i) ((__m512bh)_mm512_set1_epi32(i))
+#  define FA__DPBF16(acc, a, b) _mm512_dpbf16_ps((acc), (a), (b))
+#  define FA__TCFG(c) _tile_loadconfig(c)
+#  define FA__TZERO(t) _tile_zero(t)
+#  define FA__TLOAD(t, p, s) _tile_loadd(t, p, s)
+#  define FA__TSTORE(t, p, s) _tile_stored(t, p, s)
+#  define FA__TDP(c, a, b) _tile_dpbf16ps(c, a, b)
+#  define FA__TRELEASE() _tile_release()
+#endif
+
+/* activations fused into the store (codes shared with the Cython layer) */
+enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3,
+       FA_ACT_SILU = 4, FA_ACT_QUICK_GELU = 5 };
+
+/* geometry */
+#define FA_BF16_NG 16          /* output features per packed group */
+#define FA_BF16_KQ 32          /* K is padded to a multiple of this */
+#define FA_BF16_MB 32          /* rows per task (the amx path's 2 A tiles) */
+
+static inline ptrdiff_t fa_bf16_np(ptrdiff_t N) { return (N + 15) / 16 * 16; }
+static inline ptrdiff_t fa_bf16_kp(ptrdiff_t K) { return (K + 31) / 32 * 32; }
+
+/* ---- scalar conversions -------------------------------------------------- */
+FA__AI uint16_t fa_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) & 0x8000u) | 0x7fc0u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+FA__AI float fa_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Branch-free form of fa_f32_to_bf16 over an array: gcc vectorises it in
+ * every build (the select becomes a blend).  vcvtneps2bf16 is NOT used:
+ * it treats denormal inputs as zero and keeps NaN payloads, where ml_dtypes
+ * (the reference) rounds denormals and writes 0x7fc0 (tests/test_bf16_gemm.py
+ * checks every build bit for bit against ml_dtypes, denormals and NaNs
+ * included). */
+static inline void fa_bf16_from_f32_n(const float *src, uint16_t *dst, ptrdiff_t n)
+{
+    const uint32_t *s = (const uint32_t *)(const void *)src;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t u = s[i];
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        uint32_t q = ((u >> 16) & 0x8000u) | 0x7fc0u;
+        dst[i] = (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? q : r);
+    }
+}
+
+static inline void fa_bf16_to_f32_n(const uint16_t *src, float *dst, ptrdiff_t n)
+{
+    uint32_t *d = (uint32_t *)(void *)dst;
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] = (uint32_t)src[i] << 16;
+}
+
+/* ---- packing -------------------------------------------------------------- */
+/* W (N, K) bf16 with row stride ws (elements) -> P (Np/16 groups of Kp/2
+ * lines of 32 bf16), zero-padded.  Groups [g0, g1) only (for threading). */
+static inline void fa_bf16_pack_groups(const uint16_t *W, ptrdiff_t ws, ptrdiff_t N,
+                                       ptrdiff_t K, uint16_t *P, ptrdiff_t g0, ptrdiff_t g1)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K);
+    for (ptrdiff_t g = g0; g < g1; g++) {
+        uint16_t *pg = P + g * (Kp / 2) * 32;
+        memset(pg, 0, (size_t)(Kp / 2) * 32 * sizeof(uint16_t));
+        for (int j = 0; j < 16; j++) {
+            ptrdiff_t n = g * 16 + j;
+            if (n >= N)
+                break;
+            const uint16_t *wr = W + n * ws;
+            for (ptrdiff_t k = 0; k < K; k++)
+                pg[(k >> 1) * 32 + j * 2 + (k & 1)] = wr[k];
+        }
+    }
+}
+
+static inline void fa_bf16_unpack(const uint16_t *P, ptrdiff_t N, ptrdiff_t K, uint16_t *W)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K);
+    for (ptrdiff_t n = 0; n < N; n++) {
+        const uint16_t *pg = P + (n / 16) * (Kp / 2) * 32 + (n % 16) * 2;
+        for (ptrdiff_t k = 0; k < K; k++)
+            W[n * K + k] = pg[(k >> 1) * 32 + (k & 1)];
+    }
+}
+
+/* ---- the fused store ------------------------------------------------------ */
+/* Activations in float32, written so gcc vectorises them (no libm calls):
+ * the same formulas as _layers.pyx's row kernels (exp by range reduction and
+ * cephes' polynomial; erf by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+FA__AI float fa_bf16_expf(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    float t = x * 1.44269504088896341f;
+    float r = t + 12582912.0f;
+    float n = r - 12582912.0f;
+    float f = x - n * 0.693359375f;
+    f = f - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    p = p * f * f + f + 1.0f;
+    n = n == n ? n : 0.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static void fa_bf16_act(float *o, int n, int act)
+{
+    int j;
+    switch (act) {
+    case FA_ACT_RELU:
+        for (j = 0; j < n; j++)
+            o[j] = o[j] > 0.0f ? o[j] : (o[j] == o[j] ? 0.0f : o[j]);
+        break;
+    case FA_ACT_GELU:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            float a = x * 0.70710678118654752f;
+            float s = x < 0.0f ? -1.0f : 1.0f;
+            a = a < 0.0f ? -a : a;
+            float t = 1.0f / (1.0f + 0.3275911f * a);
+            float y = 1.061405429f;
+            y = y * t - 1.453152027f;
+            y = y * t + 1.421413741f;
+            y = y * t - 0.284496736f;
+            y = y * t + 0.254829592f;
+            float erf_a = 1.0f - y * t * fa_bf16_expf(-a * a);
+            o[j] = 0.5f * x * (1.0f + s * erf_a);
+        }
+        break;
+    case FA_ACT_GELU_TANH:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+            o[j] = x / (1.0f + fa_bf16_expf(-2.0f * z));
+        }
+        break;
+    case FA_ACT_SILU:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            o[j] = x / (1.0f + fa_bf16_expf(-x));
+        }
+        break;
+    case FA_ACT_QUICK_GELU:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            o[j] = x / (1.0f + fa_bf16_expf(-1.702f * x));
+        }
+        break;
+    default:
+        break;
+    }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* acc (nr rows, row stride lda floats, nc columns) + bias, activation, then
+ * stored as fp32 (out_bf16 = 0) or bf16 into y (row stride ys elements). */
+static void fa_bf16_store(float *acc, int lda, int nr, int nc, const float *bias, int act,
+                          void *y, ptrdiff_t ys, int out_bf16)
+{
+    for (int r = 0; r < nr; r++) {
+        float *a = acc + (ptrdiff_t)r * lda;
+        if (bias)
+            for (int j = 0; j < nc; j++)
+                a[j] += bias[j];
+        if (act)
+            fa_bf16_act(a, nc, act);
+        if (out_bf16)
+            fa_bf16_from_f32_n(a, (uint16_t *)y + r * ys, nc);
+        else
+            memcpy((float *)y + r * ys, a, (size_t)nc * sizeof(float));
+    }
+}
+
+/* ---- the GEMM task --------------------------------------------------------
+ * y[m0 + r, n0 + c] for r < nr (<= FA_BF16_MB), c < nn (n0 a multiple of 16):
+ * x (bf16, row stride xs) times the packed weight, K features.  scratch:
+ * FA_BF16_SCRATCH(K) bytes, 64-byte aligned. */
+#define FA_BF16_SCRATCH(K) ((size_t)(FA_BF16_MB * (fa_bf16_kp(K) + 32)) * 4 + 8192)
+
+/* x rows [0, nr) copied into a zero-padded (rows x Kp) bf16 block */
+static inline void fa_bf16_copy_rows(const uint16_t *x, ptrdiff_t xs, int nr, int rows,
+                                     ptrdiff_t K, uint16_t *dst)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K);
+    for (int r = 0; r < rows; r++) {
+        uint16_t *d = dst + (ptrdiff_t)r * Kp;
+        if (r < nr) {
+            memcpy(d, x + r * xs, (size_t)K * 2);
+            memset(d + K, 0, (size_t)(Kp - K) * 2);
+        } else {
+            memset(d, 0, (size_t)Kp * 2);
+        }
+    }
+}
+
+#if defined(FA_BF16_AMX)
+/* ---- amx: tdpbf16ps ------------------------------------------------------
+ * tmm0..3 = C (2 x 2 tiles of 16 rows x 16 fp32), tmm4,5 = A (16 rows x 32
+ * bf16 of x), tmm6,7 = B (16 pairs x 16 lanes of the packed weight).  Every
+ * tile is 16 rows x 64 bytes, so one configuration serves every task; it is
+ * loaded at the start of each task (every OpenMP thread, before its first
+ * tile instruction) and released at the end.  K runs over Kp/32 chunks in
+ * order, the zero padding adding exact zeros.  Full 32-row blocks load A in
+ * place with x's row stride (the last chunk, when K is no multiple of 32,
+ * from a zero-padded copy); partial blocks from a zero-padded copy of the
+ * rows, one A tile when nr <= 16.  Each tile row is computed independently,
+ * so padding rows never change a real row's bits. */
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} fa_tilecfg;
+
+static inline void fa_amx_config(void)
+{
+    fa_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    FA__TCFG(&cfg);
+}
+
+/* one column group pair (nb = 2) or single (nb = 1), na A tiles */
+#define FA__AMX_BODY(NA, NB)                                                            \
+    do {                                                                                \
+        FA__TZERO(0);                                                                  \
+        if (NB > 1) FA__TZERO(1);                                                      \
+        if (NA > 1) FA__TZERO(2);                                                      \
+        if (NA > 1 && NB > 1) FA__TZERO(3);                                            \
+        for (ptrdiff_t c = 0; c < nck; c++) {                                           \
+            const uint16_t *a0, *a1;                                                    \
+            ptrdiff_t as;                                                               \
+            if (c < nfull) { a0 = ax + c * 32; as = axs; }                              \
+            else { a0 = tail; as = 32; }                                                \
+            a1 = a0 + 16 * as;                                                          \
+            FA__TLOAD(4, a0, as * 2);                                                 \
+            if (NA > 1) FA__TLOAD(5, a1, as * 2);                                     \
+            FA__TLOAD(6, b0 + c * 512, 64);                                           \
+            if (NB > 1) FA__TLOAD(7, b1 + c * 512, 64);                               \
+            FA__TDP(0, 4, 6);                                                    \
+            if (NB > 1) FA__TDP(1, 4, 7);                                        \
+            if (NA > 1) FA__TDP(2, 5, 6);                                        \
+            if (NA > 1 && NB > 1) FA__TDP(3, 5, 7);                              \
+        }                                                                               \
+        FA__TSTORE(0, cs, 128);                                                       \
+        if (NB > 1) FA__TSTORE(1, cs + 16, 128);                                      \
+        if (NA > 1) FA__TSTORE(2, cs + 16 * 32, 128);                                 \
+        if (NA > 1 && NB > 1) FA__TSTORE(3, cs + 16 * 32 + 16, 128);                  \
+    } while (0)
+
+static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
+                              ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
+                              void *y, ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K), nck = Kp / 32, nfull;
+    float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
+    uint16_t *tail = (uint16_t *)((char *)scratch + 4096);  /* 32 x 32 bf16 */
+    uint16_t *blk = (uint16_t *)((char *)scratch + 8192);   /* 32 x Kp bf16 */
+    const uint16_t *ax;
+    ptrdiff_t axs;
+    int na = nr > 16 ? 2 : 1;
+    if (nr == FA_BF16_MB) {
+        ax = x; axs = xs; nfull = K / 32;
+        if (nfull < nck) {
+            for (int r = 0; r < 32; r++) {
+                ptrdiff_t k0 = nfull * 32;
+                memcpy(tail + r * 32, x + r * xs + k0, (size_t)(K - k0) * 2);
+                memset(tail + r * 32 + (K - k0), 0, (size_t)(32 - (K - k0)) * 2);
+            }
+        }
+    } else {
+        fa_bf16_copy_rows(x, xs, nr, na * 16, K, blk);
+        ax = blk; axs = Kp; nfull = nck;
+    }
+    fa_amx_config();
+    for (int c0 = 0; c0 < nn; c0 += 32) {
+        int nc = nn - c0 < 32 ? nn - c0 : 32;
+        ptrdiff_t g = (n0 + c0) / 16;
+        const uint16_t *b0 = P + g * (Kp / 2) * 32;
+        const uint16_t *b1 = b0 + (Kp / 2) * 32;
+        if (nck == 0) {
+            memset(cs, 0, 32 * 32 * sizeof(float));
+        } else if (na == 2 && nc > 16) {
+            FA__AMX_BODY(2, 2);
+        } else if (na == 2) {
+            FA__AMX_BODY(2, 1);
+        } else if (nc > 16) {
+            FA__AMX_BODY(1, 2);
+        } else {
+            FA__AMX_BODY(1, 1);
+        }
+        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                      ys, out_bf16);
+    }
+    FA__TRELEASE();
+}
+
+#elif defined(FA_BF16_DP)
+/* ---- dp: vdpbf16ps register tile -----------------------------------------
+ * MR rows x NV column groups of 16 lanes; per feature pair p: NV loads of
+ * the packed line, MR broadcasts of x's pair (in place; the last pair of an
+ * odd K is built with a zero partner), MR x NV vdpbf16ps.  Each lane's sum
+ * is the chain over pairs in order, so MR (12, 4, 1) and NV never change a
+ * row's bits. */
+FA__AI void fa__dp_tile(const uint16_t *x, ptrdiff_t xs, const int mr, const int nv,
+                        const uint16_t *b0, const uint16_t *b1, ptrdiff_t K, float *cs, int ldc)
+{
+    fa__fv acc[12][2];
+    ptrdiff_t npair = K / 2;
+    FA__UNROLL
+    for (int r = 0; r < 12; r++) {
+        if (r < mr) {
+            acc[r][0] = FA__FV_ZERO();
+            acc[r][1] = FA__FV_ZERO();
+        }
+    }
+    for (ptrdiff_t p = 0; p < npair; p++) {
+        fa__bv w0 = FA__BV_LD(b0 + p * 32);
+        fa__bv w1 = w0;
+        if (nv > 1)
+            w1 = FA__BV_LD(b1 + p * 32);
+        FA__UNROLL
+        for (int r = 0; r < 12; r++) {
+            if (r < mr) {
+                int32_t pr;
+                memcpy(&pr, x + r * xs + 2 * p, 4);
+                fa__bv a = FA__BV_SET1(pr);
+                acc[r][0] = FA__DPBF16(acc[r][0], a, w0);
+                if (nv > 1)
+                    acc[r][1] = FA__DPBF16(acc[r][1], a, w1);
+            }
+        }
+    }
+    if (K & 1) {
+        ptrdiff_t p = npair;
+        fa__bv w0 = FA__BV_LD(b0 + p * 32);
+        fa__bv w1 = w0;
+        if (nv > 1)
+            w1 = FA__BV_LD(b1 + p * 32);
+        FA__UNROLL
+        for (int r = 0; r < 12; r++) {
+            if (r < mr) {
+                int32_t pr = (int32_t)x[r * xs + 2 * p];
+                fa__bv a = FA__BV_SET1(pr);
+                acc[r][0] = FA__DPBF16(acc[r][0], a, w0);
+                if (nv > 1)
+                    acc[r][1] = FA__DPBF16(acc[r][1], a, w1);
+            }
+        }
+    }
+    FA__UNROLL
+    for (int r = 0; r < 12; r++) {
+        if (r < mr) {
+            FA__FV_ST(cs + r * ldc, acc[r][0]);
+            if (nv > 1)
+                FA__FV_ST(cs + r * ldc + 16, acc[r][1]);
+        }
+    }
+}
+
+static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
+                              ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
+                              void *y, ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K);
+    float *cs = (float *)scratch;                         /* 32 x 32 fp32 */
+    for (int c0 = 0; c0 < nn; c0 += 32) {
+        int nc = nn - c0 < 32 ? nn - c0 : 32;
+        ptrdiff_t g = (n0 + c0) / 16;
+        const uint16_t *b0 = P + g * (Kp / 2) * 32;
+        const uint16_t *b1 = b0 + (Kp / 2) * 32;
+        int r0 = 0;
+        while (r0 < nr) {
+            int left = nr - r0, mr;
+            const uint16_t *xr = x + r0 * xs;
+            float *c = cs + r0 * 32;
+            if (left >= 12) {
+                mr = 12;
+                if (nc > 16) fa__dp_tile(xr, xs, 12, 2, b0, b1, K, c, 32);
+                else fa__dp_tile(xr, xs, 12, 1, b0, b1, K, c, 32);
+            } else if (left >= 4) {
+                mr = 4;
+                if (nc > 16) fa__dp_tile(xr, xs, 4, 2, b0, b1, K, c, 32);
+                else fa__dp_tile(xr, xs, 4, 1, b0, b1, K, c, 32);
+            } else {
+                mr = 1;
+                if (nc > 16) fa__dp_tile(xr, xs, 1, 2, b0, b1, K, c, 32);
+                else fa__dp_tile(xr, xs, 1, 1, b0, b1, K, c, 32);
+            }
+            r0 += mr;
+        }
+        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                      ys, out_bf16);
+    }
+}
+
+#else
+/* ---- widen: fp32 FMA with the weight widened in the loads ------------------
+ * x's rows are widened once per task into an fp32 block (zero-padded to an
+ * even K); per feature pair p the packed line gives the even feature
+ * (line << 16) and the odd one (line & 0xffff0000) as fp32 lanes, each
+ * multiplied by a broadcast x value: one FMA chain per lane over k in
+ * order (fused on avx512/avx2, multiply-add in plain C), whatever the
+ * microkernel height. */
+#if defined(FA__ISA_AVX512)
+#  define FA__WMR 8
+FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
+                           float *cs, int ldc)
+{
+    __m512 acc[FA__WMR][2];
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    FA__UNROLL
+    for (int r = 0; r < FA__WMR; r++) {
+        if (r < mr) {
+            acc[r][0] = _mm512_setzero_ps();
+            acc[r][1] = _mm512_setzero_ps();
+        }
+    }
+    for (ptrdiff_t p = 0; p < npair; p++) {
+        __m512i l0 = _mm512_loadu_si512((const void *)(b0 + p * 32));
+        __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(l0, 16));
+        __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(l0, hi));
+        __m512 e1 = e0, o1 = o0;
+        if (nv > 1) {
+            __m512i l1 = _mm512_loadu_si512((const void *)(b1 + p * 32));
+            e1 = _mm512_castsi512_ps(_mm512_slli_epi32(l1, 16));
+            o1 = _mm512_castsi512_ps(_mm512_and_si512(l1, hi));
+        }
+        FA__UNROLL
+        for (int r = 0; r < FA__WMR; r++) {
+            if (r < mr) {
+                __m512 ae = _mm512_set1_ps(xa[r * lda + 2 * p]);
+                __m512 ao = _mm512_set1_ps(xa[r * lda + 2 * p + 1]);
+                acc[r][0] = _mm512_fmadd_ps(ae, e0, acc[r][0]);
+                if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ae, e1, acc[r][1]);
+                acc[r][0] = _mm512_fmadd_ps(ao, o0, acc[r][0]);
+                if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ao, o1, acc[r][1]);
+            }
+        }
+    }
+    FA__UNROLL
+    for (int r = 0; r < FA__WMR; r++) {
+        if (r < mr) {
+            _mm512_storeu_ps(cs + r * ldc, acc[r][0]);
+            if (nv > 1) _mm512_storeu_ps(cs + r * ldc + 16, acc[r][1]);
+        }
+    }
+}
+#elif defined(FA__ISA_AVX2)
+/* 16 registers: MR rows x 16 lanes (two ymm halves of a packed line) */
+#  define FA__WMR 4
+FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
+                           float *cs, int ldc)
+{
+    (void)nv; (void)b1;    /* one 16-lane group per call */
+    __m256 acc[FA__WMR][2];
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    FA__UNROLL
+    for (int r = 0; r < FA__WMR; r++) {
+        if (r < mr) {
+            acc[r][0] = _mm256_setzero_ps();
+            acc[r][1] = _mm256_setzero_ps();
+        }
+    }
+    for (ptrdiff_t p = 0; p < npair; p++) {
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + p * 32));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + p * 32 + 16));
+        __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(l0, 16));
+        __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(l0, hi));
+        __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(l1, 16));
+        __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(l1, hi));
+        FA__UNROLL
+        for (int r = 0; r < FA__WMR; r++) {
+            if (r < mr) {
+                __m256 ae = _mm256_broadcast_ss(xa + r * lda + 2 * p);
+                __m256 ao = _mm256_broadcast_ss(xa + r * lda + 2 * p + 1);
+                acc[r][0] = _mm256_fmadd_ps(ae, e0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(ae, e1, acc[r][1]);
+                acc[r][0] = _mm256_fmadd_ps(ao, o0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(ao, o1, acc[r][1]);
+            }
+        }
+    }
+    FA__UNROLL
+    for (int r = 0; r < FA__WMR; r++) {
+        if (r < mr) {
+            _mm256_storeu_ps(cs + r * ldc, acc[r][0]);
+            _mm256_storeu_ps(cs + r * ldc + 8, acc[r][1]);
+        }
+    }
+}
+#  define FA__WIDEN_COLS 16
+#else
+/* plain C (sse2 baseline, other targets): MR rows x 16 lanes; multiply and
+ * add are kept separate expressions so no contraction can change the chain */
+#  define FA__WMR 4
+FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
+                           float *cs, int ldc)
+{
+    (void)nv; (void)b1;
+    float acc[FA__WMR][16];
+    memset(acc, 0, sizeof acc);
+    for (ptrdiff_t p = 0; p < npair; p++) {
+        float we[16], wo[16];
+        for (int j = 0; j < 16; j++) {
+            we[j] = fa_bf16_to_f32(b0[p * 32 + 2 * j]);
+            wo[j] = fa_bf16_to_f32(b0[p * 32 + 2 * j + 1]);
+        }
+        for (int r = 0; r < FA__WMR; r++) {
+            if (r < mr) {
+                float ae = xa[r * lda + 2 * p], ao = xa[r * lda + 2 * p + 1];
+                for (int j = 0; j < 16; j++) {
+                    float t = ae * we[j];
+                    acc[r][j] += t;
+                    t = ao * wo[j];
+                    acc[r][j] += t;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < FA__WMR; r++)
+        if (r < mr)
+            memcpy(cs + r * ldc, acc[r], 16 * sizeof(float));
+}
+#  define FA__WIDEN_COLS 16
+#endif
+#ifndef FA__WIDEN_COLS
+#  define FA__WIDEN_COLS 32
+#endif
+
+static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
+                              ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
+                              void *y, ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2, lda = Kp;
+    float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
+    float *xa = (float *)((char *)scratch + 8192);          /* nr x Kp fp32 */
+    for (int r = 0; r < nr; r++) {
+        fa_bf16_to_f32_n(x + r * xs, xa + r * lda, K);
+        for (ptrdiff_t k = K; k < 2 * npair; k++)
+            xa[r * lda + k] = 0.0f;
+    }
+    for (int c0 = 0; c0 < nn; c0 += FA__WIDEN_COLS) {
+        int nc = nn - c0 < FA__WIDEN_COLS ? nn - c0 : FA__WIDEN_COLS;
+        ptrdiff_t g = (n0 + c0) / 16;
+        const uint16_t *b0 = P + g * (Kp / 2) * 32;
+        const uint16_t *b1 = b0 + (Kp / 2) * 32;
+        int r0 = 0;
+        while (r0 < nr) {
+            int left = nr - r0, mr;
+            const float *xr = xa + r0 * lda;
+            float *c = cs + r0 * 32;
+            if (left >= FA__WMR) {
+                mr = FA__WMR;
+                if (nc > 16) fa__widen_tile(xr, lda, FA__WMR, 2, b0, b1, npair, c, 32);
+                else fa__widen_tile(xr, lda, FA__WMR, 1, b0, b1, npair, c, 32);
+            } else {
+                mr = 1;
+                if (nc > 16) fa__widen_tile(xr, lda, 1, 2, b0, b1, npair, c, 32);
+                else fa__widen_tile(xr, lda, 1, 1, b0, b1, npair, c, 32);
+            }
+            r0 += mr;
+        }
+        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                      ys, out_bf16);
+    }
+}
+#endif
+
+#endif /* FASTATTN_FA_BF16_H */
