@@ -34,9 +34,10 @@
 #include <stdint.h>
 #include <string.h>
 #include "fa_tiles.h"
+/* fa_bf16_to_f32 / fa_f32_to_bf16 (nearest even, NaN quiet with its sign):
+   the GEMM header's scalar conversions, one definition for both */
+#include "fa_bf16.h"
 
-static inline float fa_bf16_to_f32(uint16_t h);
-static inline uint16_t fa_f32_to_bf16(float x);
 static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr, int nc,
                                       float *dst);
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst);
@@ -45,23 +46,6 @@ static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int 
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
                                     ptrdiff_t os);
 
-static inline float fa_bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t fa_f32_to_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u)           /* NaN: quiet, sign kept */
-        return (uint16_t)((u >> 16 & 0x8000u) | 0x7FC0u);
-    u += 0x7FFFu + ((u >> 16) & 1u);                /* nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
 
 /* plain loops: the compiler vectorises them for each build's -m flags */
 static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr, int nc,
