@@ -251,9 +251,15 @@ def linear(x, w, bias=None, *, activation=None, out_dtype=None, out=None, num_th
     xu = _u16(x) if x.size else np.zeros((M, K), np.uint16)   # (empty: strides 0)
     if xu.strides[1] != 2 or xu.strides[0] % 2 or xu.strides[0] < 0:
         xu = np.ascontiguousarray(xu)
-    ou = _u16(out) if _is_bf16(odt) else out
     if out.size == 0:
         return out
+    final = None
+    if out.strides[0] <= 0 < M - 1:          # rows backwards or aliased: via a temporary
+        final, out = out, np.empty((M, N), odt)
+    ou = _u16(out) if _is_bf16(odt) else out
     nt = _nthreads(num_threads, 2 * M * N * max(K, 1))
     _k.bf16_linear(xu, w._data, bias, getattr(_k, _ACT_CODE[activation]), ou, nt)
+    if final is not None:
+        final[...] = out
+        return final
     return out

@@ -261,7 +261,7 @@ static void fa_bf16_act(float *o, int n, int act)
 
 /* acc (nr rows, row stride lda floats, nc columns) + bias, activation, then
  * stored as fp32 (out_bf16 = 0) or bf16 into y (row stride ys elements). */
-static void fa_bf16_store(float *acc, int lda, int nr, int nc, const float *bias, int act,
+static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float *bias, int act,
                           void *y, ptrdiff_t ys, int out_bf16)
 {
     for (int r = 0; r < nr; r++) {
@@ -273,7 +273,7 @@ static void fa_bf16_store(float *acc, int lda, int nr, int nc, const float *bias
             fa_bf16_act(a, nc, act);
         if (out_bf16)
             fa_bf16_from_f32_n(a, (uint16_t *)y + r * ys, nc);
-        else
+        else if ((float *)y + r * ys != a)
             memcpy((float *)y + r * ys, a, (size_t)nc * sizeof(float));
     }
 }
@@ -354,10 +354,10 @@ static inline void fa_amx_config(void)
             if (NA > 1) FA__TDP(2, 5, 6);                                        \
             if (NA > 1 && NB > 1) FA__TDP(3, 5, 7);                              \
         }                                                                               \
-        FA__TSTORE(0, cs, 128);                                                       \
-        if (NB > 1) FA__TSTORE(1, cs + 16, 128);                                      \
-        if (NA > 1) FA__TSTORE(2, cs + 16 * 32, 128);                                 \
-        if (NA > 1 && NB > 1) FA__TSTORE(3, cs + 16 * 32 + 16, 128);                  \
+        FA__TSTORE(0, cb, cst * 4);                                                     \
+        if (NB > 1) FA__TSTORE(1, cb + 16, cst * 4);                                    \
+        if (NA > 1) FA__TSTORE(2, cb + 16 * cst, cst * 4);                              \
+        if (NA > 1 && NB > 1) FA__TSTORE(3, cb + 16 * cst + 16, cst * 4);               \
     } while (0)
 
 static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
@@ -390,6 +390,11 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
         ptrdiff_t g = (n0 + c0) / 16;
         const uint16_t *b0 = P + g * (Kp / 2) * 32;
         const uint16_t *b1 = b0 + (Kp / 2) * 32;
+        /* whole tiles of an fp32 output go straight to y (bias and
+         * activation then run in place); the rest through cs */
+        int direct = !out_bf16 && nck > 0 && nr == na * 16 && nc == (nc > 16 ? 32 : 16);
+        float *cb = direct ? (float *)y + c0 : cs;
+        ptrdiff_t cst = direct ? ys : 32;
         if (nck == 0) {
             memset(cs, 0, 32 * 32 * sizeof(float));
         } else if (na == 2 && nc > 16) {
@@ -401,25 +406,30 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
         } else {
             FA__AMX_BODY(1, 1);
         }
-        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
-                      ys, out_bf16);
+        if (direct) {
+            if (bias || act)
+                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
+        } else {
+            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                          ys, out_bf16);
+        }
     }
     FA__TRELEASE();
 }
 
 #elif defined(FA_BF16_DP)
 /* ---- dp: vdpbf16ps register tile -----------------------------------------
- * MR rows x NV column groups of 16 lanes; per feature pair p: NV loads of
- * the packed line, MR broadcasts of x's pair (in place; the last pair of an
- * odd K is built with a zero partner), MR x NV vdpbf16ps.  Each lane's sum
- * is the chain over pairs in order, so MR (12, 4, 1) and NV never change a
- * row's bits. */
-FA__AI void fa__dp_tile(const uint16_t *x, ptrdiff_t xs, const int mr, const int nv,
-                        const uint16_t *b0, const uint16_t *b1, ptrdiff_t K, float *cs, int ldc)
+ * A task first packs x's rows pair-major per row chunk (chunks of 12, then 4,
+ * then 1 rows): pa[p * mr + r] = x[r][2p], x[r][2p+1] (the last pair of an
+ * odd K with a zero partner), so the microkernel broadcasts from one pointer.
+ * Per feature pair p: NV (1-2) loads of the packed weight line, mr
+ * broadcasts, mr x NV vdpbf16ps.  Each lane's sum is the chain over pairs in
+ * order, so the chunk height (12, 4, 1) and NV never change a row's bits. */
+FA__AI void fa__dp_tile(const uint32_t *pa, const int mr, const int nv, const uint16_t *b0,
+                        const uint16_t *b1, ptrdiff_t npair, float *cs, ptrdiff_t ldc)
 {
     fa__fv acc[12][2];
-    ptrdiff_t npair = K / 2;
     FA__UNROLL
     for (int r = 0; r < 12; r++) {
         if (r < mr) {
@@ -435,26 +445,7 @@ FA__AI void fa__dp_tile(const uint16_t *x, ptrdiff_t xs, const int mr, const int
         FA__UNROLL
         for (int r = 0; r < 12; r++) {
             if (r < mr) {
-                int32_t pr;
-                memcpy(&pr, x + r * xs + 2 * p, 4);
-                fa__bv a = FA__BV_SET1(pr);
-                acc[r][0] = FA__DPBF16(acc[r][0], a, w0);
-                if (nv > 1)
-                    acc[r][1] = FA__DPBF16(acc[r][1], a, w1);
-            }
-        }
-    }
-    if (K & 1) {
-        ptrdiff_t p = npair;
-        fa__bv w0 = FA__BV_LD(b0 + p * 32);
-        fa__bv w1 = w0;
-        if (nv > 1)
-            w1 = FA__BV_LD(b1 + p * 32);
-        FA__UNROLL
-        for (int r = 0; r < 12; r++) {
-            if (r < mr) {
-                int32_t pr = (int32_t)x[r * xs + 2 * p];
-                fa__bv a = FA__BV_SET1(pr);
+                fa__bv a = FA__BV_SET1((int32_t)pa[p * mr + r]);
                 acc[r][0] = FA__DPBF16(acc[r][0], a, w0);
                 if (nv > 1)
                     acc[r][1] = FA__DPBF16(acc[r][1], a, w1);
@@ -471,56 +462,80 @@ FA__AI void fa__dp_tile(const uint16_t *x, ptrdiff_t xs, const int mr, const int
     }
 }
 
+FA__AI int fa__dp_chunk(int left) { return left >= 12 ? 12 : left >= 4 ? 4 : 1; }
+
 static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
                               ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
                               void *y, ptrdiff_t ys, int out_bf16, void *scratch)
 {
-    ptrdiff_t Kp = fa_bf16_kp(K);
-    float *cs = (float *)scratch;                         /* 32 x 32 fp32 */
+    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
+    float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
+    uint32_t *pa = (uint32_t *)((char *)scratch + 8192);    /* nr x npair pairs */
+    for (int r0 = 0; r0 < nr; r0 += fa__dp_chunk(nr - r0)) {
+        int mr = fa__dp_chunk(nr - r0);
+        uint32_t *pc = pa + (ptrdiff_t)r0 * npair;
+        for (int r = 0; r < mr; r++) {
+            const uint16_t *xr = x + (r0 + r) * xs;
+            for (ptrdiff_t p = 0; p < K / 2; p++) {
+                uint32_t v;
+                memcpy(&v, xr + 2 * p, 4);
+                pc[p * mr + r] = v;
+            }
+            if (K & 1)
+                pc[(K / 2) * mr + r] = xr[K - 1];
+        }
+    }
     for (int c0 = 0; c0 < nn; c0 += 32) {
         int nc = nn - c0 < 32 ? nn - c0 : 32;
         ptrdiff_t g = (n0 + c0) / 16;
         const uint16_t *b0 = P + g * (Kp / 2) * 32;
         const uint16_t *b1 = b0 + (Kp / 2) * 32;
-        int r0 = 0;
-        while (r0 < nr) {
-            int left = nr - r0, mr;
-            const uint16_t *xr = x + r0 * xs;
-            float *c = cs + r0 * 32;
-            if (left >= 12) {
-                mr = 12;
-                if (nc > 16) fa__dp_tile(xr, xs, 12, 2, b0, b1, K, c, 32);
-                else fa__dp_tile(xr, xs, 12, 1, b0, b1, K, c, 32);
-            } else if (left >= 4) {
-                mr = 4;
-                if (nc > 16) fa__dp_tile(xr, xs, 4, 2, b0, b1, K, c, 32);
-                else fa__dp_tile(xr, xs, 4, 1, b0, b1, K, c, 32);
+        int direct = !out_bf16 && nc == 32;     /* whole blocks straight to y */
+        float *cb = direct ? (float *)y + c0 : cs;
+        ptrdiff_t ldc = direct ? ys : 32;
+        for (int r0 = 0; r0 < nr; r0 += fa__dp_chunk(nr - r0)) {
+            int mr = fa__dp_chunk(nr - r0);
+            const uint32_t *pc = pa + (ptrdiff_t)r0 * npair;
+            float *c = cb + (ptrdiff_t)r0 * ldc;
+            if (mr == 12) {
+                if (nc > 16) fa__dp_tile(pc, 12, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 12, 1, b0, b1, npair, c, ldc);
+            } else if (mr == 4) {
+                if (nc > 16) fa__dp_tile(pc, 4, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 4, 1, b0, b1, npair, c, ldc);
             } else {
-                mr = 1;
-                if (nc > 16) fa__dp_tile(xr, xs, 1, 2, b0, b1, K, c, 32);
-                else fa__dp_tile(xr, xs, 1, 1, b0, b1, K, c, 32);
+                if (nc > 16) fa__dp_tile(pc, 1, 2, b0, b1, npair, c, ldc);
+                else fa__dp_tile(pc, 1, 1, b0, b1, npair, c, ldc);
             }
-            r0 += mr;
         }
-        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
-                      ys, out_bf16);
+        if (direct) {
+            if (bias || act)
+                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
+        } else {
+            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                          ys, out_bf16);
+        }
     }
 }
 
 #else
 /* ---- widen: fp32 FMA with the weight widened in the loads ------------------
- * x's rows are widened once per task into an fp32 block (zero-padded to an
- * even K); per feature pair p the packed line gives the even feature
+ * x's rows are widened once per task into fp32, pair-major per row chunk
+ * (xa[(p * mr + r) * 2 + e] = x[r][2p + e], zero-padded to an even K), so
+ * the microkernel broadcasts from one pointer; per feature pair p the
+ * packed line gives the even feature
  * (line << 16) and the odd one (line & 0xffff0000) as fp32 lanes, each
  * multiplied by a broadcast x value: one FMA chain per lane over k in
  * order (fused on avx512/avx2, multiply-add in plain C), whatever the
  * microkernel height. */
 #if defined(FA__ISA_AVX512)
-#  define FA__WMR 8
-FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+/* 12 rows x 32 lanes: 24 accumulators + 4 widened weight vectors; the
+ * broadcasts fold into the FMAs ({1to16} memory operands) */
+#  define FA__WMR 12
+FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     __m512 acc[FA__WMR][2];
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
@@ -544,8 +559,8 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
         FA__UNROLL
         for (int r = 0; r < FA__WMR; r++) {
             if (r < mr) {
-                __m512 ae = _mm512_set1_ps(xa[r * lda + 2 * p]);
-                __m512 ao = _mm512_set1_ps(xa[r * lda + 2 * p + 1]);
+                __m512 ae = _mm512_set1_ps(xa[(p * mr + r) * 2]);
+                __m512 ao = _mm512_set1_ps(xa[(p * mr + r) * 2 + 1]);
                 acc[r][0] = _mm512_fmadd_ps(ae, e0, acc[r][0]);
                 if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ae, e1, acc[r][1]);
                 acc[r][0] = _mm512_fmadd_ps(ao, o0, acc[r][0]);
@@ -564,9 +579,9 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
 #elif defined(FA__ISA_AVX2)
 /* 16 registers: MR rows x 16 lanes (two ymm halves of a packed line) */
 #  define FA__WMR 4
-FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     (void)nv; (void)b1;    /* one 16-lane group per call */
     __m256 acc[FA__WMR][2];
@@ -588,8 +603,8 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
         FA__UNROLL
         for (int r = 0; r < FA__WMR; r++) {
             if (r < mr) {
-                __m256 ae = _mm256_broadcast_ss(xa + r * lda + 2 * p);
-                __m256 ao = _mm256_broadcast_ss(xa + r * lda + 2 * p + 1);
+                __m256 ae = _mm256_broadcast_ss(xa + (p * mr + r) * 2);
+                __m256 ao = _mm256_broadcast_ss(xa + (p * mr + r) * 2 + 1);
                 acc[r][0] = _mm256_fmadd_ps(ae, e0, acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(ae, e1, acc[r][1]);
                 acc[r][0] = _mm256_fmadd_ps(ao, o0, acc[r][0]);
@@ -610,9 +625,9 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
 /* plain C (sse2 baseline, other targets): MR rows x 16 lanes; multiply and
  * add are kept separate expressions so no contraction can change the chain */
 #  define FA__WMR 4
-FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const int nv,
+FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
                            const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, int ldc)
+                           float *cs, ptrdiff_t ldc)
 {
     (void)nv; (void)b1;
     float acc[FA__WMR][16];
@@ -625,7 +640,7 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
         }
         for (int r = 0; r < FA__WMR; r++) {
             if (r < mr) {
-                float ae = xa[r * lda + 2 * p], ao = xa[r * lda + 2 * p + 1];
+                float ae = xa[(p * mr + r) * 2], ao = xa[(p * mr + r) * 2 + 1];
                 for (int j = 0; j < 16; j++) {
                     float t = ae * we[j];
                     acc[r][j] += t;
@@ -645,42 +660,59 @@ FA__AI void fa__widen_tile(const float *xa, ptrdiff_t lda, const int mr, const i
 #  define FA__WIDEN_COLS 32
 #endif
 
+/* row chunk heights: FA__WMR, then 4, then 1 */
+FA__AI int fa__widen_chunk(int left) { return left >= FA__WMR ? FA__WMR : left >= 4 ? 4 : 1; }
+
 static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
                               ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
                               void *y, ptrdiff_t ys, int out_bf16, void *scratch)
 {
-    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2, lda = Kp;
+    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
     float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
-    float *xa = (float *)((char *)scratch + 8192);          /* nr x Kp fp32 */
-    for (int r = 0; r < nr; r++) {
-        fa_bf16_to_f32_n(x + r * xs, xa + r * lda, K);
-        for (ptrdiff_t k = K; k < 2 * npair; k++)
-            xa[r * lda + k] = 0.0f;
+    float *xa = (float *)((char *)scratch + 8192);          /* nr x 2 npair fp32 */
+    for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
+        int mr = fa__widen_chunk(nr - r0);
+        float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
+        for (int r = 0; r < mr; r++) {
+            const uint16_t *xr = x + (r0 + r) * xs;
+            for (ptrdiff_t k = 0; k < K; k++)
+                xc[((k >> 1) * mr + r) * 2 + (k & 1)] = fa_bf16_to_f32(xr[k]);
+            if (K & 1)
+                xc[((K >> 1) * mr + r) * 2 + 1] = 0.0f;
+        }
     }
     for (int c0 = 0; c0 < nn; c0 += FA__WIDEN_COLS) {
         int nc = nn - c0 < FA__WIDEN_COLS ? nn - c0 : FA__WIDEN_COLS;
         ptrdiff_t g = (n0 + c0) / 16;
         const uint16_t *b0 = P + g * (Kp / 2) * 32;
         const uint16_t *b1 = b0 + (Kp / 2) * 32;
-        int r0 = 0;
-        while (r0 < nr) {
-            int left = nr - r0, mr;
-            const float *xr = xa + r0 * lda;
-            float *c = cs + r0 * 32;
-            if (left >= FA__WMR) {
-                mr = FA__WMR;
-                if (nc > 16) fa__widen_tile(xr, lda, FA__WMR, 2, b0, b1, npair, c, 32);
-                else fa__widen_tile(xr, lda, FA__WMR, 1, b0, b1, npair, c, 32);
+        /* whole column blocks of an fp32 output go straight to y */
+        int direct = !out_bf16 && nc == FA__WIDEN_COLS;
+        float *cb = direct ? (float *)y + c0 : cs;
+        ptrdiff_t ldc = direct ? ys : 32;
+        for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
+            int mr = fa__widen_chunk(nr - r0);
+            const float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
+            float *c = cb + (ptrdiff_t)r0 * ldc;
+            if (mr == FA__WMR) {
+                if (nc > 16) fa__widen_tile(xc, FA__WMR, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, FA__WMR, 1, b0, b1, npair, c, ldc);
+            } else if (mr == 4) {
+                if (nc > 16) fa__widen_tile(xc, 4, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, 4, 1, b0, b1, npair, c, ldc);
             } else {
-                mr = 1;
-                if (nc > 16) fa__widen_tile(xr, lda, 1, 2, b0, b1, npair, c, 32);
-                else fa__widen_tile(xr, lda, 1, 1, b0, b1, npair, c, 32);
+                if (nc > 16) fa__widen_tile(xc, 1, 2, b0, b1, npair, c, ldc);
+                else fa__widen_tile(xc, 1, 1, b0, b1, npair, c, ldc);
             }
-            r0 += mr;
         }
-        fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                      out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
-                      ys, out_bf16);
+        if (direct) {
+            if (bias || act)
+                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
+        } else {
+            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+                          ys, out_bf16);
+        }
     }
 }
 #endif

@@ -137,7 +137,7 @@ static void run_gemm(const uint16_t *x, ptrdiff_t xs, int M, const uint16_t *P, 
 
 static void test_gemm(void)
 {
-    static const int Ms[] = {1, 2, 15, 17, 32, 33, 70};
+    static const int Ms[] = {1, 2, 15, 16, 17, 32, 33, 70};
     static const int Ns[] = {1, 15, 16, 17, 33, 64, 100};
     static const int Ks[] = {0, 1, 2, 15, 17, 31, 32, 33, 64, 100, 300};
     int nbad_acc = 0, nbad_inv = 0, nbad_pack = 0, nbad_bf = 0, ncase = 0;
