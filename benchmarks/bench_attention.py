@@ -26,6 +26,15 @@ Usage::
     python benchmarks/bench_attention.py --quick          # ~1 minute subset
     python benchmarks/bench_attention.py --threads 1,2 --dtype float64
     python benchmarks/bench_attention.py --markdown out.md --json out.json --plot out.png
+    python benchmarks/bench_attention.py --dtype bfloat16 [--quick]   # bf16 mode (below)
+
+``--dtype bfloat16`` runs its own grid (:func:`bf16_main`): fastattn on bf16
+q/k/v (bf16 output) against fastattn float32 and torch's
+scaled_dot_product_attention on bf16 tensors, over prefill (head_dim 32, 64,
+80, 128; L = S from 128 to 4096; causal and not) and decode (L = 1, GQA,
+S from 1k to 32k), in GFLOP/s and GB/s of K/V read.  The three are timed
+interleaved (one call of each in turn, medians), so the ratios hold on a
+loaded machine.
 
 The timed callables are built by the ``make_*`` functions below, so an asv
 suite (or a notebook) can import and reuse them.
@@ -768,7 +777,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", default=None,
                    help="thread count for every implementation, or a comma list for a sweep "
                         "(default: all usable cores)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32",
+                   help="bfloat16: the bf16 mode (fastattn bf16 vs fastattn float32 vs torch bf16)")
     p.add_argument("--quick", action="store_true", help="small subset, about a minute")
     p.add_argument("--repeat", type=int, default=None,
                    help="max timed calls per cell and implementation (default 100, quick 50); "
@@ -804,6 +814,8 @@ def main(argv=None) -> int:
                     else [default_threads()])
     if any(t < 1 for t in threads_list):
         raise SystemExit("--threads must be >= 1")
+    if args.dtype == "bfloat16":
+        return bf16_main(args, threads_list)
     # Before importing torch / onnxruntime / fastattn, which read these at load.
     set_env_threads(max(threads_list))
     impls = tuple(i for i in IMPLS if i in args.impls.split(","))
@@ -923,6 +935,148 @@ def main(argv=None) -> int:
         msg = plot(result, args.plot)
         print(f"[bench] {msg}" if msg else f"[bench] plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+# ----------------------------------------------------------------------------
+# --dtype bfloat16: fastattn bf16 vs fastattn float32 vs torch bf16
+
+BF16_IMPLS = ("fastattn_bf16", "fastattn_f32", "torch_bf16")
+
+
+def bf16_grid(quick: bool) -> list:
+    """(kind, B, H, Hkv, L, S, D, causal): prefill and decode cells."""
+    cells = []
+    dims = (64, 128) if quick else (32, 64, 80, 128)
+    lengths = (512, 2048) if quick else (128, 512, 1024, 2048, 4096)
+    for D in dims:
+        for n in lengths:
+            for causal in (False, True):
+                H = 8 if n <= 1024 else 4
+                cells.append(("prefill", 1, H, H, n, n, D, causal))
+    for S in ((4096, 32768) if quick else (1024, 4096, 16384, 32768)):
+        cells.append(("decode", 4, 32, 8, 1, S, 128, False))
+    return cells
+
+
+def bf16_main(args, threads_list) -> int:
+    set_env_threads(max(threads_list))
+    import fastattn
+    ml_dtypes, why = optional_import("ml_dtypes")
+    if ml_dtypes is None:
+        raise SystemExit(f"--dtype bfloat16 needs ml_dtypes ({why})")
+    torch, twhy = optional_import("torch")
+    bf = np.dtype(ml_dtypes.bfloat16)
+    busy = busy_warning()
+    if busy:
+        print(f"[bench] WARNING: {busy}", file=sys.stderr)
+    repeat = args.repeat or (7 if args.quick else 15)
+    rows = []
+    for threads in threads_list:
+        limit_threads(threads)
+        fastattn.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
+        for kind, B, H, Hkv, L, S, D, causal in bf16_grid(args.quick):
+            rng = np.random.default_rng(0)
+            q32 = rng.standard_normal((B, H, L, D), dtype=np.float32)
+            k32 = rng.standard_normal((B, Hkv, S, D), dtype=np.float32)
+            v32 = rng.standard_normal((B, Hkv, S, D), dtype=np.float32)
+            qb, kb, vb = q32.astype(bf), k32.astype(bf), v32.astype(bf)
+            kw = {"is_causal": causal, "enable_gqa": Hkv != H}
+            if causal and L != S:
+                kw["causal_alignment"] = "bottom_right"
+            fns = {
+                "fastattn_bf16": lambda: fastattn.scaled_dot_product_attention(qb, kb, vb, **kw),
+                "fastattn_f32": lambda: fastattn.scaled_dot_product_attention(
+                    q32, k32, v32, **kw),
+            }
+            if torch is not None:
+                tq, tk, tv = (torch.from_numpy(x).to(torch.bfloat16) for x in (q32, k32, v32))
+                fns["torch_bf16"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                    tq, tk, tv, is_causal=causal, enable_gqa=Hkv != H)
+            # accuracy before timing: the bf16 result against the float32 one
+            ref = fns["fastattn_f32"]()
+            err = float(np.max(np.abs(fns["fastattn_bf16"]().astype(np.float32) - ref)))
+            if "torch_bf16" in fns:
+                terr = float(np.max(np.abs(fns["torch_bf16"]().float().numpy() - ref)))
+            else:
+                terr = float("nan")
+            times = {name: [] for name in fns}
+            for name, fn in fns.items():
+                fn()                                    # warm-up
+            budget = args.budget if args.budget is not None else (0.5 if args.quick else 1.5)
+            t_end = time.perf_counter() + budget * len(fns)
+            for i in range(repeat):                     # interleaved rounds
+                for name, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+                if i >= 2 and time.perf_counter() > t_end:
+                    break
+            med = {name: float(np.median(t)) for name, t in times.items()}
+            flops = 4.0 * B * H * L * S * D * (0.5 if causal and L == S else 1.0)
+            row = {"threads": threads, "kind": kind, "B": B, "H": H, "Hkv": Hkv, "L": L, "S": S,
+                   "D": D, "causal": causal, "err_bf16_vs_f32": err, "err_torch_vs_f32": terr,
+                   "ms": {n: 1e3 * t for n, t in med.items()}, "rounds": len(times["fastattn_f32"])}
+            for name, t in med.items():
+                isz = 4 if name == "fastattn_f32" else 2
+                row.setdefault("gflops", {})[name] = flops / t / 1e9
+                row.setdefault("gbs", {})[name] = 2 * B * Hkv * S * D * isz / t / 1e9
+            rows.append(row)
+            def r(a, b):
+                return med[b] / med[a] if a in med and b in med else float("nan")
+            print(f"[bench] {threads}t {kind} B{B} H{H}/{Hkv} L{L} S{S} D{D}"
+                  f"{' causal' if causal else ''}: bf16 {row['gflops']['fastattn_bf16']:.0f} "
+                  f"GFLOP/s ({row['gbs']['fastattn_bf16']:.1f} GB/s), x{r('fastattn_bf16', 'fastattn_f32'):.2f} "
+                  f"fp32, x{r('fastattn_bf16', 'torch_bf16'):.2f} torch bf16", file=sys.stderr)
+    text = bf16_markdown(rows, fastattn, busy)
+    print(text)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as fh:
+            fh.write(text)
+    if args.json:
+        path = args.json
+        if path == os.path.join(HERE, "results", "attention.json"):
+            path = os.path.join(HERE, "results", "attention_bf16.json")
+        write_json(path, {"benchmark": "attention_bf16", "rows": rows, "args": vars(args),
+                          "machine": machine_info("fastattn", with_fastattn_info=True)})
+        print(f"[bench] raw results written to {path}", file=sys.stderr)
+    return 0
+
+
+def bf16_markdown(rows, fastattn, busy) -> str:
+    def g(xs):
+        xs = [x for x in xs if x == x and x > 0]
+        return geomean(xs) if xs else float("nan")
+    out = [f"## Attention benchmark (bfloat16: fastattn bf16 vs fastattn float32 vs torch bf16)", "",
+           f"fastattn build `{fastattn.isa}` (bf16 attention path "
+           f"`{getattr(fastattn.kernels, 'ATTN_BF16_PATH', '?')}`); timed interleaved, medians.", ""]
+    if busy:
+        out += [f"> **Warning:** {busy}.", ""]
+    out += ["| threads | kind | shape (B, H/Hkv, L, S, D) | causal | fastattn bf16 GFLOP/s | GB/s "
+            "| fastattn fp32 GFLOP/s | torch bf16 GFLOP/s | bf16 / fp32 | bf16 / torch bf16 "
+            "| max abs diff bf16 vs fp32 (torch) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w in rows:
+        gf = w["gflops"]
+        ms = w["ms"]
+        rf = ms["fastattn_f32"] / ms["fastattn_bf16"]
+        rt = ms["torch_bf16"] / ms["fastattn_bf16"] if "torch_bf16" in ms else float("nan")
+        w["ratio_f32"], w["ratio_torch"] = rf, rt
+        out.append(f"| {w['threads']} | {w['kind']} | {w['B']}, {w['H']}/{w['Hkv']}, {w['L']}, "
+                   f"{w['S']}, {w['D']} | {'yes' if w['causal'] else ''} | "
+                   f"{gf['fastattn_bf16']:.0f} | {w['gbs']['fastattn_bf16']:.1f} | "
+                   f"{gf['fastattn_f32']:.0f} | {gf.get('torch_bf16', float('nan')):.0f} | "
+                   f"{rf:.2f}x | {rt:.2f}x | {w['err_bf16_vs_f32']:.1e} ({w['err_torch_vs_f32']:.1e}) |")
+    for kind in ("prefill", "decode"):
+        sel = [w for w in rows if w["kind"] == kind]
+        if sel:
+            out.append("")
+            out.append(f"**{kind}** geometric means: bf16 / fp32 {g([w['ratio_f32'] for w in sel]):.2f}x, "
+                       f"bf16 / torch bf16 {g([w['ratio_torch'] for w in sel]):.2f}x "
+                       f"(targets: >= 1.6x and >= 2x).")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

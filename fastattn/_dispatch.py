@@ -190,6 +190,37 @@ def _self_check_bf16(mod, ref):
     return bool(np.all(np.abs(b0 - b1) <= tol))
 
 
+def _self_check_bf16_attention(mod, ref):
+    """bf16 fused attention (both layouts, causal, GQA, ragged sizes; float32
+    output) through ``mod`` and ``ref``.  The amx build rounds P to bf16 for
+    the PV product and the widening builds do not, so they agree within
+    2 * 2^-8 * max|v| (the P rounding bound, twice) plus fp32 noise."""
+    import numpy as np
+    if not hasattr(ref, "flash_bf16"):   # pragma: no cover - a stale build
+        return True
+    rng = np.random.default_rng(4242)
+    for L, path in ((70, mod.PATH_LANES), (3, mod.PATH_ROWS)):
+        Hq, Hkv, S, D, Dv = 4, 2, 150, 40, 24
+        xs = [rng.standard_normal(n).astype(np.float32)
+              for n in (Hq * L * D, Hkv * S * D, Hkv * S * Dv)]
+        q, k, v = ((x.view(np.uint32) >> 16).astype(np.uint16) for x in xs)
+        outs = []
+        for m in (mod, ref):
+            out = np.zeros(Hq * L * Dv, np.float32)
+            m.flash_bf16(m.FlashCall(
+                q=q, qoff=np.arange(Hq, dtype=np.int64) * L * D, qs=D,
+                k=k, koff=np.arange(Hkv, dtype=np.int64) * S * D, ks=D,
+                v=v, voff=np.arange(Hkv, dtype=np.int64) * S * Dv, vs=Dv,
+                out=out, ooff=np.arange(Hq, dtype=np.int64) * L * Dv, os=Dv,
+                L=L, S=S, D=D, Dv=Dv, nb=1, Hq=Hq, Hkv=Hkv, scale=D ** -0.5,
+                right=S - L, nthreads=1, path=path))
+            outs.append(out)
+        vmax = float(np.max(np.abs((v.astype(np.uint32) << 16).view(np.float32))))
+        if not np.all(np.abs(outs[0] - outs[1]) <= 2 * 2.0 ** -8 * vmax + 1e-5):
+            return False
+    return True
+
+
 # each build checked against the next one down at import (not when forced)
 _CHECKED = ("amx", "avx512bf16", "avx512")
 fallback_notes = []
@@ -201,7 +232,8 @@ while isa in _CHECKED and not os.environ.get("FASTATTN_ISA"):
         _fallback = _load(_down)
     except ImportError:  # pragma: no cover - that build missing
         break
-    _ok = _self_check(kernels, _fallback) and _self_check_bf16(kernels, _fallback)
+    _ok = (_self_check(kernels, _fallback) and _self_check_bf16(kernels, _fallback)
+           and _self_check_bf16_attention(kernels, _fallback))
     if _ok:
         break
     import warnings  # pragma: no cover

@@ -5,42 +5,61 @@
 # q, k and v are bf16 bit patterns (uint16 views, made in functional.py);
 # the output is float32 or bf16 (uint16).  Every build runs the portable path
 # (fa_bf16_attn.h): the query block is widened once per task into the fp32
-# Qt (lanes) or Qr (rows), and each block of keys and values is widened into
-# a per-thread fp32 scratch just before the fp32 tiles read it -- once per
-# block for all the query heads of a GQA group.  The softmax statistics, the
+# Qt (lanes) or Qr (rows).  Lanes (prefill, compute-bound): each block of
+# keys and values is widened into a per-thread fp32 scratch just before the
+# fp32 tiles read it -- once per block for all the query heads of a GQA
+# group.  Rows (decode, bandwidth-bound): the row tiles read bf16 K and V in
+# place through a widening vector load (fa_dot_rows_bf16k,
+# fa_axpy_rows_bf16v), no scratch round trip.  The softmax statistics, the
 # accumulators and the merge of split-K partials are float32, the same
 # operations in the same order as the fp32 kernel, so a float32 result equals
-# the fp32 kernel's on the widened inputs bit for bit, and a bf16 result is
+# the fp32 kernel's on the widened inputs bit for bit (D, Dv multiples of 16;
+# see fa_bf16_attn.h for the scalar tails), and a bf16 result is
 # that value rounded once (nearest even).  Task tables, chunk sizes and
 # layouts are the fp32 kernel's: bit-identical for any thread count, and a
 # varlen sequence's bits do not depend on the rest of the batch.
 
-from libc.stdint cimport uint16_t
+from libc.stdint cimport uint16_t, uint32_t
 
 cdef extern from "fa_bf16_attn.h" nogil:
     void fa_bf16_widen_rows(const uint16_t *src, Py_ssize_t ss, int nr, int nc, float *dst)
     void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
-    float fa_bf16_to_f32(uint16_t h)
-    void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
+    float fa_bf16_widen1(uint16_t h)
+    void fa_pack_qt_bf16(const uint16_t *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt,
+                         float *tmp)
     void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                          Py_ssize_t os)
-
-# keys widened at a time on the rows path (stays in L1 next to the scores)
-cdef enum:
-    BF_ROWS_SUB = 64
-
-
-cdef inline size_t _bf16_wbuf(const FlashArgs *a) noexcept:
-    """floats of widened K/V scratch per thread (+16 to keep it 64-byte aligned)"""
-    return FA_BC * (a.D if a.D > a.Dv else a.Dv) + 16
-
+                          Py_ssize_t os, float *tmp)
+    void fa_dot_rows_bf16k(const float *Q, int R, const uint16_t *K, Py_ssize_t ks, int nk,
+                           int D, float *s, int lds)
+    void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint16_t *V, Py_ssize_t vs,
+                            int nk, int Dv, float *O)
+    # the amx build's lanes layout (stubs elsewhere, never called there)
+    int FA_BF16_ATTN_AMX
+    size_t fa_amx_head_floats(int D, int Dv)
+    size_t fa_amx_shared_floats(int D, int Dv)
+    void fa_amx_begin()
+    void fa_amx_end()
+    void fa_amx_pack_q(const uint16_t *q, Py_ssize_t qs, int nr, int D, uint32_t *Qp)
+    void fa_amx_pack_k(const uint16_t *K, Py_ssize_t ks, int nk, int D, uint16_t *Kp)
+    void fa_amx_pack_v(const uint16_t *V, Py_ssize_t vs, int nk, int Dv, int npairs, uint16_t *Vp)
+    void fa_amx_qk(const uint16_t *Kb, Py_ssize_t kstride, int nkt, int D, const uint32_t *Qp,
+                   float *St)
+    void fa_amx_scale(float *St, int nk, float scale)
+    void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
+    void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
+    void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv, float *O)
+    void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
+                        Py_ssize_t os, int o16)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
+    if FA_BF16_ATTN_AMX:
+        return (FA_BC * FA_BR + FA_BR + a.G * fa_amx_head_floats(<int>a.D, <int>a.Dv)
+                + fa_amx_shared_floats(<int>a.D, <int>a.Dv))
     return _lanes_buf(a) + FA_BC * a.D + 16 + FA_BC * a.Dv + 16
 
 
 cdef inline size_t _bf16_rows_buf(const FlashArgs *a, Py_ssize_t R) noexcept:
-    return _rows_buf(a, R) + 16 + _bf16_wbuf(a)
+    return _rows_buf(a, R)
 
 
 cdef inline float *_align16(float *p) noexcept nogil:
@@ -81,7 +100,7 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         m = Ot + ot_sz
         l = m + FA_BR
         fa_pack_qt_bf16((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
-                        <int>nr, <int>D, qscale, Qt)
+                        <int>nr, <int>D, qscale, Qt, Kw)
         for i in range(ot_sz):
             Ot[i] = 0
         for i in range(FA_BR):
@@ -136,10 +155,125 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         l = m + FA_BR
         if o16:
             fa_store_ot_bf16(Ot, l, <int>nr, <int>Dv,
-                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os)
+                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os, Vw)
         else:
             fa_store_ot_f32(Ot, l, <int>nr, <int>Dv,
                             (<float *>a.o) + a.ooff[n] + q0 * a.os, a.os)
+
+
+cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
+                           Py_ssize_t qb, float *buf, bint o16) noexcept nogil:
+    """The amx build's lanes block (fa_bf16_attn.h): S^T and P.V on AMX tiles,
+    scaling, bounds/masks/ALiBi and the online softmax in fp32 on the lanes
+    layout exactly as the widening path, P rounded to bf16 for the product."""
+    cdef Py_ssize_t q0 = qb * FA_BR
+    cdef Py_ssize_t nr = a.L - q0
+    if nr > FA_BR:
+        nr = FA_BR
+    cdef Py_ssize_t q1 = q0 + nr - 1
+    cdef Py_ssize_t D = a.D, Dv = a.Dv, G = a.G
+    cdef Py_ssize_t Dp = (D + 31) // 32 * 32, Dvp = (Dv + 15) // 16 * 16
+    cdef Py_ssize_t qp_sz = Dp // 2 * FA_BR, o_sz = FA_BR * Dvp
+    cdef Py_ssize_t hstride = fa_amx_head_floats(<int>D, <int>Dv)
+    cdef float *St = buf
+    cdef float *alpha = St + FA_BC * FA_BR
+    cdef float *hbase = alpha + FA_BR
+    cdef uint16_t *Kp = <uint16_t *>(hbase + G * hstride)
+    cdef uint16_t *Vp = Kp + FA_BC * Dp
+    cdef uint16_t *Pb = Vp + FA_BC * Dvp
+    cdef uint32_t *Qp
+    cdef float *O
+    cdef float *m
+    cdef float *l
+    cdef const uint16_t *kp
+    cdef const uint16_t *vp
+    cdef const uint16_t *Kb
+    cdef Py_ssize_t kstr
+    cdef Py_ssize_t g, n, i, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
+    cdef int geo, mcls, nkt, nkc
+    cdef int nqt = <int>((nr + 15) // 16)
+    cdef bint packed
+    cdef float qscale = <float>a.qscale
+
+    fa_amx_begin()
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qp = <uint32_t *>(hbase + g * hstride)
+        O = (<float *>Qp) + qp_sz
+        m = O + o_sz
+        l = m + FA_BR
+        fa_amx_pack_q((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
+                      <int>nr, <int>D, Qp)
+        for i in range(o_sz):
+            O[i] = 0
+        for i in range(FA_BR):
+            m[i] = -INFINITY
+            l[i] = 0
+
+    lo = _row_lo(a, q0)
+    hi = _row_hi(a, q1)
+    if lo < 0:
+        lo = 0
+    if hi > a.S - 1:
+        hi = a.S - 1
+    kb_lo = lo // FA_BC
+    kb_hi = hi // FA_BC + 1 if hi >= lo else kb_lo
+
+    kp = (<const uint16_t *>a.k) + a.koff[bn * a.Hkv + hkv]
+    vp = (<const uint16_t *>a.v) + a.voff[bn * a.Hkv + hkv]
+    for kb in range(kb_lo, kb_hi):
+        k0 = kb * FA_BC
+        nk = a.S - k0
+        if nk > FA_BC:
+            nk = FA_BC
+        k1 = k0 + nk - 1
+        geo = _geo_class(a, q0, q1, k0, k1)
+        if geo == T_HIDDEN:
+            continue
+        nkt = <int>((nk + 15) // 16)
+        nkc = <int>((nk + 31) // 32)
+        packed = False
+        for g in range(G):
+            n = bn * a.Hq + hkv * G + g
+            mcls = _mask_class(a, n, qb, kb)
+            if mcls == T_HIDDEN:
+                continue
+            if not packed:    # once per key block for the whole GQA group
+                if D % 32 == 0 and nk == FA_BC and a.ks > 0:
+                    Kb = kp + k0 * a.ks
+                    kstr = a.ks
+                else:
+                    fa_amx_pack_k(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kp)
+                    Kb = Kp
+                    kstr = Dp
+                fa_amx_pack_v(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, nkc * 16, Vp)
+                packed = True
+            Qp = <uint32_t *>(hbase + g * hstride)
+            O = (<float *>Qp) + qp_sz
+            m = O + o_sz
+            l = m + FA_BR
+            fa_amx_qk(Kb, kstr, nkt, <int>D, Qp, St)
+            fa_amx_scale(St, <int>nk, qscale)
+            if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
+            fa_softmax_f32(St, <int>nk, m, l, alpha)
+            fa_amx_pack_p(St, <int>nk, nkc, nqt, Pb)
+            fa_amx_rescale_o(O, <int>nr, <int>Dv, alpha)
+            fa_amx_pv(Pb, nkc, nqt, Vp, <int>Dv, O)
+    fa_amx_end()
+
+    for g in range(G):
+        n = bn * a.Hq + hkv * G + g
+        Qp = <uint32_t *>(hbase + g * hstride)
+        O = (<float *>Qp) + qp_sz
+        m = O + o_sz
+        l = m + FA_BR
+        if o16:
+            fa_amx_store_o(O, l, <int>nr, <int>Dv,
+                           <void *>((<uint16_t *>a.o) + a.ooff[n] + q0 * a.os), a.os, 1)
+        else:
+            fa_amx_store_o(O, l, <int>nr, <int>Dv,
+                           <void *>((<float *>a.o) + a.ooff[n] + q0 * a.os), a.os, 0)
 
 
 cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
@@ -151,11 +285,10 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef float *Ob = s + R * ROWS_BC
     cdef float *mb = Ob + R * Dv
     cdef float *lb = mb + R
-    cdef float *W = _align16(lb + R)
     cdef const uint16_t *qrow
     cdef const uint16_t *kp
     cdef const uint16_t *vp
-    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt, j0, nj
+    cdef Py_ssize_t r, g, i, n, d, j, kb, k0, k1, nk, c0, c1, t0, t1, tt
     cdef int geo, mcls, any_vis
     cdef float qscale = <float>a.qscale
     cdef float mx, al, sm
@@ -166,7 +299,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         n = bn * a.Hq + hkv * a.G + g
         qrow = (<const uint16_t *>a.q) + a.qoff[n] + i * a.qs
         for d in range(D):
-            Qr[r * D + d] = fa_bf16_to_f32(qrow[d]) * qscale
+            Qr[r * D + d] = fa_bf16_widen1(qrow[d]) * qscale
         for d in range(Dv):
             Ob[r * Dv + d] = 0
         mb[r] = -INFINITY
@@ -198,13 +331,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                 break
         if not any_vis:
             continue
-        # scores of every key (dot products are per key: sub-blocks change nothing)
-        j0 = 0
-        while j0 < nk:
-            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
-            fa_bf16_widen_rows(kp + (k0 + j0) * a.ks, a.ks, <int>nj, <int>D, W)
-            fa_dot_rows_f32(Qr, <int>R, W, D, <int>nj, <int>D, s + j0, ROWS_BC)
-            j0 += BF_ROWS_SUB
+        fa_dot_rows_bf16k(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
         for r in range(R):
             g = r // L
             i = r % L
@@ -235,14 +362,7 @@ cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
             if al != 1:
                 for d in range(Dv):
                     Ob[r * Dv + d] = Ob[r * Dv + d] * al
-        # O += P V in key order; sub-blocks of a multiple of the tile's own
-        # 32-key blocks keep every element's FMA chain unchanged
-        j0 = 0
-        while j0 < nk:
-            nj = min(<Py_ssize_t>BF_ROWS_SUB, nk - j0)
-            fa_bf16_widen_rows(vp + (k0 + j0) * a.vs, a.vs, <int>nj, <int>Dv, W)
-            fa_axpy_rows_f32(s + j0, <int>R, ROWS_BC, W, Dv, <int>nj, <int>Dv, Ob)
-            j0 += BF_ROWS_SUB
+        fa_axpy_rows_bf16v(s, <int>R, ROWS_BC, vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, Ob)
 
     for r in range(R):
         for d in range(Dv):
@@ -304,7 +424,10 @@ cdef inline void _bf16_lanes_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
     cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
     cdef Py_ssize_t bh = t // nqb
-    _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
+    if FA_BF16_ATTN_AMX:
+        _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
+    else:
+        _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
 
 
 cdef void _bl_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
@@ -359,7 +482,10 @@ cdef inline void _bf16_varlen_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     cdef FlashArgs s
     _bf16_seq_view(a, e[0], &s, o16)
     if e[3] == P_LANES:
-        _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
+        if FA_BF16_ATTN_AMX:
+            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16)
+        else:
+            _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
     else:
         _bf16_rows_chunk(&s, 0, e[1], e[2],
                          (<float *>a.part) + a.part_off[e[0]]
@@ -389,7 +515,9 @@ cdef void _bvm_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
 # entry point
 # ---------------------------------------------------------------------------
 
-BF16_PATH = "widen"     # how this build computes bf16 attention
+# how this build computes bf16 attention: "amx" (prefill on AMX tiles,
+# decode widening) or "widen" (both layouts widening to the fp32 tiles)
+ATTN_BF16_PATH = "amx" if FA_BF16_ATTN_AMX else "widen"
 
 
 def flash_bf16(FlashCall call not None):

@@ -7,25 +7,38 @@
  * rows layout), each block of keys and values into a small per-thread fp32
  * scratch right before the fp32 tiles of fa_tiles.h use it -- so DRAM and
  * cache traffic is that of bf16 (half of fp32) while the arithmetic, the
- * online softmax and the accumulators are exactly the fp32 kernel's.  For
- * inputs that are bf16 values, the float32 result is therefore bit-identical
- * to the fp32 kernel run on the widened inputs (same build); the bf16 output
- * is that float32 result rounded once, to nearest even.
+ * online softmax and the accumulators are exactly the fp32 kernel's.  The
+ * float32 result is therefore bit-identical to the fp32 kernel run on the
+ * widened inputs (same build) when D and Dv are whole vectors (multiples of
+ * 16: every model head size); otherwise the row tiles' scalar tails may
+ * differ by the compiler's choice to contract a multiply-add.  The bf16
+ * output is the float32 result rounded once, to nearest even.
  *
  * bf16 is handled as its bit pattern (uint16_t): widening is a 16-bit shift,
  * rounding is round-to-nearest-even on the bits, NaN becomes the quiet NaN
  * sign|0x7FC0 and +-inf stays +-inf (the same bits as ml_dtypes' astype).
  *
  * Functions (C99, static inline, no globals):
- *   fa_bf16_to_f32(x)               one value
- *   fa_f32_to_bf16(x)               one value, round to nearest even
+ *   fa_bf16_widen1(x)               one value
+ *   fa_bf16_round1(x)               one value, round to nearest even
  *   fa_bf16_widen_rows(src, ss, nr, nc, dst)
  *                                   dst[r*nc + c] = widen(src[r*ss + c])
  *   fa_bf16_round_row(src, n, dst)  dst[c] = round(src[c])
- *   fa_pack_qt_bf16(q, qs, nr, D, scale, Qt)
+ *   fa_pack_qt_bf16(q, qs, nr, D, scale, Qt, tmp)
  *                                   fa_pack_qt_f32 on widened q (identical bits)
- *   fa_store_ot_bf16(Ot, l, nr, Dv, o, os)
+ *   fa_store_ot_bf16(Ot, l, nr, Dv, o, os, tmp)
  *                                   round(fa_store_ot_f32's value) into bf16 o
+ *                                   (tmp: nr x D / nr x Dv floats of scratch)
+ *   fa_dot_rows_bf16k(Q, R, K, ks, nk, D, s, lds)
+ *   fa_axpy_rows_bf16v(P, R, ldp, V, vs, nk, Dv, O)
+ *                                   fa_dot_rows_f32 / fa_axpy_rows_f32 (the
+ *                                   rows layout, decode) reading bf16 K / V
+ *                                   straight from memory: a widening vector
+ *                                   load instead of a float load, every other
+ *                                   operation and its order unchanged, so the
+ *                                   same bits as the f32 tiles on widened K/V
+ *                                   and no scratch round trip on the
+ *                                   bandwidth-bound decode path
  */
 #ifndef FASTATTN_FA_BF16_ATTN_H
 #define FASTATTN_FA_BF16_ATTN_H
@@ -34,18 +47,35 @@
 #include <stdint.h>
 #include <string.h>
 #include "fa_tiles.h"
-/* fa_bf16_to_f32 / fa_f32_to_bf16 (nearest even, NaN quiet with its sign):
-   the GEMM header's scalar conversions, one definition for both */
-#include "fa_bf16.h"
+#include "fa_util.h"
 
+static inline float fa_bf16_widen1(uint16_t h);
+static inline uint16_t fa_bf16_round1(float x);
 static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr, int nc,
                                       float *dst);
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst);
 static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int D, float scale,
-                                   float *Qt);
+                                   float *Qt, float *tmp);
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                                    ptrdiff_t os);
+                                    ptrdiff_t os, float *tmp);
 
+static inline float fa_bf16_widen1(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* branch-free, so that the row loops below vectorise */
+static inline uint16_t fa_bf16_round1(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;    /* nearest, ties to even */
+    uint32_t qnan = ((u >> 16) & 0x8000u) | 0x7FC0u;        /* NaN: quiet, sign kept */
+    return (uint16_t)(((u & 0x7FFFFFFFu) > 0x7F800000u) ? qnan : r);
+}
 
 /* plain loops: the compiler vectorises them for each build's -m flags */
 static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr, int nc,
@@ -60,37 +90,513 @@ static inline void fa_bf16_widen_rows(const uint16_t *src, ptrdiff_t ss, int nr,
 
 static inline void fa_bf16_round_row(const float *src, int n, uint16_t *dst)
 {
-    for (int c = 0; c < n; c++) dst[c] = fa_f32_to_bf16(src[c]);
+    for (int c = 0; c < n; c++) dst[c] = fa_bf16_round1(src[c]);
 }
 
-/* Qt[d*FA_BR + i] = widen(q[i*qs + d]) * scale, lanes i >= nr zero: the same
- * single multiply as fa_pack_qt_f32, so the same bits */
+/* Qt[d*FA_BR + i] = widen(q[i*qs + d]) * scale, lanes i >= nr zero: the rows
+ * widened into tmp (nr x D floats) and fa_pack_qt_f32's transposing pack,
+ * the same single multiply, so the same bits as the fp32 kernel */
 static inline void fa_pack_qt_bf16(const uint16_t *q, ptrdiff_t qs, int nr, int D, float scale,
-                                   float *Qt)
+                                   float *Qt, float *tmp)
 {
-    for (int i = 0; i < nr; i++) {
-        const uint16_t *row = q + (ptrdiff_t)i * qs;
-        for (int d = 0; d < D; d++) Qt[(size_t)d * FA_BR + i] = fa_bf16_to_f32(row[d]) * scale;
-    }
-    for (int d = 0; d < D; d++)
-        for (int i = nr; i < FA_BR; i++) Qt[(size_t)d * FA_BR + i] = 0;
+    fa_bf16_widen_rows(q, qs, nr, D, tmp);
+    fa_pack_qt_f32(tmp, D, nr, D, scale, Qt);
 }
 
 /* o[i*os + d] = round(Ot[d*FA_BR + i] * (1 / l[i])), 0 where l[i] == 0: the
- * value fa_store_ot_f32 stores, rounded once */
+ * value fa_store_ot_f32 stores (into tmp, nr x Dv floats), rounded once */
 static inline void fa_store_ot_bf16(const float *Ot, const float *l, int nr, int Dv, uint16_t *o,
-                                    ptrdiff_t os)
+                                    ptrdiff_t os, float *tmp)
 {
-    float row[8];
+    fa_store_ot_f32(Ot, l, nr, Dv, tmp, Dv);
+    for (int i = 0; i < nr; i++)
+        fa_bf16_round_row(tmp + (size_t)i * Dv, Dv, o + (ptrdiff_t)i * os);
+}
+
+/* ---- the rows layout reading bf16 K/V in place ---------------------------
+ * fa__ldu_bf16: FA__VWS bf16 values widened into one float vector. */
+#if defined(FA__ISA_AVX512)
+FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
+{
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+#elif defined(FA__ISA_AVX2)
+FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
+{
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+#elif defined(FA__ISA_SSE2)
+FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
+{
+    __m128i h = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
+}
+#else
+FA__AI fa__vs fa__ldu_bf16(const uint16_t *p)
+{
+    float t[FA__VWS];
+    for (int i = 0; i < FA__VWS; i++) t[i] = fa_bf16_widen1(p[i]);
+    return fa__ldu_s(t);
+}
+#endif
+
+/* fa__dotr_micro_f32 with bf16 K */
+FA__AI void fa__dotr_micro_bf16k(const float *Q, ptrdiff_t D, const uint16_t *K,
+                                 ptrdiff_t ks, float *s, ptrdiff_t lds,
+                                 const int RC, const int KB, ptrdiff_t pfo)
+{
+    fa__vs acc[4][8];
+    int r, b;
+    FA__UNROLL for (r = 0; r < RC; r++)
+        FA__UNROLL for (b = 0; b < KB; b++) acc[r][b] = fa__zero_s();
+    const ptrdiff_t Dvec = D - D % FA__VWS;
+    for (ptrdiff_t d = 0; d < Dvec; d += FA__VWS) {
+        fa__vs kv[8];
+        FA__UNROLL for (b = 0; b < KB; b++) kv[b] = fa__ldu_bf16(K + b * ks + d);
+        FA__UNROLL for (b = 0; b < KB; b++) FA__PREFETCH(K + b * ks + pfo + d);
+        FA__UNROLL for (r = 0; r < RC; r++) {
+            fa__vs qv = fa__ldu_s(Q + r * D + d);
+            FA__UNROLL for (b = 0; b < KB; b++) acc[r][b] = fa__fma_s(qv, kv[b], acc[r][b]);
+        }
+    }
+    FA__UNROLL for (r = 0; r < RC; r++)
+        FA__UNROLL for (b = 0; b < KB; b++) {
+            float t = fa__hsum_f32(acc[r][b]);
+            for (ptrdiff_t dd = Dvec; dd < D; dd++)
+                t += Q[r * D + dd] * fa_bf16_widen1(K[b * ks + dd]);
+            s[r * lds + b] = t;
+        }
+}
+
+FA__AI void fa__dotr_rows_bf16k(const float *Q, ptrdiff_t D, const uint16_t *K,
+                                ptrdiff_t ks, int j0, int j1, int nk, float *s,
+                                ptrdiff_t lds, const int RC, const int KB)
+{
+    int j = j0;
+#define FA__PFO(kb) (j + (kb) + FA__PF_KEYS <= nk ? FA__PF_KEYS * ks : 0)
+    for (; j + KB <= j1; j += KB)
+        fa__dotr_micro_bf16k(Q, D, K + j * ks, ks, s + j, lds, RC, KB, FA__PFO(KB));
+    if (KB > 4 && j + 4 <= j1) {
+        fa__dotr_micro_bf16k(Q, D, K + j * ks, ks, s + j, lds, RC, 4, FA__PFO(4));
+        j += 4;
+    }
+    if (KB > 2 && j + 2 <= j1) {
+        fa__dotr_micro_bf16k(Q, D, K + j * ks, ks, s + j, lds, RC, 2, FA__PFO(2));
+        j += 2;
+    }
+    for (; j < j1; j++)
+        fa__dotr_micro_bf16k(Q, D, K + j * ks, ks, s + j, lds, RC, 1, FA__PFO(1));
+#undef FA__PFO
+}
+
+static inline void fa_dot_rows_bf16k(const float *Q, int R, const uint16_t *K, ptrdiff_t ks,
+                                     int nk, int D, float *s, int lds)
+{
+    for (int j = 0; j < nk; j += FA__ROWS_JB) {
+        int j1 = nk - j < FA__ROWS_JB ? nk : j + FA__ROWS_JB;
+        int r = 0;
+        for (; r + 4 <= R; r += 4)
+            fa__dotr_rows_bf16k(Q + (ptrdiff_t)r * D, D, K, ks, j, j1, nk, s + (ptrdiff_t)r * lds, lds, 4, 2);
+        if (r + 2 <= R) {
+            fa__dotr_rows_bf16k(Q + (ptrdiff_t)r * D, D, K, ks, j, j1, nk, s + (ptrdiff_t)r * lds, lds, 2, 4);
+            r += 2;
+        }
+        if (r < R)
+            fa__dotr_rows_bf16k(Q + (ptrdiff_t)r * D, D, K, ks, j, j1, nk, s + (ptrdiff_t)r * lds, lds, 1, 8);
+    }
+}
+
+/* fa__axpy_micro_f32 with bf16 V */
+FA__AI void fa__axpy_micro_bf16v(const float *P, ptrdiff_t ldp, const uint16_t *V,
+                                 ptrdiff_t vs, int nk, float *O, ptrdiff_t Dv,
+                                 const int RC, const int CW, ptrdiff_t pfo)
+{
+    fa__vs acc[4][8];
+    int r, c;
+    FA__UNROLL for (r = 0; r < RC; r++)
+        FA__UNROLL for (c = 0; c < CW; c++) acc[r][c] = fa__ldu_s(O + r * Dv + c * FA__VWS);
+    for (ptrdiff_t j = 0; j < nk; j++) {
+        fa__vs vv[8];
+        FA__UNROLL for (c = 0; c < CW; c++) vv[c] = fa__ldu_bf16(V + j * vs + c * FA__VWS);
+        FA__UNROLL for (c = 0; c < CW; c += 32 / FA__VWS + (32 < FA__VWS))
+            FA__PREFETCH(V + j * vs + pfo + c * FA__VWS);
+        FA__UNROLL for (r = 0; r < RC; r++) {
+            fa__vs pv = fa__set1_s(P[r * ldp + j]);
+            FA__UNROLL for (c = 0; c < CW; c++) acc[r][c] = fa__fma_s(pv, vv[c], acc[r][c]);
+        }
+    }
+    FA__UNROLL for (r = 0; r < RC; r++)
+        FA__UNROLL for (c = 0; c < CW; c++) fa__stu_s(O + r * Dv + c * FA__VWS, acc[r][c]);
+}
+
+FA__AI void fa__axpy_rowsc_bf16v(const float *P, ptrdiff_t ldp, const uint16_t *V,
+                                 ptrdiff_t vs, int nk, float *O, ptrdiff_t Dv,
+                                 const int RC, const int CW, ptrdiff_t pfo)
+{
+    const ptrdiff_t dblk = Dv - Dv % (CW * FA__VWS), dvec = Dv - Dv % FA__VWS;
+    ptrdiff_t d;
+    for (d = 0; d < dblk; d += CW * FA__VWS)
+        fa__axpy_micro_bf16v(P, ldp, V + d, vs, nk, O + d, Dv, RC, CW, pfo);
+    for (d = dblk; d < dvec; d += FA__VWS)
+        fa__axpy_micro_bf16v(P, ldp, V + d, vs, nk, O + d, Dv, RC, 1, pfo);
+    for (d = dvec; d < Dv; d++)
+        FA__UNROLL for (int r = 0; r < RC; r++) {
+            float o = O[r * Dv + d];
+            for (ptrdiff_t j = 0; j < nk; j++) o += P[r * ldp + j] * fa_bf16_widen1(V[j * vs + d]);
+            O[r * Dv + d] = o;
+        }
+}
+
+static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint16_t *V,
+                                      ptrdiff_t vs, int nk, int Dv, float *O)
+{
+    for (int j = 0; j < nk; j += FA__ROWS_JB) {
+        int jb = nk - j < FA__ROWS_JB ? nk - j : FA__ROWS_JB;
+        const uint16_t *Vj = V + j * vs;
+        ptrdiff_t pfo = (j + jb + FA__ROWS_JB <= nk) ? FA__ROWS_JB * vs : 0;
+        int r = 0;
+        for (; r + 4 <= R; r += 4)
+            fa__axpy_rowsc_bf16v(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 4, 2, pfo);
+        if (r + 2 <= R) {
+            fa__axpy_rowsc_bf16v(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 2, 4, pfo);
+            r += 2;
+        }
+        if (r < R)
+            fa__axpy_rowsc_bf16v(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 1, 8, pfo);
+    }
+}
+
+/* ==========================================================================
+ * amx build: the lanes layout (prefill) on AMX tiles (tdpbf16ps).
+ *
+ * Per task (64 query rows, one kv head, its G query heads) and key block
+ * (64 keys):
+ *   St = K . Qp          S^T (keys x queries, the lanes layout) on tiles:
+ *                        A = 16 keys x 32 features of K (in place when D is
+ *                        a multiple of 32 and the block is whole, else a
+ *                        zero-padded copy Kp), B = Qp, the query block's
+ *                        feature pairs transposed (VNNI), packed once per
+ *                        task and head; fp32 accumulation.
+ *   St *= scale*log2(e)  then the fp32 lanes code of the widening path:
+ *                        bounds, masks, ALiBi (_bias_tile) and the online
+ *                        softmax (fa_softmax_f32: m, l in fp32 from fp32 P)
+ *   Pb = bf16(P^T)       P transposed to queries x keys and rounded to bf16
+ *                        (nearest even; keys past the block's end are 0)
+ *   O *= alpha; O += Pb . Vp
+ *                        O row-major (queries x Dvp) fp32; B = Vp, the key
+ *                        block's value rows interleaved in pairs (VNNI),
+ *                        packed once per key block for the whole GQA group.
+ * Tile registers: tmm0-3 the 2 x 2 accumulators, tmm4-5 A, tmm6-7 B; one
+ * configuration (every tile 16 rows x 64 bytes) loaded at the start of each
+ * task and released at its end, so every OpenMP thread configures its own.
+ * Padding (features to 32 for QK, values to 16, keys to 32 for PV) is
+ * zeros in both operands, so it adds exact zeros.  Every tile row is
+ * computed independently of the others: a query's bits depend only on its
+ * own row, the block's keys, and the fixed order of the chunks.
+ * ========================================================================== */
+#if !defined(FA_BF16_ATTN_FORCE_WIDEN) && defined(FA__ISA_AVX512) && defined(__AVX512BF16__) \
+    && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#  define FA_BF16_ATTN_AMX 1
+#else
+#  define FA_BF16_ATTN_AMX 0
+#endif
+
+#define FA_AMX_DP(D) (((D) + 31) / 32 * 32)     /* features padded for QK */
+#define FA_AMX_DVP(Dv) (((Dv) + 15) / 16 * 16)  /* values padded for PV */
+
+/* floats of per-thread scratch (beyond St and alpha) per head and shared */
+static inline size_t fa_amx_head_floats(int D, int Dv)
+{
+    return (size_t)FA_AMX_DP(D) / 2 * FA_BR + (size_t)FA_BR * FA_AMX_DVP(Dv) + 2 * FA_BR;
+}
+static inline size_t fa_amx_shared_floats(int D, int Dv)
+{
+    return (size_t)FA_BC * FA_AMX_DP(D) / 2 + (size_t)FA_BC / 2 * FA_AMX_DVP(Dv)
+           + (size_t)FA_BR * FA_BC / 2;
+}
+
+#if FA_BF16_ATTN_AMX
+#include <immintrin.h>
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} fa__attn_tilecfg;
+
+static inline void fa_amx_begin(void)
+{
+    fa__attn_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+static inline void fa_amx_end(void) { _tile_release(); }
+
+static inline void fa__tr16x16_ps(__m512 r[16]);
+
+/* Qp[p*FA_BR + i] = (q[i][2p], q[i][2p+1]) as a 32-bit pair; 0 past nr / D:
+ * 16 x 16 transposes of the rows read as 32-bit pairs */
+static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
+{
+    const int np = FA_AMX_DP(D) / 2;
+    for (int i0 = 0; i0 < FA_BR; i0 += 16)
+        for (int p0 = 0; p0 < np; p0 += 16) {
+            __m512 r[16];
+            int d0 = 2 * p0, n = D - d0 < 32 ? D - d0 : 32;
+            __mmask32 mk = (__mmask32)(n >= 32 ? 0xFFFFFFFFu : (n <= 0 ? 0u : ((1u << n) - 1u)));
+            for (int k = 0; k < 16; k++)
+                r[k] = (i0 + k < nr)
+                    ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, q + (ptrdiff_t)(i0 + k) * qs + d0))
+                    : _mm512_setzero_ps();
+            fa__tr16x16_ps(r);
+            for (int k = 0; k < 16; k++)
+                _mm512_storeu_ps((float *)(void *)(Qp + (size_t)(p0 + k) * FA_BR + i0), r[k]);
+        }
+}
+
+/* Kp[j*Dp + d] = K[j*ks + d], zeros past nk keys (up to FA_BC) and D */
+static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
+{
+    const int Dp = FA_AMX_DP(D);
+    for (int j = 0; j < FA_BC; j++) {
+        uint16_t *dst = Kp + (size_t)j * Dp;
+        for (int d0 = 0; d0 < Dp; d0 += 32) {
+            __m512i x = _mm512_setzero_si512();
+            if (j < nk && d0 < D) {
+                int n = D - d0 < 32 ? D - d0 : 32;
+                __mmask32 mk = (__mmask32)(n == 32 ? 0xFFFFFFFFu : ((1u << n) - 1u));
+                x = _mm512_maskz_loadu_epi16(mk, K + (ptrdiff_t)j * ks + d0);
+            }
+            _mm512_storeu_si512((void *)(dst + d0), x);
+        }
+    }
+}
+
+/* Vp[(jp*Dvp + d)*2 + t] = V[(2jp+t)*vs + d]; zeros past nk keys and Dv,
+ * for the jp < npairs pairs the product reads */
+static inline void fa_amx_pack_v(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, int npairs,
+                                 uint16_t *Vp)
+{
+    const int Dvp = FA_AMX_DVP(Dv);
+    for (int jp = 0; jp < npairs; jp++) {
+        const int j0 = 2 * jp, j1 = 2 * jp + 1;
+        uint32_t *dst = (uint32_t *)(void *)(Vp + (size_t)jp * Dvp * 2);
+        for (int d0 = 0; d0 < Dvp; d0 += 16) {
+            int n = Dv - d0 < 16 ? Dv - d0 : 16;
+            __mmask16 mk = (__mmask16)(n >= 16 ? 0xFFFFu : (n <= 0 ? 0u : ((1u << n) - 1u)));
+            __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+            if (j0 < nk) a = _mm256_maskz_loadu_epi16(mk, V + (ptrdiff_t)j0 * vs + d0);
+            if (j1 < nk) b = _mm256_maskz_loadu_epi16(mk, V + (ptrdiff_t)j1 * vs + d0);
+            __m512i w = _mm512_or_si512(_mm512_cvtepu16_epi32(a),
+                                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+            _mm512_storeu_si512((void *)(dst + d0), w);
+        }
+    }
+}
+
+/* St[j*FA_BR + i] = sum_d K[j][d] q[i][d] for the nkt key tiles of 16 (all
+ * 64 query lanes).  Kb: A rows (bf16) with row stride kstride elements. */
+static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
+                             const uint32_t *Qp, float *St)
+{
+    const int nc = FA_AMX_DP(D) / 32;
+    const size_t kbytes = (size_t)kstride * 2;
+    for (int kt = 0; kt < nkt; kt += 2) {
+        const int two = kt + 1 < nkt;
+        for (int qt = 0; qt < FA_BR / 16; qt += 2) {
+            _tile_zero(0);
+            _tile_zero(1);
+            if (two) {
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            for (int c = 0; c < nc; c++) {
+                const uint32_t *qp = Qp + (size_t)c * 16 * FA_BR + qt * 16;
+                _tile_loadd(4, Kb + (ptrdiff_t)kt * 16 * kstride + c * 32, kbytes);
+                _tile_loadd(6, qp, FA_BR * 4);
+                _tile_loadd(7, qp + 16, FA_BR * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                if (two) {
+                    _tile_loadd(5, Kb + (ptrdiff_t)(kt + 1) * 16 * kstride + c * 32, kbytes);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            float *s0 = St + (size_t)kt * 16 * FA_BR + qt * 16;
+            _tile_stored(0, s0, FA_BR * 4);
+            _tile_stored(1, s0 + 16, FA_BR * 4);
+            if (two) {
+                _tile_stored(2, s0 + 16 * FA_BR, FA_BR * 4);
+                _tile_stored(3, s0 + 16 * FA_BR + 16, FA_BR * 4);
+            }
+        }
+    }
+}
+
+/* St[j][:] *= scale, j < nk */
+static inline void fa_amx_scale(float *St, int nk, float scale)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int j = 0; j < nk; j++)
+        for (int i = 0; i < FA_BR; i += 16) {
+            float *p = St + (size_t)j * FA_BR + i;
+            _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), s));
+        }
+}
+
+static inline void fa__tr16x16_ps(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[k + 8] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[k + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[k + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
+/* Pb[i*FA_BC + j] = bf16(St[j*FA_BR + i]) for the nkc chunks of 32 keys the
+ * product reads (0 for j >= nk), queries in the query tiles below nqt */
+static inline void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
+{
+    for (int qt = 0; qt < nqt; qt++)
+        for (int kc = 0; kc < nkc; kc++) {
+            __m512 a[16], b[16];
+            for (int r = 0; r < 16; r++) {
+                int ja = kc * 32 + r, jb = ja + 16;
+                a[r] = ja < nk ? _mm512_loadu_ps(St + (size_t)ja * FA_BR + qt * 16)
+                               : _mm512_setzero_ps();
+                b[r] = jb < nk ? _mm512_loadu_ps(St + (size_t)jb * FA_BR + qt * 16)
+                               : _mm512_setzero_ps();
+            }
+            fa__tr16x16_ps(a);
+            fa__tr16x16_ps(b);
+            for (int r = 0; r < 16; r++) {
+                __m512bh h = _mm512_cvtne2ps_pbh(b[r], a[r]);   /* a low, b high */
+                _mm512_storeu_si512((void *)(Pb + (size_t)(qt * 16 + r) * FA_BC + kc * 32),
+                                    (__m512i)h);
+            }
+        }
+}
+
+/* O[i][:] *= alpha[i] (row-major, Dvp columns), rows i < nr */
+static inline void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
+{
+    const int Dvp = FA_AMX_DVP(Dv);
+    for (int i = 0; i < nr; i++) {
+        if (alpha[i] == 1.0f) continue;
+        __m512 a = _mm512_set1_ps(alpha[i]);
+        float *o = O + (size_t)i * Dvp;
+        for (int d = 0; d < Dvp; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), a));
+    }
+}
+
+/* O (queries x Dvp, fp32) += Pb . V over the nkc chunks of 32 keys, query
+ * tiles below nqt */
+static inline void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv,
+                             float *O)
+{
+    const int Dvp = FA_AMX_DVP(Dv), ndt = Dvp / 16;
+    const size_t ob = (size_t)Dvp * 4, vb = (size_t)Dvp * 4;
+    for (int qt = 0; qt < nqt; qt += 2) {
+        const int twoq = qt + 1 < nqt;
+        for (int dt = 0; dt < ndt; dt += 2) {
+            const int twod = dt + 1 < ndt;
+            float *o0 = O + (size_t)qt * 16 * Dvp + dt * 16;
+            _tile_loadd(0, o0, ob);
+            if (twod) _tile_loadd(1, o0 + 16, ob);
+            if (twoq) {
+                _tile_loadd(2, o0 + 16 * Dvp, ob);
+                if (twod) _tile_loadd(3, o0 + 16 * Dvp + 16, ob);
+            }
+            for (int c = 0; c < nkc; c++) {
+                const uint16_t *vp = Vp + (size_t)c * 16 * Dvp * 2 + dt * 32;
+                const uint16_t *pa = Pb + (size_t)qt * 16 * FA_BC + c * 32;
+                _tile_loadd(4, pa, FA_BC * 2);
+                _tile_loadd(6, vp, vb);
+                _tile_dpbf16ps(0, 4, 6);
+                if (twod) {
+                    _tile_loadd(7, vp + 32, vb);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
+                if (twoq) {
+                    _tile_loadd(5, pa + 16 * FA_BC, FA_BC * 2);
+                    _tile_dpbf16ps(2, 5, 6);
+                    if (twod) _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            _tile_stored(0, o0, ob);
+            if (twod) _tile_stored(1, o0 + 16, ob);
+            if (twoq) {
+                _tile_stored(2, o0 + 16 * Dvp, ob);
+                if (twod) _tile_stored(3, o0 + 16 * Dvp + 16, ob);
+            }
+        }
+    }
+}
+
+#else  /* not the amx build: never called (the kernels test FA_BF16_ATTN_AMX) */
+static inline void fa_amx_begin(void) {}
+static inline void fa_amx_end(void) {}
+static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
+{ (void)q; (void)qs; (void)nr; (void)D; (void)Qp; }
+static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
+{ (void)K; (void)ks; (void)nk; (void)D; (void)Kp; }
+static inline void fa_amx_pack_v(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, int npairs,
+                                 uint16_t *Vp)
+{ (void)V; (void)vs; (void)nk; (void)Dv; (void)npairs; (void)Vp; }
+static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
+                             const uint32_t *Qp, float *St)
+{ (void)Kb; (void)kstride; (void)nkt; (void)D; (void)Qp; (void)St; }
+static inline void fa_amx_scale(float *St, int nk, float scale) { (void)St; (void)nk; (void)scale; }
+static inline void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
+{ (void)St; (void)nk; (void)nkc; (void)nqt; (void)Pb; }
+static inline void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
+{ (void)O; (void)nr; (void)Dv; (void)alpha; }
+static inline void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv,
+                             float *O)
+{ (void)Pb; (void)nkc; (void)nqt; (void)Vp; (void)Dv; (void)O; }
+#endif /* FA_BF16_ATTN_AMX */
+
+/* out[i*os + d] = O[i*Dvp + d] / l[i] (0 where l[i] == 0), i < nr, d < Dv:
+ * float32 (o16 == 0) or rounded once to bf16 (O rows scaled in place) */
+static inline void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
+                                  ptrdiff_t os, int o16)
+{
+    const int Dvp = FA_AMX_DVP(Dv);
     for (int i = 0; i < nr; i++) {
         float inv = (l[i] == 0) ? 0.0f : 1.0f / l[i];
-        uint16_t *orow = o + (ptrdiff_t)i * os;
-        for (int d0 = 0; d0 < Dv; d0 += 8) {
-            int n = Dv - d0 < 8 ? Dv - d0 : 8;
-            for (int k = 0; k < n; k++)
-                row[k] = (inv == 0) ? 0.0f : Ot[(size_t)(d0 + k) * FA_BR + i] * inv;
-            fa_bf16_round_row(row, n, orow + d0);
-        }
+        float *o = O + (size_t)i * Dvp;
+        for (int d = 0; d < Dv; d++) o[d] = inv == 0 ? 0.0f : o[d] * inv;
+        if (o16)
+            fa_bf16_round_row(o, Dv, (uint16_t *)out + (ptrdiff_t)i * os);
+        else
+            memcpy((float *)out + (ptrdiff_t)i * os, o, (size_t)Dv * sizeof(float));
     }
 }
 
