@@ -28,6 +28,12 @@ its dynamic cache, and with ``cache_implementation="static"`` as well when
 ``--torch-cache`` lists it (the faster one is compared).  Implementations
 alternate within each repeat; medians are reported.
 
+``--dtypes float32,bfloat16`` (the default) adds fastattn's
+``dtype="bfloat16"`` (bf16 weights and KV cache, float32 residual stream)
+beside float32, and ``transformers`` with the model converted to
+``torch.bfloat16``: decode tokens/s of each, fastattn bf16 / fp32, and
+whether the bf16 greedy tokens equal fastattn fp32's (first 16 tokens).
+
 Usage::
 
     python benchmarks/bench_generate.py              # full grid
@@ -141,7 +147,21 @@ def check_same_tokens(fa, hf, vocab, n=8):
 
 def kv_bytes(fa, batch, context):
     return 2 * fa.num_layers * batch * fa.num_kv_heads * context * fa.head_dim * \
-        np.dtype(fa.dtype).itemsize
+        np.dtype(getattr(fa, "_cache_dtype", fa.dtype)).itemsize
+
+
+def greedy_agreement(fa32, fa16, vocab, n=16, prompts=4):
+    """Per prompt: the first new token where bf16 greedy decoding differs
+    from fp32 (None: all ``n`` identical)."""
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(prompts):
+        ids = rng.integers(0, vocab, (1, 12))
+        a = fa32.generate(ids, n, eos_token_id=[])[0, 12:]
+        b = fa16.generate(ids, n, eos_token_id=[])[0, 12:]
+        d = np.flatnonzero(a != b)
+        out.append(None if d.size == 0 else int(d[0]))
+    return out
 
 
 def main(argv=None):
@@ -158,6 +178,8 @@ def main(argv=None):
                    help="transformers cache implementations to time (the faster is compared)")
     p.add_argument("--quick", action="store_true",
                    help="contexts 128,512, prefill 256, 12 new tokens, 1 repeat, dynamic cache")
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="fastattn / transformers dtypes to time (float32, bfloat16)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
@@ -167,6 +189,9 @@ def main(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     caches = [c for c in args.torch_cache.split(",") if c]
     names = [m for m in args.models.split(",") if m]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if "float32" not in dtypes:
+        dtypes.insert(0, "float32")
 
     import torch  # noqa: F401  (loaded before the thread limits)
     import fastattn
@@ -179,7 +204,7 @@ def main(argv=None):
         print(warn, file=sys.stderr)
 
     bw = gemv_bandwidth()
-    print(f"# bench_generate: {n_threads} threads, float32, greedy; NumPy gemv read "
+    print(f"# bench_generate: {n_threads} threads, {'/'.join(dtypes)}, greedy; NumPy gemv read "
           f"bandwidth {bw / 1e9:.1f} GB/s")
     results = {"threads": n_threads, "limits": limits, "gemv_bytes_per_s": bw,
                "machine": machine_info(with_fastattn_info=False), "models": {}}
@@ -197,34 +222,67 @@ def main(argv=None):
             print(f"\n## {name}: {fa.num_parameters() / 1e6:.0f}M parameters, "
                   f"{wbytes / 1e6:.0f} MB of weights per step; greedy tokens identical "
                   f"to transformers: {same}")
+            fas = {"float32": fa}
+            hfs = {"float32": hf}
+            if "bfloat16" in dtypes:
+                import copy
+                import torch
+                try:
+                    fas["bfloat16"] = AutoModelForCausalLM.from_pretrained(folder,
+                                                                           dtype="bfloat16")
+                except ImportError as exc:
+                    print(f"fastattn bf16: n/a ({exc})")
+                else:
+                    agree = greedy_agreement(fa, fas["bfloat16"], V)
+                    rec["bf16_weight_bytes_per_step"] = fas["bfloat16"].weight_bytes_per_token()
+                    rec["bf16_greedy_first_divergence"] = agree
+                    print(f"fastattn bf16: {rec['bf16_weight_bytes_per_step'] / 1e6:.0f} MB of "
+                          f"weights per step; greedy tokens vs fp32 (16 new, 4 prompts): "
+                          + ", ".join("identical" if a is None else f"diverge at {a}"
+                                      for a in agree))
+                hfs["bfloat16"] = copy.deepcopy(hf).to(torch.bfloat16)
             rng = np.random.default_rng(2)
             # prefill
             ids = rng.integers(0, V, (1, args.prefill))
-            fa_t, hf_t = [], {c: [] for c in caches}
+            fa_t, hf_t = {d: [] for d in fas}, {c: [] for c in caches}
             for _ in range(args.repeat):
-                fa_t.append(time_fastattn(fa, ids, 1)[0])
+                for d, m in fas.items():
+                    fa_t[d].append(time_fastattn(m, ids, 1)[0])
                 for c in caches:
                     hf_t[c].append(time_torch(hf, ids, 1, c)[0])
-            fa_pre = args.prefill / statistics.median(fa_t)
+            fa_pre = {d: args.prefill / statistics.median(v) for d, v in fa_t.items()}
             hf_pre = {c: args.prefill / statistics.median(v) for c, v in hf_t.items()}
             best = max(hf_pre, key=hf_pre.get)
-            rec["prefill"] = {"tokens": args.prefill, "fastattn_tok_s": fa_pre,
+            rec["prefill"] = {"tokens": args.prefill, "fastattn_tok_s": fa_pre["float32"],
+                              "fastattn_tok_s_by_dtype": fa_pre,
                               "transformers_tok_s": hf_pre}
-            print(f"prefill {args.prefill} tokens: fastattn {fa_pre:.0f} tok/s, transformers "
-                  f"({best}) {hf_pre[best]:.0f} tok/s, x{fa_pre / hf_pre[best]:.2f}")
+            print(f"prefill {args.prefill} tokens: fastattn {fa_pre['float32']:.0f} tok/s"
+                  + (f" (bf16 {fa_pre['bfloat16']:.0f})" if "bfloat16" in fa_pre else "")
+                  + f", transformers ({best}) {hf_pre[best]:.0f} tok/s, "
+                  f"x{fa_pre['float32'] / hf_pre[best]:.2f}")
+            bf = "bfloat16" in fas
             print("\n| batch | context | fastattn tok/s | transformers tok/s | speed-up | "
-                  "fastattn GB/s | % of gemv bandwidth |")
-            print("|---:|---:|---:|---:|---:|---:|---:|")
+                  "fastattn GB/s | % of gemv bandwidth |"
+                  + (" fastattn bf16 tok/s | bf16 / fp32 | transformers bf16 tok/s | "
+                     "fastattn bf16 GB/s |" if bf else ""))
+            print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if bf else ""))
             for B in batches:
                 for C in contexts:
                     ids = rng.integers(0, V, (B, C))
                     steps = args.new_tokens - 1
-                    fa_t, hf_t = [], {c: [] for c in caches}
+                    fa_t = {d: [] for d in fas}
+                    hf_t = {c: [] for c in caches}
+                    hfb_t = []
                     for _ in range(args.repeat):
-                        fa_t.append(time_fastattn(fa, ids, args.new_tokens)[1])
+                        for d, m in fas.items():
+                            fa_t[d].append(time_fastattn(m, ids, args.new_tokens)[1])
                         for c in caches:
                             hf_t[c].append(time_torch(hf, ids, args.new_tokens, c)[1])
-                    fa_s = steps / statistics.median(fa_t)            # steps/s
+                        if "bfloat16" in hfs:
+                            hfb_t.append(time_torch(hfs["bfloat16"], ids, args.new_tokens,
+                                                    "dynamic")[1])
+                    fa_sd = {d: steps / statistics.median(v) for d, v in fa_t.items()}
+                    fa_s = fa_sd["float32"]                             # steps/s
                     hf_s = {c: steps / statistics.median(v) for c, v in hf_t.items()}
                     best = max(hf_s, key=hf_s.get)
                     ctx_mid = C + args.new_tokens // 2
@@ -235,12 +293,25 @@ def main(argv=None):
                            "transformers_tok_s": {c: B * v for c, v in hf_s.items()},
                            "bytes_per_step": step_bytes, "fastattn_bytes_per_s": gbs,
                            "fraction_of_gemv_bandwidth": gbs / bw,
-                           "fastattn_step_s": fa_t, "transformers_step_s": hf_t}
+                           "fastattn_step_s": fa_t["float32"], "transformers_step_s": hf_t}
+                    line = (f"| {B} | {C} | {B * fa_s:.1f} | {B * hf_s[best]:.1f} ({best}) | "
+                            f"x{fa_s / hf_s[best]:.2f} | {gbs / 1e9:.1f} | {100 * gbs / bw:.0f}% |")
+                    if bf:
+                        fb = fas["bfloat16"]
+                        sb = fa_sd["bfloat16"]
+                        bbytes = fb.weight_bytes_per_token() + kv_bytes(fb, B, ctx_mid)
+                        hb = steps / statistics.median(hfb_t) if hfb_t else float("nan")
+                        row.update({"fastattn_bf16_tok_s": B * sb, "bf16_over_fp32": sb / fa_s,
+                                    "transformers_bf16_tok_s": B * hb,
+                                    "bf16_bytes_per_step": bbytes,
+                                    "fastattn_bf16_step_s": fa_t["bfloat16"],
+                                    "transformers_bf16_step_s": hfb_t})
+                        line += (f" {B * sb:.1f} | x{sb / fa_s:.2f} | {B * hb:.1f} | "
+                                 f"{sb * bbytes / 1e9:.1f} |")
                     rec["decode"].append(row)
-                    print(f"| {B} | {C} | {B * fa_s:.1f} | {B * hf_s[best]:.1f} ({best}) | "
-                          f"x{fa_s / hf_s[best]:.2f} | {gbs / 1e9:.1f} | {100 * gbs / bw:.0f}% |")
+                    print(line)
             results["models"][name] = rec
-            del fa
+            del fa, fas, hfs
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")

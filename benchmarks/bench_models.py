@@ -16,6 +16,14 @@ sentence-transformers folder (default: the packaged all-MiniLM-L6-v2):
   SkipLayerNormalization, BiasGelu)
 - ``ort_int8``   the fused graph through ``onnxruntime.quantization.quantize_dynamic``
   (int8 weights), reported with its minimum cosine similarity to ``ort``
+- ``fastattn_bf16``  ``SentenceEncoder(folder, dtype="bfloat16")``: bf16 weights
+  and GEMM inputs, float32 residual stream (needs ml_dtypes)
+- ``st_bf16``    sentence-transformers under ``torch.autocast("cpu", torch.bfloat16)``
+
+A second table compares the bfloat16 rows: fastattn bf16 against fastattn
+fp32, sentence-transformers fp32 and bf16 autocast, ORT fp32 and ORT int8,
+with each one's minimum cosine similarity to the fp32 embeddings
+(sentence-transformers fp32; ORT int8 also against ORT fp32).
 
 ORT batches like sentence-transformers (sorted by length, ``--batch-size``
 sentences padded to the longest), then mean pooling and normalisation in NumPy.
@@ -60,10 +68,13 @@ except ImportError:  # pragma: no cover
                                     set_env_threads, write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-IMPLS = ("fastattn", "st", "ort", "ort_int8")
+IMPLS = ("fastattn", "st", "ort", "ort_int8", "fastattn_bf16", "st_bf16")
 PEERS = ("st", "ort", "ort_int8")
+#: what fastattn bf16 is compared with, in the bfloat16 table
+BF16_PEERS = ("fastattn", "st", "st_bf16", "ort", "ort_int8")
 LABEL = {"fastattn": "fastattn", "st": "sentence-transformers", "ort": "ORT fp32 (fused)",
-         "ort_int8": "ORT int8 (dynamic)"}
+         "ort_int8": "ORT int8 (dynamic)", "fastattn_bf16": "fastattn bf16",
+         "st_bf16": "sentence-transformers bf16 autocast"}
 
 
 # ----------------------------------------------------------------------------
@@ -195,11 +206,20 @@ def build_impls(folder, impls, threads, batch_size, workdir):
     fa = SentenceEncoder(folder, num_threads=threads)
     fns["fastattn"] = lambda s: fa.encode(s, batch_size=batch_size, show_progress_bar=False)
     extra["fastattn_encoder"] = fa
-    if "st" in impls:
+    if "fastattn_bf16" in impls:
+        try:
+            fab = SentenceEncoder(folder, dtype="bfloat16", num_threads=threads)
+        except ImportError as exc:
+            notes["fastattn_bf16"] = str(exc)
+        else:
+            fns["fastattn_bf16"] = lambda s: fab.encode(s, batch_size=batch_size,
+                                                        show_progress_bar=False)
+            extra["fastattn_bf16_encoder"] = fab
+    if "st" in impls or "st_bf16" in impls:
         st, why = optional_import("sentence_transformers")
         torch, twhy = optional_import("torch")
         if st is None or torch is None:
-            notes["st"] = why or twhy
+            notes["st"] = notes["st_bf16"] = why or twhy
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -209,7 +229,16 @@ def build_impls(folder, impls, threads, batch_size, workdir):
                 with torch.inference_mode():
                     return model.encode(s, batch_size=batch_size, convert_to_numpy=True,
                                         show_progress_bar=False)
-            fns["st"] = run_st
+
+            def run_st_bf16(s, model=model, torch=torch):
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    e = model.encode(s, batch_size=batch_size, convert_to_numpy=False,
+                                     convert_to_tensor=True, show_progress_bar=False)
+                return e.float().numpy()
+            if "st" in impls:
+                fns["st"] = run_st
+            if "st_bf16" in impls:
+                fns["st_bf16"] = run_st_bf16
     if "ort" in impls or "ort_int8" in impls:
         ort, why = optional_import("onnxruntime")
         if ort is None:
@@ -263,7 +292,8 @@ def instrumented():
 
     acc = {"gemm": 0.0, "attention": 0.0, "norms": 0.0}
     saved = []
-    for name, key in (("dense", "gemm"), ("attention", "attention"), ("add_norm", "norms")):
+    for name, key in (("dense", "gemm"), ("attention", "attention"), ("add_norm", "norms"),
+                      ("dense_bf16", "gemm"), ("attention_bf16", "attention")):
         fn = getattr(ops, name)
 
         def timed(*a, _fn=fn, _key=key, **k):
@@ -352,6 +382,33 @@ def markdown(results, threads, ceiling_rate, notes, extra):
         row.append(f"{d.get('fastattn', float('nan')):.1e} / {d.get('ort', float('nan')):.1e}")
         row.append(f"{r['int8_min_cos']:.4f}" if r.get("int8_min_cos") is not None else "n/a")
         lines.append("| " + " | ".join(row) + " |")
+    if any(r["times"].get("fastattn_bf16") for r in results):
+        lines += ["", "bfloat16 (fastattn bf16: bf16 weights and GEMM inputs, float32 residual "
+                  "stream, norms and softmax statistics); speed-up = peer time / fastattn bf16 "
+                  "time; min cosine = the smallest cosine similarity of a sentence's embedding "
+                  "to its fp32 embedding (sentence-transformers fp32; ORT int8 also against "
+                  "ORT fp32):", ""]
+        hdr = ["case", "fastattn bf16 ms", "fastattn bf16 tokens/s"] + \
+            [f"vs {LABEL[p]}" for p in BF16_PEERS] + \
+            ["min cos fastattn bf16", "min cos ST bf16 autocast", "min cos ORT int8",
+             "min cos ORT int8 vs ORT fp32", "bf16 GEMM share"]
+        lines.append("| " + " | ".join(hdr) + " |")
+        lines.append("|---|" + "---:|" * (len(hdr) - 1))
+        for r in results:
+            med = {k: statistics.median(v) for k, v in r["times"].items() if v}
+            fb = med.get("fastattn_bf16")
+            if fb is None:
+                continue
+            c = r.get("min_cos", {})
+            row = [r["case"], f"{fb * 1e3:.1f}", f"{r['tokens'] / fb:,.0f}"]
+            row += [f"{med[p] / fb:.2f}×" if p in med else "n/a" for p in BF16_PEERS]
+            row += [f"{c[k]:.5f}" if c.get(k) is not None else "n/a"
+                    for k in ("fastattn_bf16", "st_bf16", "ort_int8")]
+            row.append(f"{r['int8_min_cos']:.5f}" if r.get("int8_min_cos") is not None
+                       else "n/a")
+            sb = r.get("split_bf16")
+            row.append(f"{100 * sb['gemm'] / sb['total']:.0f}%" if sb else "n/a")
+            lines.append("| " + " | ".join(row) + " |")
     lines += ["", "*fp32 ceiling*: the case's real tokens × FLOPs per token (dense layers, plus "
               "attention's 4·L·hidden per layer-token) ÷ the sgemm rate above: the time of the "
               "model's arithmetic at BLAS speed, with no padding, tokenisation or pooling.", "",
@@ -461,16 +518,23 @@ def main(argv=None):
             ref = embs.get("st")
             diff = {n: float(np.abs(e - ref).max()) for n, e in embs.items()
                     if ref is not None and n != "st"}
+            diff.pop("fastattn_bf16", None)     # bf16: judged by its cosine instead
+            diff.pop("st_bf16", None)
             if diff.get("fastattn", 0) > 1e-5:
                 print(f"WARNING: {case}: fastattn differs from sentence-transformers by "
                       f"{diff['fastattn']:.1e} (> 1e-5)", file=sys.stderr)
             int8_cos = _cos_min(embs["ort_int8"], embs["ort"]) \
                 if "ort_int8" in embs and "ort" in embs else None
+            fp32_ref = embs.get("st", embs["fastattn"])
+            min_cos = {n: _cos_min(e, fp32_ref) for n, e in embs.items()
+                       if n in ("fastattn_bf16", "st_bf16", "ort_int8")}
             big = len(sentences) > 64
             times = interleaved(fns, sentences, args.rounds, 1 if big else args.block,
                                 args.settle)
             split = time_split(fns["fastattn"], sentences, repeat=1 if big else 3,
                                settle=args.settle)
+            split_bf16 = time_split(fns["fastattn_bf16"], sentences, repeat=1 if big else 3,
+                                    settle=args.settle) if "fastattn_bf16" in fns else None
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"[{case}] " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in med.items())
                   + f"  (max |fastattn - st| {diff.get('fastattn', float('nan')):.1e})",
@@ -478,7 +542,8 @@ def main(argv=None):
             results.append({"case": case, "n": len(sentences), "tokens": int(lengths.sum()),
                             "max_len": int(lengths.max()), "flops": flops(cfg, lengths),
                             "times": times, "split": split, "diff": diff,
-                            "int8_min_cos": int8_cos})
+                            "int8_min_cos": int8_cos, "min_cos": min_cos,
+                            "split_bf16": split_bf16})
         rate1 = sgemm_rate(threads)
         rate = max(rate0, rate1)
         for r in results:

@@ -30,9 +30,19 @@ Kernels
   tanh GELU and SiLU.
 * ``swiglu``: ``out = silu(g + bg) * (u + bu)`` where ``g`` and ``u`` are the
   two halves of each row of ``h`` (one fused gate/up projection).
+
+bfloat16 copies (float32 only): each kernel can also write its result rounded
+to bfloat16 (round to nearest even, NaN kept as a quiet NaN of the same sign,
+the rounding of ``ml_dtypes``' ``astype``) into a second output, in the same
+pass: ``add_norm``'s ``nb`` (the normalised sum, e.g. the next GEMM's input,
+while ``s`` / ``n`` stay the float32 residual stream), ``bias_act``'s and
+``swiglu``'s ``outb``.  ``n`` / ``out`` of ``add_norm`` / ``swiglu`` may then
+be omitted (only the bfloat16 copy is stored).  A bfloat16 array is passed as
+any 2-byte array (``ml_dtypes.bfloat16`` or its ``uint16`` view).
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt, erf, tanh, exp
+from libc.stdint cimport uint16_t
 
 import numpy as np
 cimport numpy as cnp
@@ -131,10 +141,43 @@ cdef extern from *:
             }
         }
     }
+    /* float32 -> bfloat16, round to nearest even; a NaN becomes the quiet
+       NaN 0x7fc0 with its sign (what ml_dtypes' astype gives); branch-free
+       so that the store loops vectorise */
+    static inline uint16_t fa_bf16_rne(float f) {
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        uint32_t q = ((u >> 16) & 0x8000u) | 0x7fc0u;
+        return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? q : r);
+    }
+    static void fa_store_bf16(const float *x, uint16_t *o, Py_ssize_t n) {
+        for (Py_ssize_t j = 0; j < n; j++)
+            o[j] = fa_bf16_rne(x[j]);
+    }
+    static void fa_swiglu_f32_bf16(const float *g, const float *u, const float *bg,
+                                   const float *bu, uint16_t *o, Py_ssize_t n) {
+        /* the same float32 values as fa_swiglu_f32, stored as bfloat16 */
+        if (bg) {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float x = g[j] + bg[j];
+                o[j] = fa_bf16_rne(x / (1.0f + fa_expf(-x)) * (u[j] + bu[j]));
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float x = g[j];
+                o[j] = fa_bf16_rne(x / (1.0f + fa_expf(-x)) * u[j]);
+            }
+        }
+    }
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
     """
+    uint16_t fa_bf16_rne(float f) nogil
+    void fa_store_bf16(const float *x, uint16_t *o, Py_ssize_t n) nogil
+    void fa_swiglu_f32_bf16(const float *g, const float *u, const float *bg,
+                            const float *bu, uint16_t *o, Py_ssize_t n) nogil
     float fa_expf(float x) nogil
     void fa_silu_f32(float *o, Py_ssize_t n) nogil
     void fa_gelu_tanh_f32(float *o, Py_ssize_t n) nogil
@@ -225,9 +268,12 @@ cdef inline double _sumsq(const floating *t, double c, Py_ssize_t C) noexcept no
 cdef inline void _add_norm_row(const floating *a, const floating *ab,
                                const floating *r, int mode,
                                const floating *w, const floating *b, double eps,
-                               floating *s, floating *n, Py_ssize_t C) noexcept nogil:
+                               floating *s, floating *n, uint16_t *nb,
+                               Py_ssize_t C) noexcept nogil:
     # IN  a (C), ab (C, optional), r (C, optional), w, b (C, optional)
-    # OUT s (C, optional): a + ab + r;  n (C, optional): norm(s)
+    # OUT s (C, optional): a + ab + r;  n (C, optional): norm(s);
+    #     nb (C, optional, float32 only): norm(s) rounded to bfloat16
+    #     (n and nb may not both be NULL when mode != NORM_NONE)
     cdef floating *t = s if s != NULL else n
     cdef const floating *src
     cdef Py_ssize_t j
@@ -256,34 +302,54 @@ cdef inline void _add_norm_row(const floating *a, const floating *ab,
         var = _sumsq(src, 0.0, C) / C
     fm = <floating>mean
     fi = <floating>(1.0 / sqrt(var + eps))
-    if w != NULL and b != NULL:
-        for j in range(C):
-            n[j] = (src[j] - fm) * fi * w[j] + b[j]
-    elif w != NULL:
-        for j in range(C):
-            n[j] = (src[j] - fm) * fi * w[j]
-    elif b != NULL:
-        for j in range(C):
-            n[j] = (src[j] - fm) * fi + b[j]
-    else:
-        for j in range(C):
-            n[j] = (src[j] - fm) * fi
+    if n != NULL:
+        if w != NULL and b != NULL:
+            for j in range(C):
+                n[j] = (src[j] - fm) * fi * w[j] + b[j]
+        elif w != NULL:
+            for j in range(C):
+                n[j] = (src[j] - fm) * fi * w[j]
+        elif b != NULL:
+            for j in range(C):
+                n[j] = (src[j] - fm) * fi + b[j]
+        else:
+            for j in range(C):
+                n[j] = (src[j] - fm) * fi
+        if floating is float:
+            if nb != NULL:      # the row is still in L1
+                fa_store_bf16(n, nb, C)
+    elif floating is float:
+        # only the bfloat16 copy: the same float32 expressions, rounded
+        if w != NULL and b != NULL:
+            for j in range(C):
+                nb[j] = fa_bf16_rne((src[j] - fm) * fi * w[j] + b[j])
+        elif w != NULL:
+            for j in range(C):
+                nb[j] = fa_bf16_rne((src[j] - fm) * fi * w[j])
+        elif b != NULL:
+            for j in range(C):
+                nb[j] = fa_bf16_rne((src[j] - fm) * fi + b[j])
+        else:
+            for j in range(C):
+                nb[j] = fa_bf16_rne((src[j] - fm) * fi)
 
 
 cdef void _add_norm(const floating *a, Py_ssize_t lda, const floating *ab,
                     const floating *r, Py_ssize_t ldr, int mode,
                     const floating *w, const floating *b, double eps,
                     floating *s, Py_ssize_t lds, floating *n, Py_ssize_t ldn,
+                    uint16_t *nb, Py_ssize_t ldnb,
                     Py_ssize_t N, Py_ssize_t C, int nthreads) noexcept nogil:
     cdef Py_ssize_t i
     for i in prange(N, num_threads=nthreads, schedule="static"):
         _add_norm_row(a + i * lda, ab, (r + i * ldr) if r != NULL else NULL,
                       mode, w, b, eps,
                       (s + i * lds) if s != NULL else NULL,
-                      (n + i * ldn) if n != NULL else NULL, C)
+                      (n + i * ldn) if n != NULL else NULL,
+                      (nb + i * ldnb) if nb != NULL else NULL, C)
 
 
-def add_norm(a, a_bias, r, int mode, w, b, double eps, s, n, int nthreads):
+def add_norm(a, a_bias, r, int mode, w, b, double eps, s, n, int nthreads, nb=None):
     """``s = a + a_bias + r`` and ``n = norm(s)`` row by row, in one pass.
 
     Parameters
@@ -304,9 +370,14 @@ def add_norm(a, a_bias, r, int mode, w, b, double eps, s, n, int nthreads):
     n : ndarray, shape (N, C), or None
         OUT: the normalised sum; may be ``a`` or ``r`` itself.
     nthreads : int
+    nb : ndarray, shape (N, C), 2-byte elements, or None
+        OUT (float32 only): the normalised sum rounded to bfloat16.  When it
+        is given, ``n`` may be None (only the bfloat16 copy is stored), unless
+        ``s`` is None too and there is something to add (the sum needs a
+        float32 row to live in).
 
-    Every array must have the same dtype (float32 or float64); this is not
-    checked here.
+    Every array except ``nb`` must have the same dtype (float32 or float64);
+    this is not checked here.
     """
     cdef cnp.ndarray A = <cnp.ndarray>a
     cdef Py_ssize_t N = cnp.PyArray_DIM(A, 0), C = cnp.PyArray_DIM(A, 1)
@@ -319,17 +390,18 @@ def add_norm(a, a_bias, r, int mode, w, b, double eps, s, n, int nthreads):
     cdef char *pb = _ptr(b)
     cdef char *ps = _ptr(s)
     cdef char *pn = _ptr(n)
-    cdef Py_ssize_t lda = _ld(a), ldr = _ld(r), lds = _ld(s), ldn = _ld(n)
+    cdef char *pnb = _ptr(nb)
+    cdef Py_ssize_t lda = _ld(a), ldr = _ld(r), lds = _ld(s), ldn = _ld(n), ldnb = _ld(nb)
     if A.dtype == np.float32:
         with nogil:
             _add_norm(<float *>pa, lda, <float *>pab, <float *>pr, ldr, mode,
                       <float *>pw, <float *>pb, eps, <float *>ps, lds,
-                      <float *>pn, ldn, N, C, nthreads)
+                      <float *>pn, ldn, <uint16_t *>pnb, ldnb, N, C, nthreads)
     else:
         with nogil:
             _add_norm(<double *>pa, lda, <double *>pab, <double *>pr, ldr, mode,
                       <double *>pw, <double *>pb, eps, <double *>ps, lds,
-                      <double *>pn, ldn, N, C, nthreads)
+                      <double *>pn, ldn, NULL, 0, N, C, nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +421,7 @@ cdef inline double _silu_d(double x) noexcept nogil:
 
 
 cdef inline void _bias_act_row(const floating *h, const floating *bias, int act,
-                               floating *o, Py_ssize_t C) noexcept nogil:
+                               floating *o, uint16_t *ob, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating x, zero = 0
     if bias != NULL:
@@ -380,17 +452,22 @@ cdef inline void _bias_act_row(const floating *h, const floating *bias, int act,
         else:
             for j in range(C):
                 o[j] = _silu_d(o[j])
+    if floating is float:
+        if ob != NULL:          # the row is still in L1
+            fa_store_bf16(o, ob, C)
 
 
 cdef void _bias_act(const floating *h, Py_ssize_t ldh, const floating *bias,
-                    int act, floating *o, Py_ssize_t ldo, Py_ssize_t N,
+                    int act, floating *o, Py_ssize_t ldo, uint16_t *ob,
+                    Py_ssize_t ldob, Py_ssize_t N,
                     Py_ssize_t C, int nthreads) noexcept nogil:
     cdef Py_ssize_t i
     for i in prange(N, num_threads=nthreads, schedule="static"):
-        _bias_act_row(h + i * ldh, bias, act, o + i * ldo, C)
+        _bias_act_row(h + i * ldh, bias, act, o + i * ldo,
+                      (ob + i * ldob) if ob != NULL else NULL, C)
 
 
-def bias_act(h, bias, int act, out, int nthreads):
+def bias_act(h, bias, int act, out, int nthreads, outb=None):
     """``out = act(h + bias)`` row by row.
 
     Parameters
@@ -402,6 +479,8 @@ def bias_act(h, bias, int act, out, int nthreads):
     out : ndarray, shape (N, C)
         OUT; may be ``h`` itself.
     nthreads : int
+    outb : ndarray, shape (N, C), 2-byte elements, or None
+        OUT (float32 only): ``out`` rounded to bfloat16, in the same pass.
     """
     cdef cnp.ndarray H = <cnp.ndarray>h
     cdef Py_ssize_t N = cnp.PyArray_DIM(H, 0), C = cnp.PyArray_DIM(H, 1)
@@ -410,15 +489,16 @@ def bias_act(h, bias, int act, out, int nthreads):
     cdef char *ph = _ptr(h)
     cdef char *pbias = _ptr(bias)
     cdef char *po = _ptr(out)
-    cdef Py_ssize_t ldh = _ld(h), ldo = _ld(out)
+    cdef char *pob = _ptr(outb)
+    cdef Py_ssize_t ldh = _ld(h), ldo = _ld(out), ldob = _ld(outb)
     if H.dtype == np.float32:
         with nogil:
             _bias_act(<float *>ph, ldh, <float *>pbias, act, <float *>po, ldo,
-                      N, C, nthreads)
+                      <uint16_t *>pob, ldob, N, C, nthreads)
     else:
         with nogil:
             _bias_act(<double *>ph, ldh, <double *>pbias, act, <double *>po,
-                      ldo, N, C, nthreads)
+                      ldo, NULL, 0, N, C, nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -426,11 +506,17 @@ def bias_act(h, bias, int act, out, int nthreads):
 # ---------------------------------------------------------------------------
 
 cdef inline void _swiglu_row(const floating *h, const floating *bias,
-                             floating *o, Py_ssize_t F) noexcept nogil:
+                             floating *o, uint16_t *ob, Py_ssize_t F) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating g, u
     if floating is float:
-        fa_swiglu_f32(h, h + F, bias, (bias + F) if bias != NULL else NULL, o, F)
+        if o != NULL:
+            fa_swiglu_f32(h, h + F, bias, (bias + F) if bias != NULL else NULL, o, F)
+            if ob != NULL:
+                fa_store_bf16(o, ob, F)
+        else:
+            fa_swiglu_f32_bf16(h, h + F, bias, (bias + F) if bias != NULL else NULL,
+                               ob, F)
     else:
         for j in range(F):
             g = h[j]
@@ -442,23 +528,26 @@ cdef inline void _swiglu_row(const floating *h, const floating *bias,
 
 
 cdef void _swiglu(const floating *h, Py_ssize_t ldh, const floating *bias,
-                  floating *o, Py_ssize_t ldo, Py_ssize_t N, Py_ssize_t F,
-                  int nthreads) noexcept nogil:
+                  floating *o, Py_ssize_t ldo, uint16_t *ob, Py_ssize_t ldob,
+                  Py_ssize_t N, Py_ssize_t F, int nthreads) noexcept nogil:
     cdef Py_ssize_t i
     for i in prange(N, num_threads=nthreads, schedule="static"):
-        _swiglu_row(h + i * ldh, bias, o + i * ldo, F)
+        _swiglu_row(h + i * ldh, bias, (o + i * ldo) if o != NULL else NULL,
+                    (ob + i * ldob) if ob != NULL else NULL, F)
 
 
-def swiglu(h, bias, out, int nthreads):
+def swiglu(h, bias, out, int nthreads, outb=None):
     """``out = silu(h[:, :F] + bias[:F]) * (h[:, F:] + bias[F:])``.
 
     Parameters
     ----------
     h : ndarray, shape (N, 2F)  (IN: gate and up projections side by side)
     bias : ndarray, shape (2F,), or None
-    out : ndarray, shape (N, F)
+    out : ndarray, shape (N, F), or None (only with ``outb``)
         OUT; may be ``h[:, :F]`` (the gate half, written in place).
     nthreads : int
+    outb : ndarray, shape (N, F), 2-byte elements, or None
+        OUT (float32 only): the result rounded to bfloat16, in the same pass.
     """
     cdef cnp.ndarray H = <cnp.ndarray>h
     cdef Py_ssize_t N = cnp.PyArray_DIM(H, 0), F = cnp.PyArray_DIM(H, 1) // 2
@@ -467,12 +556,13 @@ def swiglu(h, bias, out, int nthreads):
     cdef char *ph = _ptr(h)
     cdef char *pbias = _ptr(bias)
     cdef char *po = _ptr(out)
-    cdef Py_ssize_t ldh = _ld(h), ldo = _ld(out)
+    cdef char *pob = _ptr(outb)
+    cdef Py_ssize_t ldh = _ld(h), ldo = _ld(out), ldob = _ld(outb)
     if H.dtype == np.float32:
         with nogil:
-            _swiglu(<float *>ph, ldh, <float *>pbias, <float *>po, ldo, N, F,
-                    nthreads)
+            _swiglu(<float *>ph, ldh, <float *>pbias, <float *>po, ldo,
+                    <uint16_t *>pob, ldob, N, F, nthreads)
     else:
         with nogil:
-            _swiglu(<double *>ph, ldh, <double *>pbias, <double *>po, ldo, N,
-                    F, nthreads)
+            _swiglu(<double *>ph, ldh, <double *>pbias, <double *>po, ldo, NULL, 0,
+                    N, F, nthreads)

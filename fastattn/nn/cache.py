@@ -91,7 +91,8 @@ class KVCache:
     head_dim : int
     max_len : int
         Positions each layer can hold.
-    dtype : float32 (default) or float64
+    dtype : float32 (default), float64 or bfloat16 (``ml_dtypes.bfloat16``:
+        half the bytes; the decoders' ``dtype="bfloat16"`` uses it)
 
     Examples
     --------
@@ -102,7 +103,10 @@ class KVCache:
 
     def __init__(self, num_layers, batch_size, num_kv_heads, head_dim, max_len,
                  dtype=None):
-        dt = resolve_dtype(dtype)
+        if dtype is not None and np.dtype(dtype).name == "bfloat16":
+            dt = np.dtype(dtype)    # attention reads bf16 K/V directly
+        else:
+            dt = resolve_dtype(dtype)
         shape = (_pos(num_layers, "num_layers"), _pos(batch_size, "batch_size"),
                  _pos(num_kv_heads, "num_kv_heads"), _pos(max_len, "max_len"),
                  _pos(head_dim, "head_dim"))
