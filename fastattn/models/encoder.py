@@ -281,6 +281,9 @@ class _Encoder:
     def __init__(self, config, weights):
         self.config = config
         (self._word, self._pos, self._tt, self._ln_w, self._ln_b, self._layers) = weights
+        # the four GEMM weights of every block packed once into the GEMM's panels
+        self._layers = [tuple(_ops.pack(a) if i in (0, 2, 6, 8) else a for i, a in enumerate(t))
+                        for t in self._layers]
         self._act = _ACTS[config.hidden_act]
         self._scale = float(config.head_dim) ** -0.5
 
