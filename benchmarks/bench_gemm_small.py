@@ -1,7 +1,16 @@
-"""Small-M linear layers: the tiled GEMM (``linear`` of the kernel build) of
-two checkouts side by side with NumPy's BLAS, interleaved, medians.
+"""Linear layers at transformer shapes: fastattn's GEMM (``linear`` of the
+kernel build) of two checkouts side by side with NumPy's BLAS sgemm and
+torch.matmul, interleaved, medians.
 
     python benchmarks/bench_gemm_small.py --old /path/to/other/checkout
+    python benchmarks/bench_gemm_small.py --minilm      # MiniLM shapes, M 1..4096,
+                                                        # no --old needed
+
+Implementations (columns): ``old`` (the --old checkout's ``linear``, W as
+an array), ``new`` (this checkout's ``linear`` with W as an array: from
+LIN_PACK_ROWS rows on it packs W per call), ``packed`` (this checkout with W
+packed once by ``pack_weight``, as the models load it), ``blas``
+(``np.matmul`` + bias, OpenBLAS sgemm), ``torch`` (``torch.addmm``).
 
 Each implementation runs in its own worker process (the old checkout's
 kernels through PYTHONPATH=<old>, this checkout's kernels and BLAS in a
@@ -38,15 +47,37 @@ for line in sys.stdin:
                       rng.standard_normal((N, Kd)).astype(np.float32),
                       rng.standard_normal(N).astype(np.float32))
     X, W, b = cache[key]
+    if X.shape[0] < M:
+        X = np.resize(X, (M, Kd))
+        cache[key] = (X, W, b)
     x = X[:M]
     y = np.empty((M, N), np.float32)
     if impl == "blas":
         def call():
             np.matmul(x, W.T, out=y)
             np.add(y, b, out=y)
-    else:
+    elif impl == "torch":
+        import torch
+        torch.set_num_threads(nt)
+        tx, tW, tb, ty = (torch.from_numpy(a) for a in (x, W, b, y))
         def call():
-            K.linear(x, Kd, W, Kd, b, False, y, N, nt)
+            torch.addmm(tb, tx, tW.t(), out=ty)
+    elif impl == "packed":
+        if ("wp", key) not in cache:
+            cache[("wp", key)] = K.pack_weight(W)
+        c = K.LinearCall(x=x, xs=Kd, wp=cache[("wp", key)], bias=b, relu=False, out=y,
+                         ys=N, nthreads=nt)
+        def call():
+            K.linear(c)
+    else:
+        if hasattr(K, "LinearCall"):
+            c = K.LinearCall(x=x, xs=Kd, w=W, ws=Kd, bias=b, relu=False, out=y, ys=N,
+                             nthreads=nt)
+            def call():
+                K.linear(c)
+        else:   # checkouts before the call objects
+            def call():
+                K.linear(x, Kd, W, Kd, b, False, y, N, nt)
     with threadpool_limits(limits=nt):
         call()
         ts = []
@@ -75,14 +106,25 @@ def ask(p, **req):
     return json.loads(p.stdout.readline())
 
 
+MINILM_SHAPES = "384x1152,384x384,384x1536,1536x384"
+MINILM_M = "1,8,16,64,256,1024,4096"
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--old", required=True, help="checkout with the old kernels (built in place)")
+    ap.add_argument("--old", default=None, help="checkout with the old kernels (built in place)")
     ap.add_argument("--new", default=ROOT)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--M", default="1,2,4,8,12,16,24,32,48,63,64,70,100,128")
-    ap.add_argument("--shapes", default="384x1152,384x1536,1536x384,768x2304,768x3072,3072x768",
-                    help="KxN list")
+    ap.add_argument("--M", default=None,
+                    help="row counts (default 1,2,4,...,128; with --minilm " + MINILM_M + ")")
+    ap.add_argument("--shapes", default=None,
+                    help="KxN list (default 384x1152,384x1536,1536x384,768x2304,768x3072,"
+                         "3072x768; with --minilm " + MINILM_SHAPES + ")")
+    ap.add_argument("--minilm", action="store_true",
+                    help="all-MiniLM-L6-v2's shapes (QKV fused, out, FFN up and down)")
+    ap.add_argument("--impls", default=None,
+                    help="columns, comma-separated among old,new,packed,blas,torch "
+                         "(default: all available)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--block", type=float, default=0.02, help="seconds per timed block")
     ap.add_argument("--settle", type=float, default=0.03, help="sleep between blocks")
@@ -92,30 +134,47 @@ def main():
                          "median a measure of the scheduler)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    old, new = worker(a.old), worker(a.new)
-    impls = (("old", old, "tiled"), ("new", new, "tiled"), ("blas", new, "blas"))
+    Ms = a.M or (MINILM_M if a.minilm else "1,2,4,8,12,16,24,32,48,63,64,70,100,128")
+    shapes = a.shapes or (MINILM_SHAPES if a.minilm else
+                          "384x1152,384x1536,1536x384,768x2304,768x3072,3072x768")
+    names = (a.impls.split(",") if a.impls else
+             ["old", "new", "packed", "blas", "torch"] if a.old else
+             ["new", "packed", "blas", "torch"])
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        names = [n for n in names if n != "torch"]
+    if "old" in names and not a.old:
+        ap.error("the old column needs --old")
+    new = worker(a.new)
+    old = worker(a.old) if "old" in names else None
+    procs = {"old": (old, "tiled"), "new": (new, "tiled"), "packed": (new, "packed"),
+             "blas": (new, "blas"), "torch": (new, "torch")}
+    impls = [(n,) + procs[n] for n in names]
     rows = []
     cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
     print("cpu:", cpu[0] if cpu else "?", "| old:", a.old, "| new:", a.new)
-    print(f"{'threads':>7} {'K':>5} {'N':>5} {'M':>4}  {'old':>7} {'new':>7} {'blas':>7}"
-          f"  {'new/old':>7} {'new/blas':>8}   (GFLOP/s)")
+    ref = "blas" if "blas" in names else names[-1]
+    print(f"{'threads':>7} {'K':>5} {'N':>5} {'M':>5} " + " ".join(f"{n:>7}" for n in names)
+          + "  " + " ".join(f"{n + '/' + ref:>12}" for n in names if n != ref)
+          + "   (GFLOP/s)")
     for nt in (int(t) for t in a.threads.split(",")):
-        for shape in a.shapes.split(","):
+        for shape in shapes.split(","):
             Kd, N = (int(s) for s in shape.split("x"))
-            for M in (int(m) for m in a.M.split(",")):
+            for M in (int(m) for m in Ms.split(",")):
                 per = {name: [] for name, _, _ in impls}
                 for r in range(a.rounds):
                     order = impls if r % 2 == 0 else impls[::-1]
                     for name, p, impl in order:
                         time.sleep(a.settle)
-                        r = ask(p, M=M, K=Kd, N=N, threads=nt, impl=impl, block=a.block)
-                        per[name].append(r["t"] if a.stat == "median" else r["best"])
+                        res = ask(p, M=M, K=Kd, N=N, threads=nt, impl=impl, block=a.block)
+                        per[name].append(res["t"] if a.stat == "median" else res["best"])
                 g = {n: 2e-9 * M * N * Kd / sorted(v)[len(v) // 2] for n, v in per.items()}
                 rows.append(dict(threads=nt, K=Kd, N=N, M=M, **g))
-                print(f"{nt:>7} {Kd:>5} {N:>5} {M:>4}  {g['old']:7.1f} {g['new']:7.1f} "
-                      f"{g['blas']:7.1f}  {g['new'] / g['old']:7.2f} {g['new'] / g['blas']:8.2f}",
+                print(f"{nt:>7} {Kd:>5} {N:>5} {M:>5} " + " ".join(f"{g[n]:7.1f}" for n in names)
+                      + "  " + " ".join(f"{g[n] / g[ref]:12.2f}" for n in names if n != ref),
                       flush=True)
-    for p in (old, new):
+    for p in {id(p): p for p in (old, new) if p is not None}.values():
         p.stdin.close()
         p.wait()
     if a.json:

@@ -40,8 +40,8 @@ def convert(m, dtype):
     tied = m.lm_head is m.embed
     for b in m.blocks:
         for s in _MATRICES:
-            setattr(b, s, _ops.pack(getattr(b, s)))
-    m.lm_head = _ops.pack(m.lm_head)
+            setattr(b, s, _ops.pack_bf16(getattr(b, s)))
+    m.lm_head = _ops.pack_bf16(m.lm_head)
     m._lm_head_tied = tied
     m.dtype = dtype.type
     m._float_dtype = np.float32

@@ -10,7 +10,8 @@ in the call, nor on the thread count) is a property of the kernels chosen
 here:
 
 * :func:`dense` always runs fastattn's tiled GEMM (``kernels.linear``), for
-  any number of rows.  Each output element is one FMA chain over the input
+  any number of rows, on weights packed once at load (:func:`pack`) or on
+  plain arrays (the same bits either way).  Each output element is one FMA chain over the input
   features in a fixed order (fixed 256-feature slices), whatever the number
   of rows, the tile shapes chosen for them or the thread count.  BLAS is not
   used: its blocking, and so its rounding, can depend on the row count.
@@ -51,12 +52,22 @@ from .._dispatch import kernels as _kern
 from ..threads import for_flops
 from ..nn import _ops as _row
 
-__all__ = ["dense", "add_norm", "bias_act", "attention", "ACTIVATIONS",
-           "resolve_dtype", "is_bf16", "bf16", "pack", "dense_bf16", "attention_bf16",
+__all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "ACTIVATIONS",
+           "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16", "attention_bf16",
            "decoder_attention_bf16"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
+
+def pack(w):
+    """``w`` (M, K) float32/float64 packed into the GEMM's weight panels
+    (``kernels.pack_weight``), for :func:`dense`; anything else (another
+    dtype, an already packed weight) is returned as it is.  The packed
+    object replaces the array (same memory, plus at most one panel)."""
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype in (np.float32, np.float64):
+        return _kern.pack_weight(w)
+    return w
+
 
 def dense(x, w, b=None, act=None, out=None):
     """``act(x @ w.T + b)`` on fastattn's tiled GEMM, for any row count.
@@ -64,7 +75,8 @@ def dense(x, w, b=None, act=None, out=None):
     Parameters
     ----------
     x : ndarray, shape (N, K), contiguous rows
-    w : ndarray, shape (M, K), C-contiguous (torch layout)
+    w : ndarray, shape (M, K), C-contiguous (torch layout), or its
+        :func:`pack` (faster: the panels are laid out once, at load)
     b : ndarray, shape (M,), optional
     act : None or one of :data:`ACTIVATIONS`
         ``"relu"`` is fused into the GEMM's store; the others run as one
@@ -72,7 +84,8 @@ def dense(x, w, b=None, act=None, out=None):
     out : ndarray, shape (N, M), optional; must not overlap ``x`` or ``w``.
     """
     N, K = x.shape
-    M = w.shape[0]
+    packed = isinstance(w, _kern.PackedWeight)
+    M = w.N if packed else w.shape[0]
     if out is None:
         out = np.empty((N, M), dtype=x.dtype)
     if N == 0:
@@ -82,9 +95,15 @@ def dense(x, w, b=None, act=None, out=None):
     # results do not depend on it
     nt = for_flops(None, 2 * N * M * K)
     it = x.itemsize
-    _kern.linear(_kern.LinearCall(x=x, xs=x.strides[0] // it, w=w, ws=w.strides[0] // it,
-                                  bias=b if fused else None, relu=act == "relu",
-                                  out=out, ys=out.strides[0] // it, nthreads=nt))
+    if packed:
+        call = _kern.LinearCall(x=x, xs=x.strides[0] // it, wp=w, bias=b if fused else None,
+                                relu=act == "relu", out=out, ys=out.strides[0] // it,
+                                nthreads=nt)
+    else:
+        call = _kern.LinearCall(x=x, xs=x.strides[0] // it, w=w, ws=w.strides[0] // it,
+                                bias=b if fused else None, relu=act == "relu",
+                                out=out, ys=out.strides[0] // it, nthreads=nt)
+    _kern.linear(call)
     if not fused:
         bias_act(out, b, act, out=out)
     return out
@@ -184,7 +203,7 @@ def is_bf16(dt):
     return dt is not None and np.dtype(dt).name == "bfloat16"
 
 
-def pack(w):
+def pack_bf16(w):
     """A float32 (or bf16) ``(N, K)`` weight in torch layout, rounded to
     bfloat16 and packed once for this build's bf16 GEMM."""
     return bf16().pack_weight(w)

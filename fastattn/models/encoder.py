@@ -618,8 +618,9 @@ def _read_blocks(cls, ck, c):
     """Embeddings and every block's arrays, in the order the forward
     pass unpacks them; Q, K and V concatenated into one projection."""
     dt, E, I = c.out_dtype, c.hidden_size, c.intermediate_size
-    # bf16: the GEMM weights packed once, each as soon as it is read
-    pk = _ops.pack if c.bf16 else (lambda w: w)   # noqa: E731
+    # the GEMM weights packed once, each as soon as it is read: into the
+    # fp32 GEMM's panels, or rounded to bf16 for the bf16 GEMM
+    pk = _ops.pack_bf16 if c.bf16 else _ops.pack
     p = cls._prefix(ck)
     word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
     nm = cls._names

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build and run fa_narrow_test.c (the narrow-lane linear tile of ../fa_narrow.h
-# against the 64-lane one, bit for bit) for every instruction set runnable
-# here: the same builds as build.sh.
+# against the 64-lane one, bit for bit) and fa_gemm_test.c (the packed-panel
+# GEMM of ../fa_gemm.h against the 64-lane tile, bit for bit) for every
+# instruction set runnable here: the same builds as build.sh.
 #   sh narrow.sh           tests
 #   sh narrow.sh --bench   + one-thread timings (best runnable ISA)
 # Exit status non-zero if any build or test fails.
@@ -19,15 +20,17 @@ best=""
 
 one() {  # name cc flags...
     name=$1; cc=$2; shift 2
-    if $cc $BASE "$@" fa_narrow_test.c -o "$OUT/fa_narrow_$name" -lm 2> "$OUT/narrow_$name.log" \
-        && [ ! -s "$OUT/narrow_$name.log" ]; then
-        echo "=== $name"
-        if "$OUT/fa_narrow_$name"; then summary="$summary $name:pass"; best=$name
-        else summary="$summary $name:FAIL"; status=1; fi
-    else
-        echo "[$name] BUILD FAILED or warned:"; cat "$OUT/narrow_$name.log"
-        summary="$summary $name:BUILD-FAIL"; status=1
-    fi
+    for t in narrow gemm; do
+        if $cc $BASE "$@" fa_${t}_test.c -o "$OUT/fa_${t}_$name" -lm 2> "$OUT/${t}_$name.log" \
+            && [ ! -s "$OUT/${t}_$name.log" ]; then
+            echo "=== $name ($t)"
+            if "$OUT/fa_${t}_$name"; then summary="$summary $name/$t:pass"; best=$name
+            else summary="$summary $name/$t:FAIL"; status=1; fi
+        else
+            echo "[$name/$t] BUILD FAILED or warned:"; cat "$OUT/${t}_$name.log"
+            summary="$summary $name/$t:BUILD-FAIL"; status=1
+        fi
+    done
 }
 
 HAVE_AVX2=0; grep -q ' avx2 ' /proc/cpuinfo 2>/dev/null && grep -q ' fma ' /proc/cpuinfo && HAVE_AVX2=1
@@ -56,6 +59,7 @@ if [ "${1:-}" = "--bench" ] && [ -n "$best" ]; then
     b=avx512; [ $HAVE_AVX512 = 1 ] || b=avx2; [ $HAVE_AVX2 = 1 ] || b=sse2
     echo "=== benchmark ($b build, one thread)"
     "$OUT/fa_narrow_$b" --bench
+    "$OUT/fa_gemm_$b" --bench
 fi
 echo "summary:$summary"
 exit $status
