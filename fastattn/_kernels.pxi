@@ -10,6 +10,7 @@
 #   _k_mask.pxi          classify_mask (per-tile mask summary), MaskCall
 #   _k_materialised.pxi  scores, softmax, weighted_sum and their calls
 #   _k_gemm.pxi          linear (the tiled GEMM), LinearCall
+#   _k_gemv.pxi          gemv (decode-sized projections, W in rows), GemvCall
 #
 # Parallel layout: every kernel flattens the leading (batch, head)
 # dimensions into a list of element offsets computed in Python
@@ -25,3 +26,4 @@ include "_k_flash.pxi"
 include "_k_mask.pxi"
 include "_k_materialised.pxi"
 include "_k_gemm.pxi"
+include "_k_gemv.pxi"
