@@ -85,7 +85,7 @@ TOL = {"float32": 1e-4, "float64": 1e-10}
 class Case:
     """One attention problem: query (B, H, L, D), key/value (B, Hkv, S, D)."""
 
-    kind: str  # "mha", "gqa" or "decode"
+    kind: str  # "mha", "gqa", "decode" or "fewq" (2..63 query rows per head)
     B: int
     H: int
     Hkv: int
@@ -131,6 +131,28 @@ def full_grid() -> list:
             # one query row: bottom-right causal would be identical to non-causal
             cases.append(Case("decode", B, 32, 32, 1, S, 128, False))
     return cases
+
+
+def decode_hd_grid() -> list:
+    """Decode (one query row) at head_dim 32/64/80/128 over K+V sizes from
+    cache-resident (4 MiB) to memory-bound (256 MiB); plus the batch-4 and
+    GQA shapes of issue 10 (``--kinds decode_hd``)."""
+    cases = []
+    for D in (32, 64, 80, 128):
+        for mib in (4, 16, 64, 256):
+            S = max(64, mib * 2**20 // (2 * 8 * D * 4) // 64 * 64)
+            cases.append(Case("decode", 1, 8, 8, 1, S, D, False))
+    cases.append(Case("decode", 4, 8, 8, 1, 8192, 64, False))
+    cases.append(Case("decode", 1, 32, 8, 1, 8192, 64, False))
+    cases.append(Case("decode", 1, 32, 8, 1, 8192, 128, False))
+    return cases
+
+
+def fewq_grid() -> list:
+    """Few-query attention (chunked prefill, speculative verification): L = 2
+    to 63 query rows per head against S = 1k..12k keys (``--kinds fewq``)."""
+    return [Case("fewq", 1, 12, 12, L, S, 64, False)
+            for L in (2, 4, 8, 16, 32, 63) for S in (1024, 4096, 12000)]
 
 
 def quick_grid() -> list:
@@ -652,9 +674,9 @@ def markdown_report(result: dict) -> str:
         lines.append("FLOPs: 4·B·H·L·S·D, half that for causal.")
         lines.append("")
         # table 3: decode bandwidth
-        dec = [c for c in cells if c["case"]["kind"] == "decode"]
+        dec = [c for c in cells if c["case"]["kind"] in ("decode", "fewq")]
         if dec:
-            head = ["decode B×H×1×S×D", "K+V MiB"] + [f"GB/s {LABELS[i]}" for i in impls]
+            head = ["decode / few-query B×H×L×S×D", "K+V MiB"] + [f"GB/s {LABELS[i]}" for i in impls]
             head += [f"% read bw {LABELS[i]}" for i in impls]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
@@ -787,7 +809,9 @@ def parse_args(argv=None):
                    help="seconds of timed calls per cell and implementation before stopping early "
                         "(at least 3 calls; default 1.0, quick 0.3)")
     p.add_argument("--kinds", default="mha,gqa,decode",
-                   help="comma list of grid parts to run: mha, gqa, decode (default all)")
+                   help="comma list of grid parts to run: mha, gqa, decode (the default), and "
+                        "decode_hd (decode at head_dim 32/64/80/128, K+V 4-256 MiB), fewq "
+                        "(L = 2..63 query rows against S = 1k..12k keys)")
     p.add_argument("--impls", default=",".join(IMPLS),
                    help=f"comma list from {','.join(IMPLS)} (default all)")
     p.add_argument("--fastattn-module", default=os.environ.get("FASTATTN_BENCH_MODULE", "fastattn"),
@@ -826,9 +850,14 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.0)
     dtype = np.dtype(args.dtype)
     kinds = set(args.kinds.split(","))
-    if kinds - {"mha", "gqa", "decode"}:
-        raise SystemExit(f"unknown --kinds {sorted(kinds - {'mha', 'gqa', 'decode'})}")
+    known = {"mha", "gqa", "decode", "decode_hd", "fewq"}
+    if kinds - known:
+        raise SystemExit(f"unknown --kinds {sorted(kinds - known)}")
     cases = [c for c in (quick_grid() if args.quick else full_grid()) if c.kind in kinds]
+    if "decode_hd" in kinds:
+        cases += [c for c in decode_hd_grid() if c not in cases]
+    if "fewq" in kinds:
+        cases += fewq_grid()
 
     fa_module, fa_why = None, None
     if "fastattn" in impls:

@@ -62,7 +62,10 @@ cdef enum:
     # keys per block on the rows path: 4 mask tiles; 256 read K and V at
     # 17-19 GB/s on 2 threads where 64-key blocks reached 13-16 (NOTES.md)
     ROWS_BC = 256
-    ROWS_MAX = 16          # at most this many query rows per kv head -> rows path
+    ROWS_MAX = 32          # at most this many query rows per kv head -> rows path
+    # from this many rows per kv head the rows path's scores run on the
+    # narrow GEMM tile (rows in the lanes) instead of per-key dot products
+    ROWS_NARROW = 16
 
 # "never set" marker of the call objects' stride fields (strides may be 0 or
 # negative, sizes are never negative: those use -1)
@@ -99,6 +102,7 @@ TILE_ROWS = FA_BR
 TILE_KEYS = FA_BC
 SPLIT_KEYS = FA_SPLIT
 ROWS_PATH_MAX = ROWS_MAX
+ROWS_NARROW_MIN = ROWS_NARROW
 
 TILE_HIDDEN = T_HIDDEN
 TILE_VISIBLE = T_VISIBLE

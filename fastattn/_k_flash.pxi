@@ -65,6 +65,36 @@ ctypedef struct FlashArgs:
     const int64_t *part_off  # [nb]: element offset of a rows sequence's partials
 
 
+# The rows path's scores for many rows per kv head (few-query attention:
+# chunked prefill, speculative verification, GQA groups): fa_narrow.h's GEMM
+# tile with the R query rows in the vector lanes and the keys as its W rows
+# (s[r][j] = sum_d Qr[r][d] K[j][d], an FMA chain over d per element) instead
+# of one dot product and lane sum per (row, key).  Chosen from R alone, so a
+# sequence's result never depends on the thread count or the batch.
+cdef extern from "fa_narrow.h" nogil:
+    int _NR_XN "FA_NR_XN"
+    void _nr_dot_f32 "fa_gemm_narrow_f32"(const float *x, Py_ssize_t xs, int nr, const float *w,
+                                          Py_ssize_t ws, int nn, Py_ssize_t K, const float *bias,
+                                          int relu, float *y, Py_ssize_t ys, float *Xn, float *Yn)
+    void _nr_dot_f64 "fa_gemm_narrow_f64"(const double *x, Py_ssize_t xs, int nr, const double *w,
+                                          Py_ssize_t ws, int nn, Py_ssize_t K, const double *bias,
+                                          int relu, double *y, Py_ssize_t ys, double *Xn, double *Yn)
+
+
+cdef inline void _nr_dot(const floating *Q, int R, const floating *K, Py_ssize_t ks, int nk,
+                         int D, floating *s, int lds, floating *Xn, floating *Yn) noexcept nogil:
+    if floating is float:
+        _nr_dot_f32(Q, D, R, K, ks, nk, D, NULL, 0, s, lds, Xn, Yn)
+    else:
+        _nr_dot_f64(Q, D, R, K, ks, nk, D, NULL, 0, s, lds, Xn, Yn)
+
+
+cdef inline bint _rows_narrow(Py_ssize_t R) noexcept nogil:
+    # (the narrow tile takes at most FA_BR rows; more only when a test forces
+    # the rows path)
+    return ROWS_NARROW <= R <= FA_BR
+
+
 cdef inline Py_ssize_t _row_lo(const FlashArgs *a, Py_ssize_t i) noexcept nogil:
     if a.has_lo:
         return i + a.off - a.left
@@ -300,8 +330,12 @@ cdef void _flash_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     keys).  Writes the chunk's partial (O, m, l) for every row of the kv head
     to P ([R, Dv + 2])."""
     cdef Py_ssize_t R = a.R, D = a.D, Dv = a.Dv, L = a.L
-    # thread buffer: Qr (R x D) | s (R x ROWS_BC) | Ob (R x Dv) | mb (R) | lb (R)
-    cdef floating *Qr = buf
+    # thread buffer: [Xn (_NR_XN) | Yn (ROWS_BC x FA_BR), with many rows]
+    #                Qr (R x D) | s (R x ROWS_BC) | Ob (R x Dv) | mb (R) | lb (R)
+    cdef bint nar = _rows_narrow(R)
+    cdef floating *Xn = buf
+    cdef floating *Yn = buf + _NR_XN
+    cdef floating *Qr = Yn + ROWS_BC * FA_BR if nar else buf
     cdef floating *s = Qr + R * D
     cdef floating *Ob = s + R * ROWS_BC
     cdef floating *mb = Ob + R * Dv
@@ -354,7 +388,10 @@ cdef void _flash_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                 break
         if not any_vis:
             continue
-        _dot_rows(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
+        if nar:
+            _nr_dot(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC, Xn, Yn)
+        else:
+            _dot_rows(Qr, <int>R, kp + k0 * a.ks, a.ks, <int>nk, <int>D, s, ROWS_BC)
         for r in range(R):
             g = r // L
             i = r % L
@@ -525,7 +562,7 @@ cdef inline size_t _lanes_buf(const FlashArgs *a) noexcept:
 
 
 cdef inline size_t _rows_buf(const FlashArgs *a, Py_ssize_t R) noexcept:
-    return R * (a.D + ROWS_BC + a.Dv + 2)
+    return R * (a.D + ROWS_BC + a.Dv + 2) + (_NR_XN + ROWS_BC * FA_BR if _rows_narrow(R) else 0)
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #   _k_gemm.pxi          linear (the tiled GEMM), LinearCall
 #   _k_bf16_gemm.pxi     bfloat16: conversions, weight packing, bf16_linear
 #                        (AMX / vdpbf16ps / widening microkernels, fa_bf16.h)
+#   _k_gemv.pxi          gemv (decode-sized projections, W in rows), GemvCall
 #
 # Parallel layout: every kernel flattens the leading (batch, head)
 # dimensions into a list of element offsets computed in Python
@@ -31,3 +32,4 @@ include "_k_mask.pxi"
 include "_k_materialised.pxi"
 include "_k_gemm.pxi"
 include "_k_bf16_gemm.pxi"
+include "_k_gemv.pxi"

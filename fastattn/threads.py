@@ -25,6 +25,8 @@ How many of those threads one kernel call takes, from the amount of work
   ``_ELEMS_PER_THREAD`` cost-weighted elements.
 * :func:`for_attention`: the attention inside a layer, told by the caller
   whether another thread pool (BLAS's) is still spinning next to it.
+* :func:`for_stream`: memory-bound kernels that stream an operand once (the
+  decode GEMV reading its weight), one thread per ``_BYTES_PER_THREAD``.
 """
 import collections
 import contextlib
@@ -35,7 +37,7 @@ import os
 
 __all__ = ["set_num_threads", "get_num_threads", "threads", "resolve",
            "describe_num_threads", "NumThreads", "usable_cpus", "cgroup_cpu_quota",
-           "for_flops", "for_rows", "for_attention"]
+           "for_flops", "for_rows", "for_attention", "for_stream"]
 
 _global = None
 _local = contextvars.ContextVar("fastattn_threads", default=None)
@@ -49,6 +51,9 @@ _FLOPS_PER_THREAD = 4_000_000
 # thread halved their time in an encoder layer (B=8, L=128, E=384: 4.6 ms
 # -> 2.3 ms for 6 layers) from 2^16 weighted elements per thread on.
 _ELEMS_PER_THREAD = 1 << 16
+# Bytes streamed per extra thread of a memory-bound kernel (the decode GEMV):
+# a 256 KiB read takes ~10 us on one core, about what waking a team costs.
+_BYTES_PER_THREAD = 1 << 18
 # Flops per thread from which an attention next to a hot BLAS pool takes
 # more than one thread (see for_attention).
 _BLAS_NEIGHBOUR_FLOPS = 1_000_000_000
@@ -269,6 +274,13 @@ def for_flops(num_threads, flops):
     setting (or ``num_threads``), at most one per ``_FLOPS_PER_THREAD``."""
     n = resolve(num_threads)
     return int(max(1, min(n, flops // _FLOPS_PER_THREAD)))
+
+
+def for_stream(num_threads, nbytes):
+    """Threads for a memory-bound call that reads ``nbytes`` once: the
+    setting (or ``num_threads``), at most one per ``_BYTES_PER_THREAD``."""
+    n = resolve(num_threads)
+    return int(max(1, min(n, nbytes // _BYTES_PER_THREAD)))
 
 
 def for_rows(n_elems, cost=1):

@@ -63,7 +63,12 @@ def test_build_metadata():
 # chunks on the rows layout.
 CASES = [(1, 1, 1, 1, 1, 1), (2, 1, 1, 2500, 64, 64), (4, 2, 3, 130, 80, 96),
          (2, 2, 17, 63, 7, 5), (4, 1, 65, 129, 128, 33), (1, 1, 70, 1030, 256, 8),
-         (3, 3, 129, 65, 96, 1)]
+         (3, 3, 129, 65, 96, 1),
+         # few-query rows (chunked prefill, speculative verification, GQA
+         # groups): L * G of 16-32 takes the rows path with the narrow-tile
+         # scores, 33 the lanes (or, forced, rows with the narrow tile)
+         (8, 2, 5, 1100, 64, 64), (2, 2, 16, 1500, 32, 40), (4, 1, 8, 300, 80, 80),
+         (1, 1, 33, 2100, 64, 64)]
 
 
 def _options(rng, dtype, Hq, L, S, E):

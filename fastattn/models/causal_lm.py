@@ -25,9 +25,9 @@ import numpy as np
 
 from ..functional import scaled_dot_product_attention
 from ..nn import _ops
-from ..threads import for_attention
+from ..threads import for_attention, for_stream
 from ..nn.cache import KVCache
-from ..nn.layers import gemm, gemm_via
+from ..nn.layers import gemm, gemm_via, gemv, GEMV_MAX_ROWS
 from ..positional import apply_rotary
 
 __all__ = ["CausalLM"]
@@ -237,10 +237,18 @@ class CausalLM:
         buf = np.empty((B, T, H, D), dtype=dt)
         o4 = buf.transpose(0, 2, 1, 3)
         a2 = buf.reshape(B * T, H * D)
+        # decode-sized steps (<= GEMV_MAX_ROWS rows): every projection on the
+        # rows-layout GEMV (W read once, on fastattn's team), and the
+        # memory-bound attention sized by the K/V bytes it reads
+        small = B * T <= GEMV_MAX_ROWS
         for li, blk in enumerate(blocks):
-            qkv, via = gemm_via(h, blk.w_qkv, blk.b_qkv)
-            # BLAS's pool still spins after a decode-sized projection
-            nthreads = for_attention(att_flops, via == "blas")
+            if small:
+                qkv = gemv(h, blk.w_qkv, blk.b_qkv)
+                nthreads = for_stream(None, 2 * B * Hkv * S * D * x.itemsize)
+            else:
+                qkv, via = gemm_via(h, blk.w_qkv, blk.b_qkv)
+                # BLAS's pool still spins after a decode-sized projection
+                nthreads = for_attention(att_flops, via == "blas")
             v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
             if rope is not None:    # q and k heads are adjacent: one rotation
                 qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
@@ -257,14 +265,18 @@ class CausalLM:
                                          causal_alignment="bottom_right",
                                          window=blk.window, out=o4,
                                          num_threads=nthreads)
-            y = gemm(a2, blk.w_o)
+            y = gemv(a2, blk.w_o) if small else gemm(a2, blk.w_o)
             _, h = _ops.add_norm(y, blk.b_o, x, mode, blk.n2w, blk.n2b, eps, s=x)
-            u = gemm(h, blk.w_up)
-            if self.act == "swiglu":
-                g = _ops.swiglu(u, blk.b_up, out=u[:, :u.shape[1] // 2])
+            if small:     # bias and activation (or SwiGLU) fused into the store
+                g = gemv(h, blk.w_up, blk.b_up, glu=True) if self.act == "swiglu" \
+                    else gemv(h, blk.w_up, blk.b_up, act=self.act)
             else:
-                g = _ops.bias_act(u, blk.b_up, self.act, out=u)
-            y = gemm(g, blk.w_down)
+                u = gemm(h, blk.w_up)
+                if self.act == "swiglu":
+                    g = _ops.swiglu(u, blk.b_up, out=u[:, :u.shape[1] // 2])
+                else:
+                    g = _ops.bias_act(u, blk.b_up, self.act, out=u)
+            y = gemv(g, blk.w_down) if small else gemm(g, blk.w_down)
             if li + 1 < len(blocks):
                 nb = blocks[li + 1]
                 nw, nbias = nb.n1w, nb.n1b
@@ -273,6 +285,8 @@ class CausalLM:
             _, h = _ops.add_norm(y, blk.b_down, x, mode, nw, nbias, eps, s=x)
         if last_only:
             h = np.ascontiguousarray(h.reshape(B, T, E)[:, -1])
+        if h.shape[0] <= GEMV_MAX_ROWS:     # the (tied) output head: one pass over it
+            return gemv(h, self.lm_head)
         return gemm(h, self.lm_head)
 
     # -- public forward -------------------------------------------------------

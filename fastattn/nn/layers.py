@@ -13,10 +13,10 @@ import numpy as np
 from . import _ops
 from .module import Module, check_input, _kaiming_uniform
 from .._dispatch import kernels as _kern
-from ..threads import for_flops
+from ..threads import for_flops, for_stream
 
 __all__ = ["Linear", "LayerNorm", "RMSNorm", "FeedForward", "rows", "gemm",
-           "gemm_via", "ACTIVATIONS"]
+           "gemm_via", "gemv", "GEMV_MAX_ROWS", "ACTIVATIONS"]
 
 #: activation names accepted by FeedForward and the transformer layers
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu")
@@ -98,6 +98,101 @@ def gemm_via(x2, w, bias=None, relu=False, out=None):
     if relu:
         np.maximum(y, 0, out=y)
     return y, "blas"
+
+
+#: up to this many rows the decoders' projections take :func:`gemv` (W read
+#: once per call in rows; from 16 rows on the narrow GEMM tile reuses W better)
+GEMV_MAX_ROWS = 16
+
+_GEMV_ACTS = (None, "identity", "relu", "gelu", "gelu_tanh", "silu")
+
+
+def _fwd_rows(a, name):
+    """``a`` (2-D) with a contiguous last axis and a forward row stride (a
+    copy otherwise)."""
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    if (a.shape[1] > 1 and a.strides[1] != a.itemsize) or a.strides[0] < a.shape[1] * a.itemsize \
+            or a.strides[0] % a.itemsize:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def gemv(x2, w, bias=None, act=None, glu=False, out=None, num_threads=None):
+    """``act(x2 @ w.T + bias)`` for a few rows ``x2`` (M, K) and a
+    torch-layout weight ``w`` (N, K), on fastattn's own OpenMP team.
+
+    The rows-layout GEMV of ``fastattn/src/fa_gemv.h``: W is read once per
+    call, in place, whatever M is (every W row meets all M rows while it is
+    in cache), with vector accumulators over K in a fixed order, so the
+    result is bit-identical for any thread count and a row's result does
+    not depend on the other rows.  Made for decoding (M = batch rows, up to
+    :data:`GEMV_MAX_ROWS`); larger M runs in blocks of 64 rows.
+
+    ``act``: None, ``"relu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"silu"``,
+    applied in the store after the bias.  ``glu=True``: ``w`` is (2F, K)
+    with the gate rows first and the result (M, F) is
+    ``silu(gate + bias[:F]) * (up + bias[F:])`` (SwiGLU in one pass).
+    """
+    x2 = np.asarray(x2)
+    w = np.asarray(w)
+    if x2.ndim != 2:
+        raise ValueError(f"x2 must be a 2-D (rows, features) matrix, got shape {x2.shape}")
+    M, K = x2.shape
+    if w.ndim != 2 or w.shape[1] != K:
+        raise ValueError(f"weight must have shape (out_features, {K}) for input rows of "
+                         f"{K} features, got {w.shape}")
+    dt = x2.dtype
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"gemv: x2 must be float32 or float64, got {dt}")
+    if w.dtype != dt or (bias is not None and np.asarray(bias).dtype != dt):
+        raise TypeError(f"gemv: weight and bias must share x2's dtype {dt}, got "
+                        f"{w.dtype}" + ("" if bias is None else f" and {np.asarray(bias).dtype}"))
+    if act not in _GEMV_ACTS:
+        raise ValueError(f"act must be one of {_GEMV_ACTS}, got {act!r}")
+    if not isinstance(glu, (bool, np.bool_)):
+        raise TypeError(f"glu must be a bool, got {type(glu).__name__}")
+    if glu and act not in (None, "identity"):
+        raise ValueError("gemv: glu=True is SwiGLU (SiLU on the gate); act must be None")
+    Nw = w.shape[0]
+    if glu and Nw % 2:
+        raise ValueError(f"gemv: glu=True needs an even number of weight rows (gate, up), "
+                         f"got {Nw}")
+    N = Nw // 2 if glu else Nw
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+        if bias.shape != (Nw,):
+            raise ValueError(f"bias must have shape ({Nw},), got {bias.shape}")
+    if out is None:
+        out = np.empty((M, N), dtype=dt)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != (M, N) or out.dtype != dt:
+            raise ValueError(f"out must be a {np.dtype(dt).name} array of shape {(M, N)}, got "
+                             f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', type(out))}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
+        if out.ndim == 2 and ((N > 1 and out.strides[1] != out.itemsize)
+                              or (M > 1 and out.strides[0] < N * out.itemsize)
+                              or out.strides[0] % out.itemsize):
+            raise ValueError("out must have a contiguous last axis and forward rows")
+        for a in (x2, w, bias):
+            if a is not None and np.may_share_memory(out, a) and np.shares_memory(out, a):
+                raise ValueError("out must not overlap x2, weight or bias")
+    if M == 0 or N == 0:
+        return out
+    x2 = _fwd_rows(x2, "x2")
+    w = _fwd_rows(w, "weight")
+    it = x2.itemsize
+    nt = for_stream(num_threads, w.nbytes)
+    code = _kern.GEMV_ACTS[act]
+    ys = out.strides[0] // it if M > 1 else N
+    for m0 in range(0, M, _kern.GEMV_MAX_ROWS):
+        xb = x2[m0:m0 + _kern.GEMV_MAX_ROWS]
+        ob = out[m0:m0 + _kern.GEMV_MAX_ROWS]
+        _kern.gemv(_kern.GemvCall(x=xb, xs=xb.strides[0] // it if xb.shape[0] > 1 else K,
+                                  w=w, ws=w.strides[0] // it, bias=bias, act=code,
+                                  glu=bool(glu), out=ob, ys=ys, nthreads=nt))
+    return out
 
 
 #: below this many rows a projection goes to BLAS (see :func:`gemm`): from 2

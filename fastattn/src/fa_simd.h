@@ -346,7 +346,59 @@ FA__AI fa__vd fa__scalbits_d(fa__vd p, fa__vd t)
 FA__AI double fa__lane0_d(fa__vd v) { return v; }
 #endif
 
-/* Lane reductions in a fixed (tree) order, shared by every instruction set. */
+/* Lane reductions in a fixed (tree) order, shared by every instruction set:
+ * for w = VW/2, VW/4, ..., 1: a[i] += a[i + w] (i < w).  On x86 the sums are
+ * written with shuffles (the same additions, so the same bits: one decode
+ * dot product per key made the store-and-reload version the cost of the
+ * rows path at head_dim 64). */
+#if defined(FA__ISA_AVX512)
+#  define FA__HSUM_X86 1
+FA__AI float fa__hsum4_ps(__m128 q)
+{
+    __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));          /* w = 2 */
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));   /* w = 1 */
+}
+FA__AI float fa__hsum_f32(fa__vs v)
+{
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return fa__hsum4_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+FA__AI double fa__hsum_f64(fa__vd v)
+{
+    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#elif defined(FA__ISA_AVX2)
+#  define FA__HSUM_X86 1
+FA__AI float fa__hsum4_ps(__m128 q)
+{
+    __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
+}
+FA__AI float fa__hsum_f32(fa__vs v)
+{
+    return fa__hsum4_ps(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+FA__AI double fa__hsum_f64(fa__vd v)
+{
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#elif defined(FA__ISA_SSE2)
+#  define FA__HSUM_X86 1
+FA__AI float fa__hsum_f32(fa__vs v)
+{
+    __m128 p = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
+}
+FA__AI double fa__hsum_f64(fa__vd v)
+{
+    return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v)));
+}
+#endif
+#if !defined(FA__HSUM_X86)
 FA__AI float fa__hsum_f32(fa__vs v)
 {
 #if FA__VWS == 1
@@ -371,6 +423,7 @@ FA__AI double fa__hsum_f64(fa__vd v)
     return a[0];
 #endif
 }
+#endif /* !FA__HSUM_X86 */
 FA__AI float fa__hmax_f32(fa__vs v)
 {
 #if FA__VWS == 1

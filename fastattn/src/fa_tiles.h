@@ -631,8 +631,17 @@ FA__AI void FA__N(fa__axpy_rowsc)(const FA__T *P, ptrdiff_t ldp, const FA__T *V,
     ptrdiff_t d;
     for (d = 0; d < dblk; d += CW * FA__VW)
         FA__N(fa__axpy_micro)(P, ldp, V + d, vs, nk, O + d, Dv, RC, CW, pfo);
-    for (d = dblk; d < dvec; d += FA__VW)
-        FA__N(fa__axpy_micro)(P, ldp, V + d, vs, nk, O + d, Dv, RC, 1, pfo);
+    /* the remaining whole vectors in one pass (head_dim 64 with one row: 4
+     * accumulator chains instead of 4 passes of one latency-bound chain;
+     * every element's sum over j is the same, so are the bits) */
+    d = dblk;
+    switch ((int)((dvec - dblk) / FA__VW)) {
+#define FA__AXPY_CASE(c) case c: if (c < CW) FA__N(fa__axpy_micro)(P, ldp, V + d, vs, nk, O + d, Dv, RC, c, pfo); break;
+    FA__AXPY_CASE(1) FA__AXPY_CASE(2) FA__AXPY_CASE(3) FA__AXPY_CASE(4)
+    FA__AXPY_CASE(5) FA__AXPY_CASE(6) FA__AXPY_CASE(7)
+#undef FA__AXPY_CASE
+    default: break;
+    }
     for (d = dvec; d < Dv; d++)
         FA__UNROLL for (int r = 0; r < RC; r++) {
             FA__T o = O[r * Dv + d];

@@ -21,6 +21,7 @@
 
 #include "fa_util.h"    /* from -I (build.sh: the src/ directory) */
 #include "fa_tiles.h"
+#include "fa_gemv.h"
 #include "fa_ref.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;

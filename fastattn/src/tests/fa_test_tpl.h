@@ -513,12 +513,78 @@ static int F(test_tile_io)(void)
     return nfail_local;
 }
 
+
+/* fa_gemv: every output against a wider reference, and each row's result
+ * equal bit for bit to the same row computed alone (M = 1) and with any
+ * split of the W rows (the task split of the driver) */
+static int F(test_gemv)(void)
+{
+    int nfail_local = 0;
+    static const int Ms[] = {1, 2, 3, 4, 5, 7, 8, 13, 16};
+    static const int Ks[] = {0, 1, 3, 15, 16, 17, 33, 64, 77, 129};
+    static const int Ns[] = {1, 3, 7, 8, 9, 17, 33};
+    const int xs_extra = 5, ws_extra = 3;
+    T *X = xalloc(sizeof(T) * 16 * (129 + xs_extra));
+    T *W = xalloc(sizeof(T) * 2 * 33 * (129 + ws_extra));
+    T *b = xalloc(sizeof(T) * 2 * 33);
+    T *Y = xalloc(sizeof(T) * 16 * 40), *Y1 = xalloc(sizeof(T) * 40), *Y2 = xalloc(sizeof(T) * 16 * 40);
+    for (int mi = 0; mi < (int)(sizeof Ms / sizeof(int)); mi++)
+        for (int ki = 0; ki < (int)(sizeof Ks / sizeof(int)); ki++)
+            for (int ni = 0; ni < (int)(sizeof Ns / sizeof(int)); ni++)
+                for (int act = 0; act <= FA_GV_SILU + 1; act++) {   /* SILU + 1: GLU */
+                    int M = Ms[mi], K = Ks[ki], N = Ns[ni], glu = act > FA_GV_SILU;
+                    ptrdiff_t xs = K + (mi % 2 ? xs_extra : 0), ws = K + (ni % 2 ? ws_extra : 0);
+                    ptrdiff_t ys = N + 2;
+                    for (ptrdiff_t i = 0; i < 16 * xs; i++) X[i] = F(rnd)();
+                    for (ptrdiff_t i = 0; i < 2 * N * ws; i++) W[i] = F(rnd)();
+                    for (int i = 0; i < 2 * N; i++) b[i] = F(rnd)();
+                    for (int i = 0; i < 16 * 40; i++) Y[i] = Y2[i] = (T)777;
+                    const T *Wu = glu ? W + N * ws : 0;
+                    int a = glu ? 0 : act;
+                    F(fa_gemv)(X, xs, M, W, ws, Wu, N, K, (ki % 2) ? b : 0, glu ? b + N : 0, a, Y, ys);
+                    for (int m = 0; m < M; m++) {
+                        for (int n = 0; n < N; n++) {
+                            RT g = (ki % 2) ? (RT)b[n] : 0, u = (RT)b[N + n], aa = fabsl((long double)g);
+                            for (int k = 0; k < K; k++) {
+                                g += (RT)X[m * xs + k] * (RT)W[n * ws + k];
+                                aa += fabsl((long double)X[m * xs + k] * W[n * ws + k]);
+                                if (glu) u += (RT)X[m * xs + k] * (RT)W[(N + n) * ws + k];
+                            }
+                            RT ref = g;
+                            double x = (double)g;
+                            if (glu) ref = (RT)(x / (1.0 + exp(-x))) * u;
+                            else if (act == FA_GV_RELU) ref = g < 0 ? 0 : g;
+                            else if (act == FA_GV_GELU) ref = 0.5 * x * (1.0 + erf(x * 0.70710678118654752440));
+                            else if (act == FA_GV_GELU_TANH) ref = 0.5 * x * (1.0 + tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+                            else if (act == FA_GV_SILU) ref = x / (1.0 + exp(-x));
+                            RT tol = (K + 8) * TEPS * (aa + 1) * (glu ? 4 * (fabsl((long double)u) + 1) : 2) + TMIN;
+                            CHECK(F(close)(Y[m * ys + n], ref, tol),
+                                  "gemv M=%d N=%d K=%d act=%d m=%d n=%d got %.9g ref %.9Lg", M, N, K, act, m, n,
+                                  (double)Y[m * ys + n], (long double)ref);
+                        }
+                        CHECK(Y[m * ys + N] == (T)777, "gemv wrote past nn (M=%d N=%d K=%d)", M, N, K);
+                        /* the row alone gives the same bits */
+                        F(fa_gemv)(X + m * xs, xs, 1, W, ws, Wu, N, K, (ki % 2) ? b : 0, glu ? b + N : 0, a, Y1, N);
+                        CHECK(memcmp(Y1, Y + m * ys, sizeof(T) * N) == 0, "gemv row %d of M=%d differs alone (N=%d K=%d)", m, M, N, K);
+                    }
+                    /* W split in two tasks at an odd row: the same bits */
+                    int h = N / 2 + (N > 2);
+                    F(fa_gemv)(X, xs, M, W, ws, Wu, h, K, (ki % 2) ? b : 0, glu ? b + N : 0, a, Y2, ys);
+                    F(fa_gemv)(X, xs, M, W + h * ws, ws, Wu ? Wu + h * ws : 0, N - h, K, (ki % 2) ? b + h : 0,
+                               glu ? b + N + h : 0, a, Y2 + h, ys);
+                    CHECK(memcmp(Y, Y2, sizeof(T) * ((M - 1) * ys + N)) == 0, "gemv split at %d differs (M=%d N=%d K=%d)", h, M, N, K);
+                    for (int i = 0; i < 16 * 40; i++) Y[i] = (T)777;
+                }
+    free(X); free(W); free(b); free(Y); free(Y1); free(Y2);
+    return nfail_local;
+}
+
 static int F(run_tests)(const char *tname, int *nrun)
 {
     int tot = 0, n;
 #define RUN(fn) n = F(fn)(); printf("  %-8s %-20s %s\n", tname, #fn, n ? "FAIL" : "ok"); tot += n != 0; (*nrun)++;
     RUN(test_qk) RUN(test_gemm_nt) RUN(test_pv) RUN(test_rescale_pv) RUN(test_softmax) RUN(test_rescale) RUN(test_rows) RUN(test_exp_sum_max)
-    RUN(test_exp2_special) RUN(test_tile_io)
+    RUN(test_exp2_special) RUN(test_tile_io) RUN(test_gemv)
 #undef RUN
     return tot;
 }
