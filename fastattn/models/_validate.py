@@ -92,7 +92,9 @@ def check_weight_budget(config_path, folder, n_weights, fields, layers=None):
         return
     need = 2 * int(n_weights)
     if need > have:
+        files = ("model.safetensors" if os.path.isfile(os.path.join(folder, "model.safetensors"))
+                 else "the shards of model.safetensors.index.json")
         raise ValueError(f"{config_path}: the sizes {desc} imply at least {n_weights:,} "
-                         f"weights ({need:,} bytes even as 16-bit floats), but the "
-                         f"checkpoint files in {folder} hold only {have:,} bytes: "
-                         f"config.json does not describe these weights")
+                         f"weights ({need:,} bytes even as 16-bit floats), but {files} "
+                         f"in {folder} hold(s) only {have:,} bytes: config.json does not "
+                         f"describe these weights")

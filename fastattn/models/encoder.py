@@ -567,8 +567,9 @@ def _check_sizes_fit(folder, c):
     distil = c.model_type == "distilbert"
     names = ("vocab_size", "dim" if distil else "hidden_size",
              "n_layers" if distil else "num_hidden_layers",
-             "hidden_dim" if distil else "intermediate_size", "max_position_embeddings")
-    vals = (c.vocab_size, E, L, I, c.max_position_embeddings)
+             "hidden_dim" if distil else "intermediate_size", "max_position_embeddings",
+             "type_vocab_size")
+    vals = (c.vocab_size, E, L, I, c.max_position_embeddings, c.type_vocab_size)
     check_weight_budget(os.path.join(folder, "config.json"), folder, n,
                         dict(zip(names, vals)), layers=(names[2], L))
 
