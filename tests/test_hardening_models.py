@@ -577,7 +577,7 @@ def _bounded_ok(fn, seconds=10.0, budget=128 << 20):
     return out
 
 
-@pytest.mark.parametrize("kind", ["words", "punctuation", "mixed"])
+@pytest.mark.parametrize("kind", ["words", "punctuation", "mixed", "cjk-punctuation"])
 def test_ten_megabyte_string_is_truncated(encoder, kind):
     """10 MB in one string: truncated at max_seq_length tokens like a short
     prefix of it, in bounded time and memory, bit for bit."""
@@ -586,8 +586,10 @@ def test_ten_megabyte_string_is_truncated(encoder, kind):
         s = "the cat runs over the big red house " * (TEN_MB // 36)
     elif kind == "punctuation":
         s = "a." * (TEN_MB // 2)
+    elif kind == "cjk-punctuation":      # no ASCII at all: split at the ideographic full stop
+        s = "\u6f22\u5b57\u3002" * (TEN_MB // 3)
     else:                               # random letters and punctuation, no spaces
-        s = "".join(rng.choice(list("abcdefgh.,!?"), TEN_MB))
+        s = rng.choice(np.frombuffer(b"abcdefgh.,!?", np.uint8), TEN_MB).tobytes().decode()
     assert len(s) >= TEN_MB - 64
     got = _bounded_ok(lambda: encoder.encode([s, "a"]))
     want = encoder.encode([s[:2000], "a"])

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import time
+import unicodedata
 import warnings
 
 import numpy as np
@@ -75,11 +76,25 @@ _ACTIVATIONS = {
 _SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit",
                              "ByteLevel", "Metaspace"}
 _SPACES = frozenset(" \t\n\r")
-# BERT's pre-tokenizer makes every punctuation character a token of its own,
-# so these are split points too (see _tokenize).
+# BERT's pre-tokenizer makes every punctuation character (these ASCII ones
+# and Unicode's P* categories) a token of its own, so they are split points
+# too (see _tokenize).
 _ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 # Longest text tokenised whole when it cannot be cut exactly (see _tokenize).
-_MAX_TEXT_CHARS = 1 << 18
+_MAX_TEXT_CHARS = 1 << 16
+
+
+def _has_split_point(s, punct):
+    """Whether ``s`` holds a pre-tokenizer split point: ASCII whitespace,
+    or (``punct``: BERT's pre-tokenizer) a punctuation character."""
+    if not _SPACES.isdisjoint(s):
+        return True
+    if not punct:
+        return False
+    if not _ASCII_PUNCT.isdisjoint(s):
+        return True
+    cat = unicodedata.category
+    return any(c > "\x7f" and cat(c)[0] == "P" for c in s)
 
 # Progress bar by default from this many sentences on.
 _PROGRESS_MIN_SENTENCES = 1024
@@ -528,7 +543,7 @@ class SentenceEncoder:
         characters first, and only when that provably yields the same ids:
         the prefix's encoding must be truncated and have a split point of the
         pre-tokenizer (an ASCII whitespace character; with BERT's
-        pre-tokenizer also an ASCII punctuation character, which it always
+        pre-tokenizer also a punctuation character, which it always
         isolates) between its last kept token and the cut (nothing after a
         split point changes the tokens before it); otherwise the cut doubles.
         A text longer than :meth:`_max_chars` that cannot be cut so is a
@@ -562,7 +577,7 @@ class SentenceEncoder:
     def _max_chars(self):
         """Longest text tokenised without a provable cut (bounded time and
         memory per sentence)."""
-        return max(_MAX_TEXT_CHARS, 32 * self._char_budget())
+        return max(_MAX_TEXT_CHARS, 8 * self._char_budget())
 
     def _too_long(self, index, n, limit):
         return ValueError(
@@ -574,14 +589,13 @@ class SentenceEncoder:
     def _encode_long(self, text, cut, index=0):
         tok, L = self.tokenizer, self.max_seq_length
         limit = self._max_chars()
-        split = _SPACES | _ASCII_PUNCT if self._cut_punct else _SPACES
         while cut < len(text):
             e = tok.encode(text[:cut])
             if len(e) >= L:
                 mask = e.special_tokens_mask
                 last = max((j for j in range(len(e)) if not mask[j]), default=None)
                 end = e.offsets[last][1] if last is not None else 0
-                if not split.isdisjoint(text[end:cut]):
+                if _has_split_point(text[end:cut], self._cut_punct):
                     return e
             if cut >= limit:
                 raise self._too_long(index, len(text), limit)
