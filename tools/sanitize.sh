@@ -3,8 +3,9 @@
 # in a separate copy of the tree and run tests under them.
 #
 #   tools/sanitize.sh            full: the whole test suite
-#   tools/sanitize.sh --quick    kernels, varlen, gemm, row-wise layers, weights
-#                                and the quick fuzz profile (a few minutes)
+#   tools/sanitize.sh --quick    kernels, varlen, gemm, row-wise layers, weights,
+#                                the quick fuzz profile, hostile model folders
+#                                and the model server load (a few minutes)
 #   tools/sanitize.sh [--quick] -- <pytest args>   extra pytest arguments
 #   --no-build    reuse the sanitizer build already in the copy (refresh only
 #                 the Python files and tests; e.g. while another run uses it)
@@ -64,6 +65,7 @@ if [ "$MODE" = quick ]; then
     # test_fuzz_kernels.py's quick profile fuzzes varlen_attention here
     TESTS=(test_kernels.py test_varlen.py test_gemm.py test_layers_kernels.py
            test_weights.py test_hardening.py test_fuzz_kernels.py
+           test_hardening_models.py test_server_load.py
            --deselect test_varlen.py::test_fuzz_against_reference_and_alone)
 else
     TESTS=()

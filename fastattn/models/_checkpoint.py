@@ -14,14 +14,17 @@ import struct
 
 import numpy as np
 
+from ._validate import check_json_file
+
 __all__ = ["read_json", "Checkpoint"]
 
 
 def read_json(path, what):
+    check_json_file(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{what} {path!r} must hold a JSON object")
@@ -71,7 +74,7 @@ class Checkpoint:
         index = os.path.join(p, "model.safetensors.index.json")
         self.files = {}          # tensor name -> file path
         if os.path.isfile(single):
-            with safe_open(single, framework="numpy") as f:
+            with _opened(safe_open, single) as f:
                 for k in f.keys():
                     self.files[k] = single
         elif os.path.isfile(index):
@@ -120,7 +123,7 @@ class Checkpoint:
     def _handle(self, path):
         f = self._open.get(path)
         if f is None:
-            f = self._safe_open(path, framework="numpy").__enter__()
+            f = _opened(self._safe_open, path).__enter__()
             self._open[path] = f
         return f
 
@@ -135,21 +138,54 @@ class Checkpoint:
             raise ValueError(f"checkpoint in {self.folder!r} has no tensor {name!r}")
         path = self.files[name]
         f = self._handle(path)
-        code = f.get_slice(name).get_dtype()
-        if code == "BF16":
-            a = _read_bf16(path, name)
-        else:
-            a = f.get_tensor(name)
+        code, got = _slice_info(f, name, path)
+        if shape is not None and got != tuple(shape):   # before reading any data
+            raise ValueError(f"tensor {name!r} has shape {got}, the config "
+                             f"implies {tuple(shape)}")
+        try:
+            if code == "BF16":
+                a = _read_bf16(path, name)
+            else:
+                a = f.get_tensor(name)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:   # safetensors' own error type
+            raise ValueError(f"tensor {name!r} in {path} could not be read: {e}") from None
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ValueError(f"tensor {name!r} has shape {tuple(a.shape)}, the config "
                              f"implies {tuple(shape)}")
         if a.dtype.kind != "f":
             raise ValueError(f"tensor {name!r} has dtype {a.dtype}, expected a float tensor")
+        _check_finite(a, name, path)
         self._used.add(name)
         return np.ascontiguousarray(a, dtype=dtype)
 
     def unused(self):
         return sorted(set(self.files) - self._used)
+
+
+def _opened(safe_open, path):
+    """``safe_open(path)``; a malformed file is a ValueError naming it."""
+    try:
+        return safe_open(path, framework="numpy")
+    except Exception as e:   # safetensors raises its own SafetensorError
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def _slice_info(f, name, path):
+    """(dtype code, shape) of a tensor from the file header, without
+    reading it; ValueError when the file (an index's shard) lacks it."""
+    try:
+        sl = f.get_slice(name)
+        return sl.get_dtype(), tuple(int(d) for d in sl.get_shape())
+    except Exception as e:
+        raise ValueError(f"tensor {name!r} is not in {path} ({e})") from None
+
+
+def _check_finite(a, name, path):
+    """NaN or infinite weights would only surface as NaN logits later."""
+    if not np.isfinite(a).all():
+        raise ValueError(f"tensor {name!r} in {path} holds NaN or infinite values")
 
 
 def _read_bf16(path, name):

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from ._validate import JSON_ERRORS, check_json_file
+
 __all__ = ["read_config", "Checkpoint", "ConfigReader"]
 
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
@@ -28,10 +30,11 @@ def read_config(folder):
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: a Hugging Face model folder needs config.json")
+    check_json_file(path, "config")
     try:
         with open(path, encoding="utf-8") as fh:
             cfg = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except JSON_ERRORS as e:
         raise ValueError(f"{path} could not be read as JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
@@ -113,10 +116,11 @@ class Checkpoint:
         self._keys = None
 
     def _read_index(self, index):
+        check_json_file(index, "checkpoint index")
         try:
             with open(index, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except JSON_ERRORS as e:
             raise ValueError(f"{index} could not be read as JSON: {e}") from None
         wm = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(wm, dict) or not all(
@@ -197,7 +201,10 @@ class Checkpoint:
             where = self._index_path if self._map is not None else self._files[None]
             raise ValueError(f"tensor {name!r} is missing from {where}")
         h, path = found
-        sl = h.get_slice(name)
+        try:
+            sl = h.get_slice(name)
+        except Exception as e:   # the index names a tensor its shard lacks
+            raise ValueError(f"tensor {name!r} is not in {path} ({e})") from None
         got = tuple(int(s) for s in sl.get_shape())
         if got != tuple(shape):
             raise ValueError(f"tensor {name!r} in {path} has shape {got}, expected "

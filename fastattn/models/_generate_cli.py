@@ -28,6 +28,13 @@ def add_parser(subparsers):
     return p
 
 
+def _tokenizer(Tokenizer, path):
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:   # tokenizers raises a plain Exception
+        raise ValueError(f"{path} is not a valid tokenizers file: {e}") from None
+
+
 def _err(msg):
     print(f"fastattn generate: error: {msg}", file=sys.stderr)
     return 2
@@ -49,7 +56,7 @@ def run(args, out=None, err=None):
         return _err(f"--temperature must be >= 0, got {args.temperature}")
     try:
         model = AutoModelForCausalLM.from_pretrained(args.model)
-        tk = Tokenizer.from_file(tok_path)
+        tk = _tokenizer(Tokenizer, tok_path)
         ids = tk.encode(args.prompt).ids
         if not ids:
             return _err("the prompt encodes to no tokens")

@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _ops
 from ._encoder_files import Checkpoint, ConfigReader, read_config
+from ._validate import check_weight_budget
 
 __all__ = ["EncoderConfig", "AutoModel", "BertModel", "RobertaModel",
            "DistilBertModel"]
@@ -315,8 +316,10 @@ class _Encoder:
                              f"{cls.__name__} checkpoint; use "
                              f"fastattn.models.AutoModel.from_pretrained")
         klass = _CLASSES[config.model_type]
+        _check_sizes_fit(folder, config)
         with Checkpoint(folder) as ck:
             weights = klass._read_weights(ck, config)
+            _check_no_extra_layers(ck, klass, config)
         return klass(config, weights)
 
     @classmethod
@@ -612,6 +615,34 @@ def _like_ids(x, name, ids):
     if a.shape != ids.shape:
         raise ValueError(f"{name} has shape {a.shape}, input_ids {ids.shape}")
     return a
+
+
+def _check_sizes_fit(folder, c):
+    """Hostile configs: the weights the sizes imply must fit in the files
+    (checked before anything is allocated from the sizes)."""
+    E, I, L = c.hidden_size, c.intermediate_size, c.num_layers
+    n = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * E \
+        + L * (4 * E * E + 2 * E * I)
+    folder = os.fspath(folder)
+    distil = c.model_type == "distilbert"
+    names = ("vocab_size", "dim" if distil else "hidden_size",
+             "n_layers" if distil else "num_hidden_layers",
+             "hidden_dim" if distil else "intermediate_size", "max_position_embeddings",
+             "type_vocab_size")
+    vals = (c.vocab_size, E, L, I, c.max_position_embeddings, c.type_vocab_size)
+    check_weight_budget(os.path.join(folder, "config.json"), folder, n,
+                        dict(zip(names, vals)), layers=(names[2], L))
+
+
+def _check_no_extra_layers(ck, cls, c):
+    """A checkpoint with more layers than config.json says would otherwise
+    load as a silently truncated model."""
+    p = cls._prefix(ck)
+    extra = p + f"{cls._layers}.{c.num_layers}."
+    if any(n.startswith(extra) for n in ck.names()):
+        key = "n_layers" if c.model_type == "distilbert" else "num_hidden_layers"
+        raise ValueError(f"{ck.folder}: the checkpoint has tensors {extra}* beyond the "
+                         f"{c.num_layers} layers of config.json's {key}")
 
 
 def _read_blocks(cls, ck, c):

@@ -6,17 +6,27 @@ biases everywhere.  The checkpoint's Conv1D weights are ``[in, out]``
 layout of fastattn's GEMM.  ``attn.c_attn`` is already Q|K|V fused.
 """
 import math
+import os
 
 import numpy as np
 
 from ..nn.layers import check_activation
 from ._checkpoint import Checkpoint
+from ._validate import check_weight_budget
 from .causal_lm import CausalLM, _Block, cfg_int, cfg_float
 
 __all__ = ["GPT2LMHeadModel"]
 
 # buffers some files carry (causal mask tables): not weights
 _IGNORED = (".attn.bias", ".attn.masked_bias")
+
+
+def _check_sizes_fit(path, V, E, L, F, P):
+    """Hostile configs: the weights the sizes imply must fit in the files."""
+    n = (V + P) * E + L * (4 * E * E + 2 * E * F)
+    check_weight_budget(os.path.join(path, "config.json"), path, n,
+                        dict(vocab_size=V, n_embd=E, n_layer=L, n_inner=F, n_positions=P),
+                        layers=("n_layer", L))
 
 
 class GPT2LMHeadModel(CausalLM):
@@ -43,6 +53,7 @@ class GPT2LMHeadModel(CausalLM):
         V = cfg_int(c, "vocab_size", 50257)
         P = cfg_int(c, "n_positions", 1024)
         eps = cfg_float(c, "layer_norm_epsilon", 1e-5)
+        _check_sizes_fit(path, V, E, L, F, P)
         act_name = c.get("activation_function", "gelu_new")
         try:
             act = check_activation(act_name) if isinstance(act_name, str) else None

@@ -8,11 +8,13 @@ kernel's kv-head indexing (K/V are never repeated), optional sliding window
 ``attention_bias``).
 """
 import math
+import os
 import numbers
 
 import numpy as np
 
 from ._checkpoint import Checkpoint
+from ._validate import check_weight_budget
 from .causal_lm import CausalLM, _Block, cfg_int, cfg_float
 
 __all__ = ["LlamaForCausalLM", "rope_inv_freq"]
@@ -116,6 +118,17 @@ def rope_inv_freq(config, head_dim):
     return inv, float(attn)
 
 
+def _check_sizes_fit(path, V, E, L, H, Hkv, D, F):
+    """Hostile configs: the weights the sizes imply must fit in the files
+    (before the per-layer tables and RoPE frequencies are built from them)."""
+    n = V * E + L * (2 * E * (H + Hkv) * D + 3 * E * F)
+    check_weight_budget(os.path.join(path, "config.json"), path, n,
+                        dict(vocab_size=V, hidden_size=E, num_hidden_layers=L,
+                             num_attention_heads=H, num_key_value_heads=Hkv, head_dim=D,
+                             intermediate_size=F),
+                        layers=("num_hidden_layers", L))
+
+
 class LlamaForCausalLM(CausalLM):
     """Llama, Mistral and Qwen2 causal language models."""
 
@@ -148,6 +161,7 @@ class LlamaForCausalLM(CausalLM):
         V = cfg_int(c, "vocab_size", 32000)
         P = cfg_int(c, "max_position_embeddings", 2048)
         eps = cfg_float(c, "rms_norm_eps", 1e-6)
+        _check_sizes_fit(path, V, E, L, H, Hkv, D, F)
         act = c.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"config.json field hidden_act = {act!r} is not supported "

