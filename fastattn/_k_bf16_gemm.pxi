@@ -7,8 +7,9 @@
 # after validating everything).
 #
 # GEMM tasks: blocks of BF16_MB (32) rows x nb output features (a multiple of
-# 32), ordered feature-block-major so a thread's consecutive tasks reuse one
-# packed weight panel from cache.  Every output element is summed over all of
+# 32), ordered row-block-major for packed weights up to 1.5 MiB (the weight
+# stays in L2, a thread's consecutive tasks share a block of x) and
+# feature-block-major above (consecutive tasks reuse one weight panel).  Every output element is summed over all of
 # K inside one task in an order fixed by K alone, so nb (which follows the
 # thread count) and the block a row falls in never change its bits.
 
@@ -50,6 +51,8 @@ def amx_request():
 
 cdef enum:
     CVT_CHUNK = 65536       # elements per conversion task
+
+cdef Py_ssize_t BF16_MMAJOR_BYTES = 3 << 19   # packed weights up to 1.5 MiB: row-block-major tasks
 
 
 ctypedef struct CvtArgs:
@@ -146,13 +149,19 @@ ctypedef struct Bf16LinArgs:
     char *y
     Py_ssize_t ys
     int out_bf16
-    Py_ssize_t M, N, K, nmb, nb
+    Py_ssize_t M, N, K, nmb, nb, nnb
+    int mmajor
 
 
 cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
     cdef const Bf16LinArgs *a = <const Bf16LinArgs *>c
-    cdef Py_ssize_t n0 = (t // a.nmb) * a.nb
-    cdef Py_ssize_t m0 = (t % a.nmb) * FA_BF16_MB
+    cdef Py_ssize_t n0, m0
+    if a.mmajor:
+        m0 = (t // a.nnb) * FA_BF16_MB
+        n0 = (t % a.nnb) * a.nb
+    else:
+        n0 = (t // a.nmb) * a.nb
+        m0 = (t % a.nmb) * FA_BF16_MB
     cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BF16_MB else FA_BF16_MB
     cdef int nn = <int>(a.N - n0) if a.N - n0 < a.nb else <int>a.nb
     cdef size_t esz = 2 if a.out_bf16 else 4
@@ -195,5 +204,12 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
         nb = nb // 2
     nnb = (a.N + nb - 1) // nb
     a.nb = nb
+    a.nnb = nnb
+    # task order (speed only: every element is one task's either way): a
+    # packed weight that fits in L2 with room to spare is cycled through
+    # there while a thread's consecutive tasks keep one block of x hot
+    # (row-block-major); a bigger one is streamed once, each panel reused by
+    # consecutive tasks over the row blocks (feature-block-major)
+    a.mmajor = cnp.PyArray_NBYTES(P) <= BF16_MMAJOR_BYTES
     _run_tasks(a.nmb * nnb, FA_BF16_SCRATCH(a.K), _bf16_lin_task, &a, nthreads, False)
     return out

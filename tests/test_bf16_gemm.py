@@ -268,6 +268,22 @@ def test_large_shape_threads(build):
     assert np.array_equal(B.linear(x[:1], p, num_threads=2), y1[:1])
 
 
+def test_big_weight_task_order(build):
+    """A packed weight over 1.5 MiB runs its tasks feature-block-major
+    (smaller ones row-block-major): same bounds, same batch invariance."""
+    rng = np.random.default_rng(13)
+    x = _rand_bf16(rng, (70, 400))
+    w = _rand_bf16(rng, (2100, 400))
+    p = B.pack_weight(w)
+    assert p.nbytes > 3 << 19
+    y1 = B.linear(x, p, num_threads=1)
+    assert np.array_equal(B.linear(x, p, num_threads=2), y1)
+    ref, bound = _reference(x, w, None, None)
+    assert np.all(np.abs(y1 - ref) <= bound)
+    for s in (0, 33, 69):
+        assert np.array_equal(B.linear(x[s:s + 1], p, num_threads=2), y1[s:s + 1])
+
+
 def test_builds_agree_within_the_bound():
     rng = np.random.default_rng(11)
     M, N, K = 70, 50, 300
