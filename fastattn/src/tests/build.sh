@@ -77,7 +77,7 @@ one_job() {
     $runner "$OUT/fa_test_$name" > "$OUT/$name.log" 2>&1
     rc=$?
     echo ran >&3
-    got=$(sed -n 's/^fa_[a-z0-9]*\.h ISA: \([a-z0-9]*\).*/\1/p' "$OUT/$name.log")
+    got=$(sed -n 's/^fa_[a-z0-9_]*\.h ISA: \([a-z0-9]*\).*/\1/p' "$OUT/$name.log")
     last=$(tail -n 1 "$OUT/$name.log")
     if [ $rc = 0 ] && [ "$got" = "$isa" ] && [ "$last" = "$isa: ${last#*: }" ] && ! grep -q FAIL "$OUT/$name.log"; then
         echo "[$name] ok: $last"
@@ -138,6 +138,19 @@ one bf16_widen2 bf16widen $HAVE_AVX2 --src $B "$CC" -mavx2 -mfma
 one bf16_widenc bf16widen 1 --src $B "$CC"
 one bf16_emul_amx bf16emulamx 1 --src $B "$CC" -DFA_BF16_EMUL_AMX
 one bf16_emul_dp bf16emuldp 1 --src $B "$CC" -DFA_BF16_EMUL_DP
+
+# The bf16 operands of the fused attention (fa_bf16_attn_test.c): rounding and
+# widening against an independent reference, the rows tiles reading bf16 K/V
+# bit for bit against the fp32 tiles on every vector layer, the lanes packs
+# and stores, and (amx) the tile products against float64 with the
+# fp32-accumulation bound.
+A=fa_bf16_attn_test.c
+one attn_amx attnamx $HAVE_AMX --src $A "$CC" $AVX512 -mavx512bf16 -mamx-tile -mamx-bf16
+one attn_widen512 attnwiden $HAVE_AVX512 --src $A "$CC" $AVX512
+one attn_widen2 attnwiden $HAVE_AVX2 --src $A "$CC" -mavx2 -mfma
+one attn_widensse2 attnwiden 1 --src $A "$CC"
+one attn_generic attnwiden 1 --src $A "$CC" -DFA_FORCE_GENERIC=16
+one attn_scalar attnwiden 1 --src $A "$CC" -DFA_FORCE_SCALAR
 
 wait
 # Digests of every GEMM result: the emulated vdpbf16ps must give the real
