@@ -2,8 +2,9 @@
 #
 # Two tile families, bit-identical element for element (see fa_gemm.h):
 #   - packed weight panels (fa_gemm.h): W packed once into contiguous panels
-#     of output features (pack_weight -> PackedWeight, or per call for large
-#     M), rows of X broadcast against them, Y stored in place.  The fast path.
+#     of output features (pack_weight -> PackedWeight, or per call from
+#     LIN_PACK_ROWS rows), rows of X broadcast against them, Y stored in
+#     place.  The fast path.
 #   - the lanes-layout tiles below (fa_gemm_nt, fa_narrow.h): W read in
 #     place; kept for small calls with an unpacked W (packing W for them
 #     would cost more than the product).
@@ -143,9 +144,11 @@ cdef extern from "fa_gemm.h" nogil:
                             double *y, Py_ssize_t ys, double *buf)
 
 cdef enum:
-    # an unpacked W is packed per call from this many rows of X on (below,
-    # packing it would cost more than the lanes-layout tiles lose)
-    LIN_PACK_ROWS = 128
+    # an unpacked W is packed per call from this many rows of X on; measured
+    # on a loaded Sapphire Rapids, per-call packing did not pay at 256 rows
+    # (0.86x BLAS against the lanes tiles' 1.04x), so unpacked calls keep the
+    # lanes-layout tiles up to very large M (the models pack at load instead)
+    LIN_PACK_ROWS = 16384
     PACK_PANELS = 8          # panels per packing task
 
 

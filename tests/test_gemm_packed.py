@@ -72,7 +72,7 @@ def test_packed_equals_the_lanes_tiles_bit_for_bit(rng, build, dt, specials):
                     _call(mod, x[:M], wp=wp, bias=bias, relu=relu, out=y, nthreads=nt)
                     assert _same_bits(y, lanes[:M]), (build, dt, N, K, M, nt)
                     assert np.all(buf[:, :3] == 1234.5) and np.all(buf[:, 3 + N:] == 1234.5)
-            # an unpacked W from 128 rows on is packed per call: same bits
+            # the unpacked call over all rows: same bits
             buf, y = _out(300, N, dt)
             _call(mod, x, w=w, bias=bias, relu=relu, out=y, nthreads=2)
             assert _same_bits(y, lanes)

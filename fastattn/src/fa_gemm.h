@@ -30,7 +30,7 @@
  * and max(0, v) (= v < 0 ? 0 : v, NaN and -0 kept).  No lane ever mixes with
  * another, so R, P, the row blocks, the panel ranges and the thread count
  * change the speed, never a bit.  Tested against the lanes-layout tiles in
- * tests/fa_gemm_test.c and tests/test_gemm_narrow.py.
+ * src/tests/fa_gemm_test.c and tests/test_gemm_packed.py.
  *
  * Functions (T = float / double, suffix _f32 / _f64):
  *   fa_gemm_panel_width_f32/_f64()       PW (output features per panel)
@@ -196,6 +196,20 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
                 FA__GM_N(fa__gm_rows)(Xp, Wk + p * pst, pst, kc, y + (ptrdiff_t)p * FA__GM_PWT, ys,
                                       bias ? bias + (ptrdiff_t)p * FA__GM_PWT : bias,
                                       first, last, relu, rlast, 2 <= FA__GM_PMAX ? 2 : 1);
+#if FA__GM_GOUTER
+        /* row group outer: its packed X stays in L1, the panels stream from L2 */
+        for (int g = 0; g < ng; g++)
+            for (int pp = p; pp < np; pp++) {
+                const int e = edge && pp == np - 1;
+                FA__GM_T *Yp = e ? Ye : y + (ptrdiff_t)pp * FA__GM_PWT;
+                const ptrdiff_t ly = e ? FA__GM_PWT : ys;
+                const FA__GM_T *bp = bias ? (e ? Be : bias + (ptrdiff_t)pp * FA__GM_PWT) : bias;
+                FA__GM_N(fa__gm_rows)(Xp + (ptrdiff_t)g * FA_GM_KC * FA__GM_MR, Wk + pp * pst, pst,
+                                      kc, Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly, bp, first, last,
+                                      relu, g == ng - 1 ? rlast : FA__GM_MR, 1);
+            }
+#else
+        /* panel outer: its KC x PW slice stays in L1 across the row groups */
         for (; p < np; p++) {
             const int e = edge && p == np - 1;
             FA__GM_T *Yp = e ? Ye : y + (ptrdiff_t)p * FA__GM_PWT;
@@ -206,6 +220,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
                                       kc, Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly, bp, first, last,
                                       relu, g == ng - 1 ? rlast : FA__GM_MR, 1);
         }
+#endif
         if (last) break;
         k0 += kc;
     }
@@ -227,7 +242,9 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 /* K slice: the lanes-layout tile's LIN_KC (the slice boundaries are where the
  * accumulators are stored as T and reloaded; exact, but kept the same so no
  * build with excess register precision could ever differ) */
-#define FA_GM_KC 256
+#ifndef FA_GM_KC
+#  define FA_GM_KC 256
+#endif
 
 /* Register blocking: MR rows x NV vectors (accumulators MR*NV, plus NV
  * panel vectors and a broadcast).  FA__GM_PFOR(R): panels per micro-tile
@@ -256,6 +273,9 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #  endif
 #endif
 #define FA__GM_PMAX 4
+#ifndef FA__GM_GOUTER
+#  define FA__GM_GOUTER 0
+#endif
 /* rows per task block: a multiple of MR, the packed X block MB x KC in L2 */
 #ifndef FA_GM_MB
 #  define FA_GM_MB (FA__GM_MR * (FA__GM_MR >= 12 ? 8 : 16))
