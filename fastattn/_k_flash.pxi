@@ -772,7 +772,7 @@ cdef int _cmp_seq(const void *x, const void *y) noexcept nogil:
 cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt) except -1:
     """Variable-length batch: per-sequence layouts, one task table."""
     cdef Py_ssize_t nb = a.nb, i, j, h, blk, L, S, nblk, R
-    cdef Py_ssize_t ntask = 0, nmerge = 0, part_total = 0, Rmax = 0
+    cdef Py_ssize_t ntask = 0, nmerge = 0, part_total = 0, Rmax = 0   # Rmax: elements
     cdef bint any_lanes = False, rows
     cdef size_t isz = 4 if dt == 0 else 8, nbuf = 0
     cdef const int64_t *cq = a.cu_q
@@ -799,8 +799,10 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt) except -1:
             poff[i] = part_total
             part_total += a.Hkv * nblk * R * (a.Dv + 2)
             nmerge += a.Hkv
-            if R > Rmax:
-                Rmax = R
+            # the largest rows buffer of any sequence (not of the longest R:
+            # a 16-64-row sequence adds the narrow tile's scratch)
+            if _rows_buf(a, R) > <size_t>Rmax:
+                Rmax = <Py_ssize_t>_rows_buf(a, R)
         else:
             nblk = (L + FA_BR - 1) // FA_BR
             any_lanes = True
@@ -838,8 +840,8 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt) except -1:
                     nt += 1
     if any_lanes:
         nbuf = _lanes_buf(a)
-    if Rmax and _rows_buf(a, Rmax) > nbuf:
-        nbuf = _rows_buf(a, Rmax)
+    if <size_t>Rmax > nbuf:
+        nbuf = <size_t>Rmax
     part = np.empty(part_total, dtype=np.float32 if dt == 0 else np.float64)
     a.part = _ptr(part)
     a.part_off = poff
