@@ -778,7 +778,7 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
     (with their extra scratch, in elements, and merge scratch in bytes)
     replace the task functions: flash_bf16 runs its own on the same table."""
     cdef Py_ssize_t nb = a.nb, i, j, h, blk, L, S, nblk, R
-    cdef Py_ssize_t ntask = 0, nmerge = 0, part_total = 0, Rmax = 0
+    cdef Py_ssize_t ntask = 0, nmerge = 0, part_total = 0, Rmax = 0   # Rmax: elements
     cdef bint any_lanes = False, rows
     cdef size_t isz = 4 if dt == 0 else 8, nbuf = 0
     cdef const int64_t *cq = a.cu_q
@@ -805,8 +805,10 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
             poff[i] = part_total
             part_total += a.Hkv * nblk * R * (a.Dv + 2)
             nmerge += a.Hkv
-            if R > Rmax:
-                Rmax = R
+            # the largest rows buffer of any sequence (not of the longest R:
+            # a 16-64-row sequence adds the narrow tile's scratch)
+            if _rows_buf(a, R) > <size_t>Rmax:
+                Rmax = <Py_ssize_t>_rows_buf(a, R)
         else:
             nblk = (L + FA_BR - 1) // FA_BR
             any_lanes = True
@@ -844,8 +846,8 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
                     nt += 1
     if any_lanes:
         nbuf = _lanes_buf(a) + lanes_extra
-    if Rmax and _rows_buf(a, Rmax) + rows_extra > nbuf:
-        nbuf = _rows_buf(a, Rmax) + rows_extra
+    if Rmax and <size_t>Rmax + rows_extra > nbuf:
+        nbuf = <size_t>Rmax + rows_extra
     part = np.empty(part_total, dtype=np.float32 if dt == 0 else np.float64)
     a.part = _ptr(part)
     a.part_off = poff
