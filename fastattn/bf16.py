@@ -23,7 +23,7 @@ row sits in x and for any thread count (docs/architecture.md, "bfloat16").
 import numpy as np
 
 from . import _dispatch
-from .threads import for_flops as _for_flops
+from .threads import for_flops as _for_flops, for_stream as _for_stream
 
 _k = _dispatch.kernels
 
@@ -257,7 +257,11 @@ def linear(x, w, bias=None, *, activation=None, out_dtype=None, out=None, num_th
     if out.strides[0] <= 0 < M - 1:          # rows backwards or aliased: via a temporary
         final, out = out, np.empty((M, N), odt)
     ou = _u16(out) if _is_bf16(odt) else out
-    nt = _nthreads(num_threads, 2 * M * N * max(K, 1))
+    # enough threads for the arithmetic, and for the weight stream: at a
+    # decode step's few rows the call is a read of the packed weight, which
+    # one core cannot do at the memory's speed (GPT-2 bf16 decode at batch 1
+    # ran 1.03-1.18x its fp32 decode with the flops rule alone)
+    nt = max(_nthreads(num_threads, 2 * M * N * max(K, 1)), _for_stream(num_threads, w.nbytes))
     _k.bf16_linear(xu, w._data, bias, getattr(_k, _ACT_CODE[activation]), ou, nt)
     if final is not None:
         final[...] = out

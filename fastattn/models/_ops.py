@@ -229,9 +229,10 @@ def dense_bf16(x, w, b=None, act=None, out=None, out_dtype=np.float32):
     if N == 0:
         return out
     mod = bf16()
-    nt = for_flops(None, 2 * N * M * K)
+    # threads: fastattn.bf16.linear's policy (flops, and the weight's bytes
+    # at decode-sized row counts); the results do not depend on it
     mod.linear(x, w, b, activation=None if act == "identity" else act,
-               out_dtype=out.dtype, out=out, num_threads=nt)
+               out_dtype=out.dtype, out=out)
     return out
 
 
