@@ -3,7 +3,9 @@
 # in a separate copy of the tree and run tests under them.
 #
 #   tools/sanitize.sh            full: the whole test suite
-#   tools/sanitize.sh --quick    kernels, varlen, gemm, row-wise layers, weights,
+#   tools/sanitize.sh --quick    kernels (fp32 and bf16 attention, decode
+#                                attention, varlen, every GEMM: tiled, narrow,
+#                                packed, gemv, bf16), row-wise layers, weights,
 #                                the quick fuzz profile, hostile model folders
 #                                and the model server load (a few minutes)
 #   tools/sanitize.sh [--quick] -- <pytest args>   extra pytest arguments
@@ -66,6 +68,8 @@ if [ "$MODE" = quick ]; then
     TESTS=(test_kernels.py test_varlen.py test_gemm.py test_layers_kernels.py
            test_weights.py test_hardening.py test_fuzz_kernels.py
            test_hardening_models.py test_server_load.py
+           test_bf16_gemm.py test_bf16_attention.py test_bf16_rows.py test_gemv.py
+           test_decode_attention.py test_gemm_packed.py test_gemm_narrow.py
            --deselect test_varlen.py::test_fuzz_against_reference_and_alone)
 else
     TESTS=()
