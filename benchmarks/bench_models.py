@@ -293,7 +293,7 @@ def instrumented():
     acc = {"gemm": 0.0, "attention": 0.0, "norms": 0.0}
     saved = []
     for name, key in (("dense", "gemm"), ("attention", "attention"), ("add_norm", "norms"),
-                      ("dense_bf16", "gemm"), ("attention_bf16", "attention")):
+                      ("dense_bf16", "gemm")):
         fn = getattr(ops, name)
 
         def timed(*a, _fn=fn, _key=key, **k):

@@ -36,8 +36,9 @@ accumulation in float32 and stores in bfloat16 exactly what a GEMM reads:
   norm passes (:func:`add_norm`'s ``nb``), the GEMM before (its bias and
   activation fused into its bf16 store, :func:`dense_bf16`), the SwiGLU
   pass (:func:`swiglu`'s ``outb``), the attention (bf16 output);
-* attention: :func:`attention_bf16` (bf16 q/k/v straight out of the fused
-  QKV GEMM, bf16 output for the output projection).
+* attention: :func:`attention`, the same call as in float32 (bf16 q/k/v
+  straight out of the fused QKV GEMM, bf16 output for the output
+  projection: ``varlen_attention`` follows its inputs' dtype).
 
 ``fastattn.bf16.linear`` is batch invariant like the float32 tile (one
 accumulation scheme per build for every row count, work split over rows and
@@ -53,7 +54,7 @@ from ..threads import for_flops
 from ..nn import _ops as _row
 
 __all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "ACTIVATIONS",
-           "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16", "attention_bf16",
+           "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16",
            "decoder_attention_bf16"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
@@ -140,7 +141,9 @@ def attention(qkv, cu_seqlens, num_heads, scale, out):
     Parameters
     ----------
     qkv : ndarray, shape (total, 3 * num_heads * head_dim)
-        Rows ``[q | k | v]``; read in place through views.
+        Rows ``[q | k | v]``; read in place through views.  float32, or
+        bf16 (then ``out`` is bf16 too: softmax statistics and
+        accumulation in float32, the output rounded once).
     cu_seqlens : int64 ndarray, shape (nseq + 1,)
     num_heads : int
     scale : float
@@ -233,18 +236,6 @@ def dense_bf16(x, w, b=None, act=None, out=None, out_dtype=np.float32):
     # at decode-sized row counts); the results do not depend on it
     mod.linear(x, w, b, activation=None if act == "identity" else act,
                out_dtype=out.dtype, out=out)
-    return out
-
-
-def attention_bf16(qkv, cu_seqlens, num_heads, scale, out):
-    """:func:`attention` on a bf16 fused QKV output (q, k, v read in place
-    through views); ``out`` bf16 (the output projection's input).  Softmax
-    statistics and accumulation in float32, the output rounded once."""
-    T = qkv.shape[0]
-    D = qkv.shape[1] // (3 * num_heads)
-    q3 = qkv.reshape(T, 3, num_heads, D)
-    o3 = out.reshape(T, num_heads, D)
-    _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
     return out
 
 

@@ -594,7 +594,7 @@ class _Encoder:
         hid = np.empty((T, c.intermediate_size), dtype=b16)
         z = np.empty((T, E), dtype=f32)
         act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
-        dense, add_norm, attention = _ops.dense_bf16, _ops.add_norm, _ops.attention_bf16
+        dense, add_norm, attention = _ops.dense_bf16, _ops.add_norm, _ops.attention
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
             dense(xb, wqkv, bqkv, out=qkv)
             attention(qkv, cu, H, scale, ctx)
