@@ -55,11 +55,7 @@ def run(m, ids, positions, kv, p0, mask, last_only, rope=None):
     B, T = ids.shape
     H, Hkv, D, E = m.num_heads, m.num_kv_heads, m.head_dim, m.hidden_size
     b16 = m.dtype
-    x = m.embed[ids.reshape(-1)]
-    if m.pos_embed is not None:
-        x += m.pos_embed[positions.reshape(-1)]
-    if m.inv_freq is not None and rope is None:
-        rope = m._rope_tables(positions)
+    x, rope = m._embed(ids, positions, rope)
     S = p0 + T
     gqa = Hkv != H
     nthreads = for_attention(4 * B * H * T * S * D, False)

@@ -206,6 +206,16 @@ class CausalLM:
         return c.astype(self._float_dtype), s.astype(self._float_dtype)
 
     # -- the network ------------------------------------------------------------
+    def _embed(self, ids, positions, rope):
+        """The residual stream's first rows (token + learned position
+        embeddings, float32) and the RoPE tables (``rope`` if given)."""
+        x = self.embed[ids.reshape(-1)]
+        if self.pos_embed is not None:
+            x += self.pos_embed[positions.reshape(-1)]
+        if self.inv_freq is not None and rope is None:
+            rope = self._rope_tables(positions)
+        return x, rope
+
     def _run(self, ids, positions, kv, p0, mask, last_only, rope=None):
         """Logits for token ids (B, T) at ``positions`` (B, T).
 
@@ -222,11 +232,7 @@ class CausalLM:
         B, T = ids.shape
         H, Hkv, D, E = self.num_heads, self.num_kv_heads, self.head_dim, self.hidden_size
         dt = self.dtype
-        x = self.embed[ids.reshape(-1)]
-        if self.pos_embed is not None:
-            x += self.pos_embed[positions.reshape(-1)]
-        if self.inv_freq is not None and rope is None:
-            rope = self._rope_tables(positions)
+        x, rope = self._embed(ids, positions, rope)
         S = p0 + T
         gqa = Hkv != H
         att_flops = 4 * B * H * T * S * D
