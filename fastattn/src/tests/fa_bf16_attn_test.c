@@ -20,6 +20,8 @@
 #include <stdint.h>
 
 #include "fa_bf16_attn.h"
+#define FA_TEST_SEED 0x2545F4914F6CDD1Dull
+#include "fa_test_util.h"
 #if FA_BF16_ATTN_AMX
 #  include "fa_bf16_cpu.h"
 #  define NAME "attnamx"
@@ -38,24 +40,9 @@ static void check(int ok, const char *what)
     }
 }
 
-static uint64_t rs = 0x2545F4914F6CDD1Dull;
-static uint64_t rnd(void)
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return rs;
-}
-static float frand(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 4.0 - 2.0); }
+static float frand(void) { return (float)((double)(rnext() >> 11) / 9007199254740992.0 * 4.0 - 2.0); }
 static uint16_t brand(void) { return fa_bf16_round1(frand()); }
 
-static void *xalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n + 63) / 64 * 64)) { fprintf(stderr, "out of memory\n"); exit(2); }
-    memset(p, 0, (n + 63) / 64 * 64);
-    return p;
-}
 
 static uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
@@ -91,7 +78,7 @@ static void test_round(void)
         bad += fa_bf16_round1(f) != ref_round(f);
     }
     for (int i = 0; i < 200000; i++) {
-        uint32_t u = (uint32_t)rnd();
+        uint32_t u = (uint32_t)rnext();
         float f;
         memcpy(&f, &u, 4);
         bad += fa_bf16_round1(f) != ref_round(f);

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "fa_bf16.h"
+#include "fa_test_util.h"
 
 #if defined(FA_BF16_EMUL_AMX)
 #  define NAME "bf16emulamx"
@@ -44,23 +45,8 @@ static void check(int ok, const char *what)
     }
 }
 
-static uint64_t rs = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void)
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return rs;
-}
-static float frand(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+static float frand(void) { return (float)((double)(rnext() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
 
-static void *xalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n + 63) / 64 * 64)) { fprintf(stderr, "out of memory\n"); exit(2); }
-    memset(p, 0, n);
-    return p;
-}
 
 static uint64_t digest = 1469598103934665603ull;
 static void feed(const void *p, size_t n)
@@ -96,7 +82,7 @@ static void test_convert(void)
                                        0x00008000u, 0x00018000u, 0x3f808000u, 0x3f818000u,
                                        0x7f7f8000u, 0x807fffffu};
     for (int i = 0; i < N; i++)
-        bits[i] = (uint32_t)rnd();
+        bits[i] = (uint32_t)rnext();
     memcpy(bits, special, sizeof special);
     fa_bf16_from_f32_n((const float *)(const void *)bits, h, N);
     int bad = 0;

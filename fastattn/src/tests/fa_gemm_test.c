@@ -24,36 +24,11 @@
 #include <time.h>
 
 #include "fa_util.h"
+#include "fa_test_util.h"
 #include "fa_gemm.h"
 
 #define LIN_KC 256
 #define MAXN 200
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnext(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static double urand(void) { return (double)(rnext() >> 11) * (1.0 / 9007199254740992.0); }
-static int irand(int n) { return (int)(rnext() % (uint64_t)n); }
-
-static void *xalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n + 63) / 64 * 64)) { fprintf(stderr, "out of memory\n"); exit(2); }
-    memset(p, 0, n);
-    return p;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);   /* CPU time: preemption on a loaded machine does not count */
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static long nfail = 0, nchecked = 0;
 
@@ -195,11 +170,11 @@ static void bench_##SUF(int M, int nn, int K, int reps, double *gw, double *gp) 
     fa_gemm_pack_w_##SUF(w, K, nn, K, 0, (nn + fa_gemm_panel_width_##SUF() - 1) / fa_gemm_panel_width_##SUF(), Wp); \
     double bw = 1e30, bp = 1e30;                                                 \
     for (int r = 0; r < reps; r++) {                                             \
-        double t0 = now();                                                       \
+        double t0 = now_cpu();                                                       \
         wide_##SUF(x, K, M, w, K, nn, K, b, 0, y, nn, Xt, Yt);                   \
-        double t1 = now();                                                       \
+        double t1 = now_cpu();                                                       \
         packed_##SUF(x, K, M, Wp, nn, K, b, 0, y, nn, buf, FA_GM_MB, 1 << 30);   \
-        double t2 = now();                                                       \
+        double t2 = now_cpu();                                                       \
         if (t1 - t0 < bw) bw = t1 - t0;                                          \
         if (t2 - t1 < bp) bp = t2 - t1;                                          \
     }                                                                            \

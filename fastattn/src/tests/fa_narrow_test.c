@@ -24,36 +24,12 @@
 #include <time.h>
 
 #include "fa_util.h"
+#define FA_TEST_SEED 0x2545F4914F6CDD1Dull
+#include "fa_test_util.h"
 #include "fa_narrow.h"
 
 #define LIN_KC 256
 #define MAXN 160
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static uint64_t rnext(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static double urand(void) { return (double)(rnext() >> 11) * (1.0 / 9007199254740992.0); }
-static int irand(int n) { return (int)(rnext() % (uint64_t)n); }
-
-static void *xalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n + 63) / 64 * 64)) { fprintf(stderr, "out of memory\n"); exit(2); }
-    memset(p, 0, n);
-    return p;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static long nfail = 0, nchecked = 0;
 
@@ -168,10 +144,10 @@ static double bench_##SUF(int nr, int nn, int K, int narrow, int reps)          
     for (ptrdiff_t i = 0; i < (ptrdiff_t)nn * K; i++) w[i] = (T)(urand() - 0.5); \
     double best = 1e30;                                                          \
     for (int r = 0; r < reps; r++) {                                             \
-        double t0 = now();                                                       \
+        double t0 = now_cpu();                                                       \
         if (narrow) fa_gemm_narrow_##SUF(x, K, nr, w, K, nn, K, b, 0, y, nn, Xt, Yt); \
         else wide_##SUF(x, K, nr, w, K, nn, K, b, 0, y, nn, Xt, Yt);             \
-        double dt = now() - t0;                                                  \
+        double dt = now_cpu() - t0;                                                  \
         if (dt < best) best = dt;                                                \
     }                                                                            \
     free(x); free(w); free(y); free(b); free(Xt); free(Yt);                      \

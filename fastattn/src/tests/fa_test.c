@@ -23,30 +23,8 @@
 #include "fa_tiles.h"
 #include "fa_gemv.h"
 #include "fa_ref.h"
+#include "fa_test_util.h"
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static double urand(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static void *xalloc(size_t n)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n + 63) / 64 * 64)) { fprintf(stderr, "out of memory\n"); exit(2); }
-    memset(p, 0, n);
-    return p;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -203,7 +181,7 @@ static double flash_run(int impl, int L, int S, int D, const float *Q, const flo
                         phase_t *ph)
 {
     const float c = (float)(1.0 / sqrt((double)D) * 1.4426950408889634);
-    double t0 = now(), ta = 0, tb;
+    double t0 = now_wall(), ta = 0, tb;
     for (int q0 = 0; q0 < L; q0 += FA_BR) {
         int nq = L - q0 < FA_BR ? L - q0 : FA_BR;
         for (int d = 0; d < D; d++)
@@ -213,20 +191,20 @@ static double flash_run(int impl, int L, int S, int D, const float *Q, const flo
         for (int k0 = 0; k0 < S; k0 += FA_BC) {
             int nk = S - k0 < FA_BC ? S - k0 : FA_BC;
             const float *Kb = K + (size_t)k0 * D, *Vb = V + (size_t)k0 * D;
-            if (ph) ta = now();
+            if (ph) ta = now_wall();
             if (impl) fa_qk_f32(Kb, D, nk, D, Qt, St); else ref_qk_f32(Kb, D, nk, D, Qt, St);
-            if (ph) { tb = now(); ph->t_qk += tb - ta; ta = tb; }
+            if (ph) { tb = now_wall(); ph->t_qk += tb - ta; ta = tb; }
             if (impl) fa_softmax_f32(St, nk, m, l, al); else ref_softmax_f32(St, nk, m, l, al);
-            if (ph) { tb = now(); ph->t_sm += tb - ta; ta = tb; }
+            if (ph) { tb = now_wall(); ph->t_sm += tb - ta; ta = tb; }
             if (!impl) ref_rescale_f32(Ot, D, al);    /* fa_tiles: fused into pv */
-            if (ph) { tb = now(); ph->t_rs += tb - ta; ta = tb; }
+            if (ph) { tb = now_wall(); ph->t_rs += tb - ta; ta = tb; }
             if (impl) fa_rescale_pv_f32(Vb, D, nk, D, St, Ot, al); else ref_pv_f32(Vb, D, nk, D, St, Ot);
-            if (ph) { tb = now(); ph->t_pv += tb - ta; }
+            if (ph) { tb = now_wall(); ph->t_pv += tb - ta; }
         }
         for (int i = 0; i < nq; i++)
             for (int d = 0; d < D; d++) O[(size_t)(q0 + i) * D + d] = Ot[d * FA_BR + i] / l[i];
     }
-    return now() - t0;
+    return now_wall() - t0;
 }
 
 static void bench_flash(int D)
@@ -292,25 +270,25 @@ static void bench_decode(int R, int nheads)
         for (int impl = 1; impl >= 0; impl--) {
             int h = (rep * 2 + impl) % nheads;
             const float *Kh = K + hsz * h, *Vh = V + hsz * h;
-            double t0 = now();
+            double t0 = now_wall();
             for (int j = 0; j < S; j += chunk) {
                 if (impl) fa_dot_rows_f32(Q, R, Kh + (size_t)j * D, D, chunk, D, s + j, S);
                 else ref_dot_rows_f32(Q, R, Kh + (size_t)j * D, D, chunk, D, s + j, S);
             }
-            double t1 = now();
+            double t1 = now_wall();
             for (int r = 0; r < R; r++) {
                 float mx = impl ? fa_max_f32(s + (size_t)r * S, S) : ref_max_f32(s + (size_t)r * S, S);
                 if (impl) fa_exp2_sub_sum_f32(s + (size_t)r * S, S, mx); else ref_exp2_sub_sum_f32(s + (size_t)r * S, S, mx);
             }
             h = (h + 1) % nheads;   /* V of another head when cycling: cold */
             Vh = V + hsz * h;
-            double t2 = now();
+            double t2 = now_wall();
             memset(O, 0, sizeof(float) * R * D);
             for (int j = 0; j < S; j += chunk) {
                 if (impl) fa_axpy_rows_f32(s + j, R, S, Vh + (size_t)j * D, D, chunk, D, O);
                 else ref_axpy_rows_f32(s + j, R, S, Vh + (size_t)j * D, D, chunk, D, O);
             }
-            double t3 = now();
+            double t3 = now_wall();
             td[impl][rep] = t1 - t0;
             ta[impl][rep] = t3 - t2;
         }
