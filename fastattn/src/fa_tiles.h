@@ -169,6 +169,9 @@ static inline const char *fa_tiles_isa(void);
 #ifndef FA__QKN_K1
 #  define FA__QKN_K1 (FA__NREGS >= 32 ? 12 : 8)   /* keys per narrow QK microtile, one vector */
 #endif
+#ifndef FA__AXPY_CW4
+#  define FA__AXPY_CW4 (FA__NREGS >= 32 ? 4 : 2)   /* vectors of O per 4-row P.V microtile */
+#endif
 #ifndef FA__ROWS_JB
 #  define FA__ROWS_JB 32   /* keys per block in the row-layout functions */
 #endif
@@ -794,7 +797,7 @@ FA__PUB void FA__N(fa_axpy_rows)(const FA__T *P, int R, int ldp,
         ptrdiff_t pfo = (j + jb + FA__ROWS_JB <= nk) ? FA__ROWS_JB * vs : 0;
         int r = 0;
         for (; r + 4 <= R; r += 4)
-            FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 4, 2, pfo);
+            FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 4, FA__AXPY_CW4, pfo);
         if (r + 2 <= R) {
             FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 2, 4, pfo);
             r += 2;
