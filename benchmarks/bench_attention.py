@@ -155,6 +155,23 @@ def fewq_grid() -> list:
             for L in (2, 4, 8, 16, 32, 63) for S in (1024, 4096, 12000)]
 
 
+def fewq_full_grid() -> list:
+    """The fuller few-query grid (``--kinds fewq_full``): L = 2..64 query rows
+    per head x head_dim 32/64/80/128 x S = 1k and 8k keys, without and with
+    GQA (8 heads, or 16 query heads on 4 kv heads: at least 4 tasks for 2
+    threads either way), plus S = 32k at head_dim 64 and 128."""
+    cases = []
+    for H, Hkv in ((8, 8), (16, 4)):
+        for S in (1024, 8192):
+            for D in (32, 64, 80, 128):
+                for L in (2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 63, 64):
+                    cases.append(Case("fewq", 1, H, Hkv, L, S, D, False))
+        for D in (64, 128):
+            for L in (4, 16, 32, 48):
+                cases.append(Case("fewq", 1, H, Hkv, L, 32768, D, False))
+    return cases
+
+
 def quick_grid() -> list:
     cases = []
     for B, H, L in [(1, 12, 128), (1, 12, 512), (1, 16, 2048)]:
@@ -811,7 +828,8 @@ def parse_args(argv=None):
     p.add_argument("--kinds", default="mha,gqa,decode",
                    help="comma list of grid parts to run: mha, gqa, decode (the default), and "
                         "decode_hd (decode at head_dim 32/64/80/128, K+V 4-256 MiB), fewq "
-                        "(L = 2..63 query rows against S = 1k..12k keys)")
+                        "(L = 2..63 query rows against S = 1k..12k keys), fewq_full (L = 2..64 x "
+                        "head_dim 32/64/80/128 x S 1k/8k/32k, with and without GQA)")
     p.add_argument("--impls", default=",".join(IMPLS),
                    help=f"comma list from {','.join(IMPLS)} (default all)")
     p.add_argument("--fastattn-module", default=os.environ.get("FASTATTN_BENCH_MODULE", "fastattn"),
@@ -850,7 +868,7 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.0)
     dtype = np.dtype(args.dtype)
     kinds = set(args.kinds.split(","))
-    known = {"mha", "gqa", "decode", "decode_hd", "fewq"}
+    known = {"mha", "gqa", "decode", "decode_hd", "fewq", "fewq_full"}
     if kinds - known:
         raise SystemExit(f"unknown --kinds {sorted(kinds - known)}")
     cases = [c for c in (quick_grid() if args.quick else full_grid()) if c.kind in kinds]
@@ -858,6 +876,8 @@ def main(argv=None) -> int:
         cases += [c for c in decode_hd_grid() if c not in cases]
     if "fewq" in kinds:
         cases += fewq_grid()
+    if "fewq_full" in kinds:
+        cases += [c for c in fewq_full_grid() if c not in cases]
 
     fa_module, fa_why = None, None
     if "fastattn" in impls:

@@ -89,6 +89,68 @@ cdef inline void _nr_dot(const floating *Q, int R, const floating *K, Py_ssize_t
         _nr_dot_f64(Q, D, R, K, ks, nk, D, NULL, 0, s, lds, Xn, Yn)
 
 
+# The lanes layout on fewer than FA_BR query rows: the tile functions on the
+# first fa_lanes_used(nr) lanes only (16-lane groups), every lane computed
+# exactly as in the full tile, so a row's bits do not depend on how many rows
+# share its block.
+cdef extern from "fa_tiles.h" nogil:
+    int fa_lanes_used_f32(int nq)
+    void fa_qk_n_f32(const float *K, Py_ssize_t ks, int nk, int D, const float *Qt, float *St, int nq)
+    void fa_softmax_n_f32(float *St, int nk, float *m, float *l, float *alpha, int nq)
+    void fa_rescale_pv_n_f32(const float *V, Py_ssize_t vs, int nk, int Dv, const float *Pt,
+                             float *Ot, const float *alpha, int nq)
+    void fa_qk_n_f64(const double *K, Py_ssize_t ks, int nk, int D, const double *Qt, double *St,
+                     int nq)
+    void fa_softmax_n_f64(double *St, int nk, double *m, double *l, double *alpha, int nq)
+    void fa_rescale_pv_n_f64(const double *V, Py_ssize_t vs, int nk, int Dv, const double *Pt,
+                             double *Ot, const double *alpha, int nq)
+
+
+cdef inline void _qk_n(const floating *K, Py_ssize_t ks, int nk, int D, const floating *Qt,
+                       floating *St, int nq) noexcept nogil:
+    if floating is float:
+        fa_qk_n_f32(K, ks, nk, D, Qt, St, nq)
+    else:
+        fa_qk_n_f64(K, ks, nk, D, Qt, St, nq)
+
+
+cdef inline void _softmax_n(floating *St, int nk, floating *m, floating *l, floating *alpha,
+                            int nq) noexcept nogil:
+    if floating is float:
+        fa_softmax_n_f32(St, nk, m, l, alpha, nq)
+    else:
+        fa_softmax_n_f64(St, nk, m, l, alpha, nq)
+
+
+cdef inline void _rescale_pv_n(const floating *V, Py_ssize_t vs, int nk, int Dv,
+                               const floating *Pt, floating *Ot, const floating *alpha,
+                               int nq) noexcept nogil:
+    if floating is float:
+        fa_rescale_pv_n_f32(V, vs, nk, Dv, Pt, Ot, alpha, nq)
+    else:
+        fa_rescale_pv_n_f64(V, vs, nk, Dv, Pt, Ot, alpha, nq)
+
+
+# Which layout a (sequence, kv head) of L query rows per head and G query
+# heads per kv head takes (fp32/fp64 flash): a cost model measured on
+# Sapphire Rapids, one thread, D 64/128, S 1k-8k (benchmarks/NOTES.md).  The
+# lanes tile's cost grows with the lanes it runs (fa_lanes_used(L): 16-lane
+# groups, one tile per query head), the rows path's with the R = L*G rows, and
+# the rows path needs R <= FA_BR for its narrow score tile.  Rows are cheaper
+# while a head has fewer than ROWS_LANES_MIN_L rows (the lanes tile would run
+# mostly empty groups); from there, and for every R > FA_BR, the lanes.
+# Chosen from L and G alone (never the batch, the key count or the threads),
+# so a sequence's result never depends on them.
+cdef enum:
+    ROWS_LANES_MIN_L = 24
+
+# (for tests: the auto rule's bound, in rows per query head)
+ROWS_AUTO_MAX_L = ROWS_LANES_MIN_L - 1
+
+cdef inline bint _auto_rows(Py_ssize_t L, Py_ssize_t G) noexcept nogil:
+    return L < ROWS_LANES_MIN_L and L * G <= FA_BR
+
+
 cdef inline bint _rows_narrow(Py_ssize_t R) noexcept nogil:
     # (the narrow tile takes at most FA_BR rows; more only when a test forces
     # the rows path)
@@ -307,11 +369,11 @@ cdef void _flash_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
             Ot = Qt + qt_sz
             m = Ot + ot_sz
             l = m + FA_BR
-            _qk(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Qt, St)
+            _qk_n(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Qt, St, <int>nr)
             if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
                 _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
-            _softmax_tile(St, <int>nk, m, l, alpha)
-            _rescale_pv(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot, alpha)
+            _softmax_n(St, <int>nk, m, l, alpha, <int>nr)
+            _rescale_pv_n(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, St, Ot, alpha, <int>nr)
 
     for g in range(G):
         n = bn * a.Hq + hkv * G + g
@@ -739,7 +801,7 @@ def flash(FlashCall call not None):
         return call.out
     cdef size_t isz = 4 if dt == 0 else 8
     a.R = a.L * a.G
-    rows = a.R <= ROWS_MAX
+    rows = _auto_rows(a.L, a.G)
     if call.path == P_LANES:
         rows = False
     elif call.path == P_ROWS:
@@ -799,7 +861,9 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
         if L == 0:
             continue
         R = L * a.G
-        rows = (R <= ROWS_MAX and call.path != P_LANES) or call.path == P_ROWS
+        # (flash_bf16, tfn set, keeps its own rule: R <= ROWS_MAX, as its dense call)
+        rows = (((_auto_rows(L, a.G) if tfn == NULL else R <= ROWS_MAX)
+                 and call.path != P_LANES) or call.path == P_ROWS)
         if rows:
             nblk = (S + FA_SPLIT - 1) // FA_SPLIT
             poff[i] = part_total

@@ -37,6 +37,13 @@
  *              m     = mnew
  *   fa_rescale  Ot[d][i] *= alpha[i]
  *   fa_rescale_pv  fa_rescale then fa_pv, fused (bit-identical to the pair)
+ *   narrow lanes (few query rows in a lanes tile): fa_qk_n, fa_softmax_n,
+ *   fa_rescale_pv_n are fa_qk, fa_softmax, fa_rescale_pv on the first
+ *   fa_lanes_used(nq) lanes only (nq rounded up to whole lane groups of
+ *   FA__SM_NV vectors, 16 lanes on the vector ISAs); the other lanes of St,
+ *   Ot, m, l, alpha are neither read nor written.  Every lane's operations
+ *   are the full tile's, in the same order, so a lane's bits do not depend
+ *   on how many lanes run.
  *   fa_exp2     exp2(x); x < -126 (-1022 for f64) gives exactly 0, NaN stays
  *               NaN, x >= 128 (1024) gives +inf.  ~1 ulp.
  *   row layout (decode):
@@ -89,6 +96,11 @@ FA__PUB void fa_dot_rows_f32(const float *Q, int R, const float *K, ptrdiff_t ks
 FA__PUB void fa_axpy_rows_f32(const float *P, int R, int ldp, const float *V, ptrdiff_t vs, int nk,
                               int Dv, float *O);
 FA__PUB float fa_exp2_sub_sum_f32(float *x, int n, float mx);
+FA__PUB int fa_lanes_used_f32(int nq);
+FA__PUB void fa_qk_n_f32(const float *K, ptrdiff_t ks, int nk, int D, const float *Qt, float *St, int nq);
+FA__PUB void fa_softmax_n_f32(float *St, int nk, float *m, float *l, float *alpha, int nq);
+FA__PUB void fa_rescale_pv_n_f32(const float *V, ptrdiff_t vs, int nk, int Dv, const float *Pt, float *Ot,
+                                 const float *alpha, int nq);
 FA__PUB float fa_max_f32(const float *x, int n);
 
 FA__PUB double fa_exp2_f64(double x);
@@ -105,6 +117,11 @@ FA__PUB void fa_dot_rows_f64(const double *Q, int R, const double *K, ptrdiff_t 
 FA__PUB void fa_axpy_rows_f64(const double *P, int R, int ldp, const double *V, ptrdiff_t vs, int nk,
                               int Dv, double *O);
 FA__PUB double fa_exp2_sub_sum_f64(double *x, int n, double mx);
+FA__PUB int fa_lanes_used_f64(int nq);
+FA__PUB void fa_qk_n_f64(const double *K, ptrdiff_t ks, int nk, int D, const double *Qt, double *St, int nq);
+FA__PUB void fa_softmax_n_f64(double *St, int nk, double *m, double *l, double *alpha, int nq);
+FA__PUB void fa_rescale_pv_n_f64(const double *V, ptrdiff_t vs, int nk, int Dv, const double *Pt,
+                                 double *Ot, const double *alpha, int nq);
 FA__PUB double fa_max_f64(const double *x, int n);
 
 static inline const char *fa_tiles_isa(void);
@@ -148,6 +165,12 @@ static inline const char *fa_tiles_isa(void);
 #endif
 #ifndef FA__PF_LOC
 #  define FA__PF_LOC 3
+#endif
+#ifndef FA__QKN_K1
+#  define FA__QKN_K1 (FA__NREGS >= 32 ? 12 : 8)   /* keys per narrow QK microtile, one vector */
+#endif
+#ifndef FA__AXPY_CW4
+#  define FA__AXPY_CW4 (FA__NREGS >= 32 ? 4 : 2)   /* vectors of O per 4-row P.V microtile */
 #endif
 #ifndef FA__ROWS_JB
 #  define FA__ROWS_JB 32   /* keys per block in the row-layout functions */
@@ -341,8 +364,8 @@ FA__AI void FA__N(fa__qk_micro)(const FA__T *K, ptrdiff_t ks, ptrdiff_t D,
                                 const FA__T *Qt, FA__T *St,
                                 const int NK, const int NQ, const int ACC)
 {
-    FA__V acc[8][4];
-    const FA__T *kr[8];
+    FA__V acc[16][4];
+    const FA__T *kr[16];
     int a, b;
     FA__UNROLL for (a = 0; a < NK; a++) {
         kr[a] = K + a * ks;
@@ -412,7 +435,7 @@ FA__AI void FA__N(fa__pv_micro)(const FA__T *V, ptrdiff_t vs, int nk,
                                 const FA__T *Pt, FA__T *Ot, const FA__T *alpha,
                                 const int ND, const int NQ, const int SC)
 {
-    FA__V acc[8][4];
+    FA__V acc[16][4];
     int a, b;
     FA__UNROLL for (a = 0; a < ND; a++)
         FA__UNROLL for (b = 0; b < NQ; b++) {
@@ -474,12 +497,113 @@ FA__PUB void FA__N(fa_rescale_pv)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
     FA__N(fa__pv_all)(V, vs, nk, Dv, Pt, Ot, alpha, 1);
 }
 
+/* ---- narrow lanes: the first fa_lanes_used(nq) lanes only --------------
+ * Lane groups of FA__SM_NV vectors (the softmax pass); the products run
+ * their full microtiles on as many groups as fit and one narrower microtile
+ * (more keys / V columns per pass) on the rest. */
+FA__PUB int FA__N(fa_lanes_used)(int nq)
+{
+    const int u = FA__SM_NV * FA__VW;
+    int n = (nq + u - 1) / u * u;
+    return n < u ? u : (n > FA_BR ? FA_BR : n);
+}
+
+FA__PUB void FA__N(fa_qk_n)(const FA__T *K, ptrdiff_t ks, int nk, int D,
+                            const FA__T *Qt, FA__T *St, int nq)
+{
+    const int nv = FA__N(fa_lanes_used)(nq) / FA__VW;
+    if (nv * FA__VW == FA_BR) {
+        FA__N(fa__qk_all)(K, ks, nk, D, Qt, St, 0);
+        return;
+    }
+    int gfull = nv / FA__QK_NQ * FA__QK_NQ;   /* vectors in full groups */
+    int j = 0;
+    if (nv == 3 && FA__NREGS >= 32 && FA__QK_NQ == 2) {   /* 48 lanes: 5 keys x 3 vectors */
+        for (; j + 5 <= nk; j += 5)
+            FA__N(fa__qk_micro)(K + j * ks, ks, D, Qt, St + (ptrdiff_t)j * FA_BR, 5, 3, 0);
+        for (; j < nk; j++)
+            FA__N(fa__qk_micro)(K + j * ks, ks, D, Qt, St + (ptrdiff_t)j * FA_BR, 1, 3, 0);
+        return;
+    }
+    for (; j + FA__QK_NK <= nk; j += FA__QK_NK) {
+        for (int v = 0; v < gfull; v += FA__QK_NQ)
+            FA__N(fa__qk_micro)(K + j * ks, ks, D, Qt + v * FA__VW,
+                                St + (ptrdiff_t)j * FA_BR + v * FA__VW, FA__QK_NK, FA__QK_NQ, 0);
+    }
+    for (; j < nk; j++)
+        for (int v = 0; v < gfull; v += FA__QK_NQ)
+            FA__N(fa__qk_micro)(K + j * ks, ks, D, Qt + v * FA__VW,
+                                St + (ptrdiff_t)j * FA_BR + v * FA__VW, 1, FA__QK_NQ, 0);
+    if (gfull < nv) {   /* nv - gfull < FA__QK_NQ vectors left: 8 keys at a time */
+        const FA__T *Qr = Qt + gfull * FA__VW;
+        FA__T *Sr = St + gfull * FA__VW;
+        const int rv = nv - gfull;
+        j = 0;
+        if (rv == 1)
+            for (; j + FA__QKN_K1 <= nk; j += FA__QKN_K1)
+                FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, FA__QKN_K1, 1, 0);
+        for (; j + 8 <= nk; j += 8) {
+            if (rv == 1) FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 8, 1, 0);
+            else if (rv == 2) FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 8, 2, 0);
+            else FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 4, 3, 0);
+        }
+        for (; j < nk; j++) {
+            if (rv == 1) FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 1, 1, 0);
+            else if (rv == 2) FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 1, 2, 0);
+            else FA__N(fa__qk_micro)(K + j * ks, ks, D, Qr, Sr + (ptrdiff_t)j * FA_BR, 1, 3, 0);
+        }
+    }
+}
+
+/* ND rows of V at a time (remainder 1..ND-1 in one pass) for NQ vectors */
+FA__AI void FA__N(fa__pv_alln)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
+                               const FA__T *Pt, FA__T *Ot, const FA__T *alpha,
+                               const int ND, const int NQ)
+{
+    int d = 0;
+    for (; d + ND <= Dv; d += ND)
+        FA__N(fa__pv_micro)(V + d, vs, nk, Pt, Ot + (ptrdiff_t)d * FA_BR, alpha, ND, NQ, 1);
+    const FA__T *Vr = V + d;
+    FA__T *Or = Ot + (ptrdiff_t)d * FA_BR;
+    switch (Dv - d) {
+#define FA__PVN_CASE(c) case c: if (c < ND) FA__N(fa__pv_micro)(Vr, vs, nk, Pt, Or, alpha, c, NQ, 1); break;
+    FA__PVN_CASE(1) FA__PVN_CASE(2) FA__PVN_CASE(3) FA__PVN_CASE(4)
+    FA__PVN_CASE(5) FA__PVN_CASE(6) FA__PVN_CASE(7) FA__PVN_CASE(8)
+    FA__PVN_CASE(9) FA__PVN_CASE(10) FA__PVN_CASE(11)
+#undef FA__PVN_CASE
+    default: break;
+    }
+}
+
+FA__PUB void FA__N(fa_rescale_pv_n)(const FA__T *V, ptrdiff_t vs, int nk, int Dv,
+                                    const FA__T *Pt, FA__T *Ot, const FA__T *alpha, int nq)
+{
+    const int nv = FA__N(fa_lanes_used)(nq) / FA__VW;
+    if (nv * FA__VW == FA_BR) {
+        FA__N(fa__pv_all)(V, vs, nk, Dv, Pt, Ot, alpha, 1);
+        return;
+    }
+    int v = 0;
+    for (; v + FA__PV_NQ <= nv; v += FA__PV_NQ)
+        FA__N(fa__pv_alln)(V, vs, nk, Dv, Pt + v * FA__VW, Ot + v * FA__VW, alpha + v * FA__VW,
+                           FA__PV_ND, FA__PV_NQ);
+    switch (nv - v) {   /* 0 .. FA__PV_NQ-1 vectors left: more V rows per pass */
+    case 1: FA__N(fa__pv_alln)(V, vs, nk, Dv, Pt + v * FA__VW, Ot + v * FA__VW, alpha + v * FA__VW,
+                               FA__NREGS >= 32 ? 12 : 8, 1); break;
+    case 2: FA__N(fa__pv_alln)(V, vs, nk, Dv, Pt + v * FA__VW, Ot + v * FA__VW, alpha + v * FA__VW,
+                               FA__NREGS >= 32 ? 8 : 6, 2); break;
+    case 3: FA__N(fa__pv_alln)(V, vs, nk, Dv, Pt + v * FA__VW, Ot + v * FA__VW, alpha + v * FA__VW,
+                               FA__NREGS >= 32 ? 5 : 4, 3); break;
+    default: break;
+    }
+}
+
 /* ---- online softmax step --------------------------------------------- */
-FA__PUB void FA__N(fa_softmax)(FA__T *St, int nk, FA__T *m, FA__T *l,
-                               FA__T *alpha)
+FA__AI void FA__N(fa__softmax_lanes)(FA__T *St, int nk, FA__T *m, FA__T *l,
+                                     FA__T *alpha, const int nl)
 {
     const FA__V ninf = fa__set1(-(FA__T)INFINITY);
-    for (int g = 0; g < FA_BR; g += FA__SM_NV * FA__VW) {
+    for (int g = 0; g < nl; g += FA__SM_NV * FA__VW) {
         FA__V mo[4], mx[4], me[4], sum[4];
         int v;
         FA__UNROLL for (v = 0; v < FA__SM_NV; v++) {
@@ -510,6 +634,18 @@ FA__PUB void FA__N(fa_softmax)(FA__T *St, int nk, FA__T *m, FA__T *l,
             fa__st(m + g + v * FA__VW, mx[v]);
         }
     }
+}
+
+FA__PUB void FA__N(fa_softmax)(FA__T *St, int nk, FA__T *m, FA__T *l,
+                               FA__T *alpha)
+{
+    FA__N(fa__softmax_lanes)(St, nk, m, l, alpha, FA_BR);
+}
+
+FA__PUB void FA__N(fa_softmax_n)(FA__T *St, int nk, FA__T *m, FA__T *l,
+                                 FA__T *alpha, int nq)
+{
+    FA__N(fa__softmax_lanes)(St, nk, m, l, alpha, FA__N(fa_lanes_used)(nq));
 }
 
 /* ---- Ot *= alpha -------------------------------------------------------- */
@@ -661,7 +797,7 @@ FA__PUB void FA__N(fa_axpy_rows)(const FA__T *P, int R, int ldp,
         ptrdiff_t pfo = (j + jb + FA__ROWS_JB <= nk) ? FA__ROWS_JB * vs : 0;
         int r = 0;
         for (; r + 4 <= R; r += 4)
-            FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 4, 2, pfo);
+            FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 4, FA__AXPY_CW4, pfo);
         if (r + 2 <= R) {
             FA__N(fa__axpy_rowsc)(P + (ptrdiff_t)r * ldp + j, ldp, Vj, vs, jb, O + (ptrdiff_t)r * Dv, Dv, 2, 4, pfo);
             r += 2;
