@@ -51,7 +51,8 @@ cdef extern from "fa_bf16_attn.h" nogil:
     void fa_amx_scale(float *St, int nk, float scale)
     void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m, float *l,
                           float *Ot, int Dv, uint32_t *Pv)
-    void fa_amx_pvt(const uint16_t *Vt, const int *nks, const uint32_t *Pv, int Dv, float *Ot)
+    void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv, int Dv,
+                    float *Ot)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
     if FA_BF16_ATTN_AMX:
@@ -164,11 +165,15 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
 
 
 cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
-                           Py_ssize_t qb, float *buf, bint o16) noexcept nogil:
+                           Py_ssize_t qb, float *buf, bint o16,
+                           const uint16_t *vth) noexcept nogil:
     """The amx build's lanes block (fa_bf16_attn.h): super blocks of up to
     FA_AMX_SB visible 64-key tiles; S^T and P.V on AMX tiles, bounds/masks/
     ALiBi on the fp32 lanes tile exactly as the widening path, the online
-    softmax (lazy running max) in fp32, P rounded to bf16 for the product."""
+    softmax (lazy running max) in fp32, P rounded to bf16 for the product.
+    vth: this kv head's V^T, every key tile packed once per call by
+    _amx_vt_task (dense calls), or NULL: each task packs the tiles it uses
+    (varlen); the packed bits are the same either way."""
     cdef Py_ssize_t q0 = qb * FA_BR
     cdef Py_ssize_t nr = a.L - q0
     if nr > FA_BR:
@@ -197,6 +202,7 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef Py_ssize_t sbk[FA_AMX_SB]
     cdef int sbgeo[FA_AMX_SB]
     cdef bint vpacked[FA_AMX_SB]
+    cdef const uint16_t *vts[FA_AMX_SB]
     cdef bint kpacked[FA_AMX_SB]
     cdef bint bias
     cdef float qscale = <float>a.qscale
@@ -263,9 +269,12 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                     nk = FA_BC
                 nks[s] = <int>nk
                 anyk = 1
-                if not vpacked[s]:    # once per key tile for the whole GQA group
+                if vth != NULL:
+                    vts[s] = vth + sbk[s] * FA_BC * Dvp
+                elif not vpacked[s]:    # once per key tile for the whole GQA group
                     fa_amx_pack_vt(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv,
                                    Vt + s * FA_BC * Dvp)
+                    vts[s] = Vt + s * FA_BC * Dvp
                     vpacked[s] = True
                 if D % 32 == 0 and nk == FA_BC and a.ks > 0:
                     Kb = kp + k0 * a.ks
@@ -296,7 +305,7 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
             else:
                 sscale = qscale
             fa_amx_softmax_p(St, nks, sscale, m, l, O, <int>Dv, Pv)
-            fa_amx_pvt(Vt, nks, Pv, <int>Dv, O)
+            fa_amx_pvt(vts, nks, Pv, <int>Dv, O)
     fa_amx_end()
 
     for g in range(G):
@@ -461,16 +470,52 @@ cdef inline void _bf16_lanes_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
     cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
     cdef Py_ssize_t bh = t // nqb
-    if FA_BF16_ATTN_AMX:
-        _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
-    else:
-        _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
+    _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
 
 
 cdef void _bl_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, False)
 cdef void _bl_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, True)
+
+
+# the amx build's dense lanes calls: V^T of every (batch, kv head, key tile)
+# packed once by a parallel pass, then read by all the query blocks' tasks
+# (instead of each task packing the tiles again)
+cdef struct AmxCall:
+    FlashArgs a
+    uint16_t *vt        # nb * Hkv * nkb tiles of FA_BC * Dvp bf16
+    Py_ssize_t nkb      # key tiles per kv head
+
+
+cdef void _amx_vt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    cdef const AmxCall *x = <const AmxCall *>c
+    cdef const FlashArgs *a = &x.a
+    cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
+    cdef Py_ssize_t bh = t // x.nkb, kb = t % x.nkb
+    cdef Py_ssize_t k0 = kb * FA_BC
+    cdef Py_ssize_t nk = a.S - k0
+    if nk > FA_BC:
+        nk = FA_BC
+    fa_amx_pack_vt((<const uint16_t *>a.v) + a.voff[bh] + k0 * a.vs, a.vs, <int>nk,
+                   <int>a.Dv, x.vt + t * FA_BC * Dvp)
+
+
+cdef inline void _amx_lanes_task(const AmxCall *x, Py_ssize_t t, float *buf,
+                                 bint o16) noexcept nogil:
+    cdef const FlashArgs *a = &x.a
+    cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
+    cdef Py_ssize_t bh = t // nqb
+    cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
+    _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16,
+                     x.vt + bh * x.nkb * FA_BC * Dvp)
+
+
+cdef void _al_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, False)
+cdef void _al_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, True)
 
 
 cdef void _br_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
@@ -520,7 +565,7 @@ cdef inline void _bf16_varlen_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     _bf16_seq_view(a, e[0], &s, o16)
     if e[3] == P_LANES:
         if FA_BF16_ATTN_AMX:
-            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16)
+            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16, NULL)
         else:
             _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
     else:
@@ -563,6 +608,7 @@ def flash_bf16(FlashCall call not None):
     view: the result rounded once); float masks are float32.  Same fields
     and semantics as :func:`flash`.  Writes and returns ``call.out``."""
     cdef FlashArgs a
+    cdef AmxCall amx
     cdef int dt
     cdef bint rows, o16
     for name, arr in (("q", call.q), ("k", call.k), ("v", call.v), ("out", call.out)):
@@ -602,6 +648,15 @@ def flash_bf16(FlashCall call not None):
                    &a, call.nthreads, True)
         _run_tasks(a.nb * a.Hkv, (a.Dv + 16) * 4, _bm_o16 if o16 else _bm_o32,
                    &a, call.nthreads, False)
+    elif FA_BF16_ATTN_AMX:
+        amx.a = a
+        amx.nkb = (a.S + FA_BC - 1) // FA_BC
+        vt = np.empty(max(a.nb * a.Hkv * amx.nkb * FA_BC * ((a.Dv + 15) // 16 * 16), 1),
+                      dtype=np.uint16)
+        amx.vt = <uint16_t *>cnp.PyArray_DATA(vt)
+        _run_tasks(a.nb * a.Hkv * amx.nkb, 0, _amx_vt_task, &amx, call.nthreads, False)
+        _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
+                   _al_o16 if o16 else _al_o32, &amx, call.nthreads, True)
     else:
         _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
                    _bl_o16 if o16 else _bl_o32, &a, call.nthreads, True)

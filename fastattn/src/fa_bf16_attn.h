@@ -272,12 +272,15 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
  * amx build: the lanes layout (prefill) on AMX tiles (tdpbf16ps).
  *
  * A task is 64 query rows of one kv head and its G query heads.  Keys are
- * taken in super blocks of up to FA_AMX_SB = 4 visible 64-key blocks (the
+ * taken in super blocks of up to FA_AMX_SB = 2 visible 64-key blocks (the
  * tiles the bounds and mask classification are made for; hidden ones are
  * skipped, a block hidden for one head only is left out of that head's
  * products).  Per super block:
  *   Vt = V^T             the blocks' values transposed (value rows x keys,
- *                        chunks of 32 keys), once for the whole GQA group
+ *                        chunks of 32 keys, fa_amx_pack_vt): in dense calls
+ *                        every key tile once per call by a parallel pass
+ *                        before the tasks, in varlen calls once per task
+ *                        for the whole GQA group (the same bits)
  *   St = K . Qp          S^T (keys x queries, the lanes layout) on tiles per
  *                        block: A = 16 keys x 32 features of K (in place
  *                        when D is a multiple of 32 and the block whole,
@@ -322,7 +325,7 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
 
 #define FA_AMX_DP(D) (((D) + 31) / 32 * 32)     /* features padded for QK */
 #define FA_AMX_DVP(Dv) (((Dv) + 15) / 16 * 16)  /* values padded for PV */
-#define FA_AMX_SB 4                             /* 64-key blocks per super block */
+#define FA_AMX_SB 2                             /* 64-key blocks per super block */
 #define FA_AMX_TAU 8.0f                         /* lazy max threshold (log2) */
 
 /* floats of per-thread scratch per head: Qp, Ot, m, l */
@@ -516,9 +519,10 @@ static inline void fa_amx_scale(float *St, int nk, float scale)
         }
 }
 
-/* exp2(x) for x <= 2^7 as 2^round(x) * p(x - round(x)) (vscalefps); the
- * polynomial of fa_tiles.h's exp2 (relative error ~1e-7); 0 below -125 (no
- * denormals), NaN stays NaN */
+/* exp2(x) for x <= 2^7 as 2^round(x) * p(x - round(x)) (vscalefps); p a
+ * degree-5 fit of 2^f on [-1/2, 1/2], relative error 2.4e-7 evaluated in
+ * fp32 (fa_tiles.h's degree 6: 1.1e-7), one FMA less per vector on the
+ * kernel's vector-bound phase; 0 below -125 (no denormals), NaN stays NaN */
 static inline __m512 fa__amx_exp2(__m512 x)
 {
     const __m512 lo = _mm512_set1_ps(-125.0f);
@@ -526,13 +530,12 @@ static inline __m512 fa__amx_exp2(__m512 x)
     __m512 xc = _mm512_max_ps(lo, x);                       /* NaN stays NaN */
     __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(xc, n);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.5461444698569129e-04f), f,
-                               _mm512_set1_ps(1.3400428177615838e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6180566785246381e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503272266703021e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650922288758e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314720670283260e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.327816629782319e-03f), f,
+                               _mm512_set1_ps(9.675555862486362e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507078766822815e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022118747234344e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469440460205e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
     return _mm512_maskz_scalef_ps(ok, p, n);
 }
 
@@ -612,16 +615,21 @@ static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale
 }
 
 /* Ot (Dvp x FA_BR, fp32) += Vt . Pv over the chunks of 32 keys of the blocks
- * with nks[s] > 0, in order: A = Vt (16 value rows x 32 keys), B = Pv (16
- * key pairs x 16 queries); each 2 x 2 group of C tiles is loaded once and
- * stored once per super block. */
-static inline void fa_amx_pvt(const uint16_t *Vt, const int *nks, const uint32_t *Pv, int Dv,
-                              float *Ot)
+ * with nks[s] > 0, in order: A = block s's V^T (vts[s], as fa_amx_pack_vt
+ * writes it: 16 value rows x 32 keys), B = Pv (16 key pairs x 16 queries);
+ * each 2 x 2 group of C tiles is loaded once and stored once per super
+ * block. */
+static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                              int Dv, float *Ot)
 {
     const int Dvp = FA_AMX_DVP(Dv), ndt = Dvp / 16;
     int nch = 0, ch[FA_AMX_SB * FA_BC / 32];
+    const uint16_t *va0[FA_AMX_SB * FA_BC / 32];
     for (int s = 0; s < FA_AMX_SB; s++)
-        for (int c = 0; c < (nks[s] + 31) / 32; c++) ch[nch++] = s * (FA_BC / 32) + c;
+        for (int c = 0; c < (nks[s] + 31) / 32; c++) {
+            va0[nch] = vts[s] + (size_t)c * Dvp * 32;
+            ch[nch++] = s * (FA_BC / 32) + c;
+        }
     for (int dt = 0; dt < ndt; dt += 2) {
         const int two = dt + 1 < ndt;
         for (int qt = 0; qt < FA_BR / 16; qt += 2) {
@@ -635,7 +643,7 @@ static inline void fa_amx_pvt(const uint16_t *Vt, const int *nks, const uint32_t
             for (int t = 0; t < nch; t++) {
                 const int c = ch[t];
                 const uint32_t *pb = Pv + (size_t)c * 16 * FA_BR + qt * 16;
-                const uint16_t *va = Vt + (size_t)c * Dvp * 32 + (size_t)dt * 16 * 32;
+                const uint16_t *va = va0[t] + (size_t)dt * 16 * 32;
                 _tile_loadd(4, va, 64);
                 _tile_loadd(6, pb, FA_BR * 4);
                 _tile_loadd(7, pb + 16, FA_BR * 4);
@@ -673,9 +681,9 @@ static inline void fa_amx_scale(float *St, int nk, float scale) { (void)St; (voi
 static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m,
                                     float *l, float *Ot, int Dv, uint32_t *Pv)
 { (void)St; (void)nks; (void)scale; (void)m; (void)l; (void)Ot; (void)Dv; (void)Pv; }
-static inline void fa_amx_pvt(const uint16_t *Vt, const int *nks, const uint32_t *Pv, int Dv,
-                              float *Ot)
-{ (void)Vt; (void)nks; (void)Pv; (void)Dv; (void)Ot; }
+static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                              int Dv, float *Ot)
+{ (void)vts; (void)nks; (void)Pv; (void)Dv; (void)Ot; }
 #endif /* FA_BF16_ATTN_AMX */
 
 #endif /* FASTATTN_FA_BF16_ATTN_H */
