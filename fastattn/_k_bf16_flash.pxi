@@ -35,25 +35,28 @@ cdef extern from "fa_bf16_attn.h" nogil:
                             int nk, int Dv, float *O)
     # the amx build's lanes layout (stubs elsewhere, never called there)
     int FA_BF16_ATTN_AMX
+    enum: FA_AMX_SB
     size_t fa_amx_head_floats(int D, int Dv)
     size_t fa_amx_shared_floats(int D, int Dv)
+    size_t fa_amx_st_floats()
+    size_t fa_amx_kp_floats(int D)
+    size_t fa_amx_vt_floats(int Dv)
     void fa_amx_begin()
     void fa_amx_end()
     void fa_amx_pack_q(const uint16_t *q, Py_ssize_t qs, int nr, int D, uint32_t *Qp)
     void fa_amx_pack_k(const uint16_t *K, Py_ssize_t ks, int nk, int D, uint16_t *Kp)
-    void fa_amx_pack_v(const uint16_t *V, Py_ssize_t vs, int nk, int Dv, int npairs, uint16_t *Vp)
+    void fa_amx_pack_vt(const uint16_t *V, Py_ssize_t vs, int nk, int Dv, uint16_t *Vt)
     void fa_amx_qk(const uint16_t *Kb, Py_ssize_t kstride, int nkt, int D, const uint32_t *Qp,
                    float *St)
     void fa_amx_scale(float *St, int nk, float scale)
-    void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
-    void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
-    void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv, float *O)
-    void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
-                        Py_ssize_t os, int o16)
+    void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m, float *l,
+                          float *Ot, int Dv, uint32_t *Pv)
+    void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv, int Dv,
+                    float *Ot)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
     if FA_BF16_ATTN_AMX:
-        return (FA_BC * FA_BR + FA_BR + a.G * fa_amx_head_floats(<int>a.D, <int>a.Dv)
+        return (a.G * fa_amx_head_floats(<int>a.D, <int>a.Dv)
                 + fa_amx_shared_floats(<int>a.D, <int>a.Dv))
     return _lanes_buf(a) + FA_BC * a.D + 16 + FA_BC * a.Dv + 16
 
@@ -162,10 +165,15 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
 
 
 cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
-                           Py_ssize_t qb, float *buf, bint o16) noexcept nogil:
-    """The amx build's lanes block (fa_bf16_attn.h): S^T and P.V on AMX tiles,
-    scaling, bounds/masks/ALiBi and the online softmax in fp32 on the lanes
-    layout exactly as the widening path, P rounded to bf16 for the product."""
+                           Py_ssize_t qb, float *buf, bint o16,
+                           const uint16_t *vth) noexcept nogil:
+    """The amx build's lanes block (fa_bf16_attn.h): super blocks of up to
+    FA_AMX_SB visible 64-key tiles; S^T and P.V on AMX tiles, bounds/masks/
+    ALiBi on the fp32 lanes tile exactly as the widening path, the online
+    softmax (lazy running max) in fp32, P rounded to bf16 for the product.
+    vth: this kv head's V^T, every key tile packed once per call by
+    _amx_vt_task (dense calls), or NULL: each task packs the tiles it uses
+    (varlen); the packed bits are the same either way."""
     cdef Py_ssize_t q0 = qb * FA_BR
     cdef Py_ssize_t nr = a.L - q0
     if nr > FA_BR:
@@ -175,12 +183,11 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef Py_ssize_t Dp = (D + 31) // 32 * 32, Dvp = (Dv + 15) // 16 * 16
     cdef Py_ssize_t qp_sz = Dp // 2 * FA_BR, o_sz = FA_BR * Dvp
     cdef Py_ssize_t hstride = fa_amx_head_floats(<int>D, <int>Dv)
-    cdef float *St = buf
-    cdef float *alpha = St + FA_BC * FA_BR
-    cdef float *hbase = alpha + FA_BR
-    cdef uint16_t *Kp = <uint16_t *>(hbase + G * hstride)
-    cdef uint16_t *Vp = Kp + FA_BC * Dp
-    cdef uint16_t *Pb = Vp + FA_BC * Dvp
+    cdef float *hbase = buf
+    cdef float *St = hbase + G * hstride
+    cdef uint16_t *Kp = <uint16_t *>(St + fa_amx_st_floats())
+    cdef uint16_t *Vt = <uint16_t *>((<float *>Kp) + fa_amx_kp_floats(<int>D))
+    cdef uint32_t *Pv = <uint32_t *>((<float *>Vt) + fa_amx_vt_floats(<int>Dv))
     cdef uint32_t *Qp
     cdef float *O
     cdef float *m
@@ -189,11 +196,17 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef const uint16_t *vp
     cdef const uint16_t *Kb
     cdef Py_ssize_t kstr
-    cdef Py_ssize_t g, n, i, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
-    cdef int geo, mcls, nkt, nkc
-    cdef int nqt = <int>((nr + 15) // 16)
-    cdef bint packed
+    cdef Py_ssize_t g, n, i, s, kb, k0, nk, kb_lo, kb_hi, lo, hi, nsb
+    cdef int geo, mcls, anyk
+    cdef int nks[FA_AMX_SB]
+    cdef Py_ssize_t sbk[FA_AMX_SB]
+    cdef int sbgeo[FA_AMX_SB]
+    cdef bint vpacked[FA_AMX_SB]
+    cdef const uint16_t *vts[FA_AMX_SB]
+    cdef bint kpacked[FA_AMX_SB]
+    cdef bint bias
     cdef float qscale = <float>a.qscale
+    cdef float sscale
 
     fa_amx_begin()
     for g in range(G):
@@ -221,45 +234,78 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
 
     kp = (<const uint16_t *>a.k) + a.koff[bn * a.Hkv + hkv]
     vp = (<const uint16_t *>a.v) + a.voff[bn * a.Hkv + hkv]
-    for kb in range(kb_lo, kb_hi):
-        k0 = kb * FA_BC
-        nk = a.S - k0
-        if nk > FA_BC:
-            nk = FA_BC
-        k1 = k0 + nk - 1
-        geo = _geo_class(a, q0, q1, k0, k1)
-        if geo == T_HIDDEN:
-            continue
-        nkt = <int>((nk + 15) // 16)
-        nkc = <int>((nk + 31) // 32)
-        packed = False
+    kb = kb_lo
+    while kb < kb_hi:
+        # the next super block: up to FA_AMX_SB key tiles the bounds do not hide
+        nsb = 0
+        while kb < kb_hi and nsb < FA_AMX_SB:
+            geo = _geo_class(a, q0, q1, kb * FA_BC, min(kb * FA_BC + FA_BC, a.S) - 1)
+            if geo != T_HIDDEN:
+                sbk[nsb] = kb
+                sbgeo[nsb] = geo
+                vpacked[nsb] = False
+                kpacked[nsb] = False
+                nsb += 1
+            kb += 1
+        if nsb == 0:
+            break
         for g in range(G):
             n = bn * a.Hq + hkv * G + g
-            mcls = _mask_class(a, n, qb, kb)
-            if mcls == T_HIDDEN:
-                continue
-            if not packed:    # once per key block for the whole GQA group
-                if D % 32 == 0 and nk == FA_BC and a.ks > 0:
-                    Kb = kp + k0 * a.ks
-                    kstr = a.ks
-                else:
-                    fa_amx_pack_k(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kp)
-                    Kb = Kp
-                    kstr = Dp
-                fa_amx_pack_v(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv, nkc * 16, Vp)
-                packed = True
             Qp = <uint32_t *>(hbase + g * hstride)
             O = (<float *>Qp) + qp_sz
             m = O + o_sz
             l = m + FA_BR
-            fa_amx_qk(Kb, kstr, nkt, <int>D, Qp, St)
-            fa_amx_scale(St, <int>nk, qscale)
-            if geo == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
-                _bias_tile(a, St, n, hkv * G + g, q0, nr, k0, nk, geo, mcls)
-            fa_softmax_f32(St, <int>nk, m, l, alpha)
-            fa_amx_pack_p(St, <int>nk, nkc, nqt, Pb)
-            fa_amx_rescale_o(O, <int>nr, <int>Dv, alpha)
-            fa_amx_pv(Pb, nkc, nqt, Vp, <int>Dv, O)
+            anyk = 0
+            bias = False
+            for s in range(FA_AMX_SB):
+                nks[s] = 0
+            for s in range(nsb):
+                mcls = _mask_class(a, n, qb, sbk[s])
+                if mcls == T_HIDDEN:
+                    continue
+                k0 = sbk[s] * FA_BC
+                nk = a.S - k0
+                if nk > FA_BC:
+                    nk = FA_BC
+                nks[s] = <int>nk
+                anyk = 1
+                if vth != NULL:
+                    vts[s] = vth + sbk[s] * FA_BC * Dvp
+                elif not vpacked[s]:    # once per key tile for the whole GQA group
+                    fa_amx_pack_vt(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv,
+                                   Vt + s * FA_BC * Dvp)
+                    vts[s] = Vt + s * FA_BC * Dvp
+                    vpacked[s] = True
+                if D % 32 == 0 and nk == FA_BC and a.ks > 0:
+                    Kb = kp + k0 * a.ks
+                    kstr = a.ks
+                else:
+                    if not kpacked[s]:
+                        fa_amx_pack_k(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kp + s * FA_BC * Dp)
+                        kpacked[s] = True
+                    Kb = Kp + s * FA_BC * Dp
+                    kstr = Dp
+                fa_amx_qk(Kb, kstr, <int>((nk + 15) // 16), <int>D, Qp, St + s * FA_BC * FA_BR)
+                if sbgeo[s] == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                    bias = True
+            if not anyk:
+                continue
+            if bias or qscale <= 0:
+                # scaled scores (log2 units) for the fp32 bias code, every tile
+                sscale = 1
+                for s in range(nsb):
+                    if nks[s] == 0:
+                        continue
+                    k0 = sbk[s] * FA_BC
+                    fa_amx_scale(St + s * FA_BC * FA_BR, nks[s], qscale)
+                    mcls = _mask_class(a, n, qb, sbk[s])
+                    if sbgeo[s] == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
+                        _bias_tile(a, St + s * FA_BC * FA_BR, n, hkv * G + g, q0, nr, k0,
+                                   nks[s], sbgeo[s], mcls)
+            else:
+                sscale = qscale
+            fa_amx_softmax_p(St, nks, sscale, m, l, O, <int>Dv, Pv)
+            fa_amx_pvt(vts, nks, Pv, <int>Dv, O)
     fa_amx_end()
 
     for g in range(G):
@@ -269,11 +315,11 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         m = O + o_sz
         l = m + FA_BR
         if o16:
-            fa_amx_store_o(O, l, <int>nr, <int>Dv,
-                           <void *>((<uint16_t *>a.o) + a.ooff[n] + q0 * a.os), a.os, 1)
+            fa_store_ot_bf16(O, l, <int>nr, <int>Dv,
+                             (<uint16_t *>a.o) + a.ooff[n] + q0 * a.os, a.os, St)
         else:
-            fa_amx_store_o(O, l, <int>nr, <int>Dv,
-                           <void *>((<float *>a.o) + a.ooff[n] + q0 * a.os), a.os, 0)
+            fa_store_ot_f32(O, l, <int>nr, <int>Dv,
+                            (<float *>a.o) + a.ooff[n] + q0 * a.os, a.os)
 
 
 cdef void _bf16_rows_chunk(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
@@ -424,16 +470,52 @@ cdef inline void _bf16_lanes_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
     cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
     cdef Py_ssize_t bh = t // nqb
-    if FA_BF16_ATTN_AMX:
-        _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
-    else:
-        _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
+    _bf16_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16)
 
 
 cdef void _bl_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, False)
 cdef void _bl_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, True)
+
+
+# the amx build's dense lanes calls: V^T of every (batch, kv head, key tile)
+# packed once by a parallel pass, then read by all the query blocks' tasks
+# (instead of each task packing the tiles again)
+cdef struct AmxCall:
+    FlashArgs a
+    uint16_t *vt        # nb * Hkv * nkb tiles of FA_BC * Dvp bf16
+    Py_ssize_t nkb      # key tiles per kv head
+
+
+cdef void _amx_vt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    cdef const AmxCall *x = <const AmxCall *>c
+    cdef const FlashArgs *a = &x.a
+    cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
+    cdef Py_ssize_t bh = t // x.nkb, kb = t % x.nkb
+    cdef Py_ssize_t k0 = kb * FA_BC
+    cdef Py_ssize_t nk = a.S - k0
+    if nk > FA_BC:
+        nk = FA_BC
+    fa_amx_pack_vt((<const uint16_t *>a.v) + a.voff[bh] + k0 * a.vs, a.vs, <int>nk,
+                   <int>a.Dv, x.vt + t * FA_BC * Dvp)
+
+
+cdef inline void _amx_lanes_task(const AmxCall *x, Py_ssize_t t, float *buf,
+                                 bint o16) noexcept nogil:
+    cdef const FlashArgs *a = &x.a
+    cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
+    cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
+    cdef Py_ssize_t bh = t // nqb
+    cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
+    _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16,
+                     x.vt + bh * x.nkb * FA_BC * Dvp)
+
+
+cdef void _al_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, False)
+cdef void _al_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, True)
 
 
 cdef void _br_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
@@ -483,7 +565,7 @@ cdef inline void _bf16_varlen_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     _bf16_seq_view(a, e[0], &s, o16)
     if e[3] == P_LANES:
         if FA_BF16_ATTN_AMX:
-            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16)
+            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16, NULL)
         else:
             _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
     else:
@@ -526,6 +608,7 @@ def flash_bf16(FlashCall call not None):
     view: the result rounded once); float masks are float32.  Same fields
     and semantics as :func:`flash`.  Writes and returns ``call.out``."""
     cdef FlashArgs a
+    cdef AmxCall amx
     cdef int dt
     cdef bint rows, o16
     for name, arr in (("q", call.q), ("k", call.k), ("v", call.v), ("out", call.out)):
@@ -565,6 +648,15 @@ def flash_bf16(FlashCall call not None):
                    &a, call.nthreads, True)
         _run_tasks(a.nb * a.Hkv, (a.Dv + 16) * 4, _bm_o16 if o16 else _bm_o32,
                    &a, call.nthreads, False)
+    elif FA_BF16_ATTN_AMX:
+        amx.a = a
+        amx.nkb = (a.S + FA_BC - 1) // FA_BC
+        vt = np.empty(max(a.nb * a.Hkv * amx.nkb * FA_BC * ((a.Dv + 15) // 16 * 16), 1),
+                      dtype=np.uint16)
+        amx.vt = <uint16_t *>cnp.PyArray_DATA(vt)
+        _run_tasks(a.nb * a.Hkv * amx.nkb, 0, _amx_vt_task, &amx, call.nthreads, False)
+        _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
+                   _al_o16 if o16 else _al_o32, &amx, call.nthreads, True)
     else:
         _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
                    _bl_o16 if o16 else _bl_o32, &a, call.nthreads, True)

@@ -271,30 +271,50 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
 /* ==========================================================================
  * amx build: the lanes layout (prefill) on AMX tiles (tdpbf16ps).
  *
- * Per task (64 query rows, one kv head, its G query heads) and key block
- * (64 keys):
- *   St = K . Qp          S^T (keys x queries, the lanes layout) on tiles:
- *                        A = 16 keys x 32 features of K (in place when D is
- *                        a multiple of 32 and the block is whole, else a
- *                        zero-padded copy Kp), B = Qp, the query block's
- *                        feature pairs transposed (VNNI), packed once per
- *                        task and head; fp32 accumulation.
- *   St *= scale*log2(e)  then the fp32 lanes code of the widening path:
- *                        bounds, masks, ALiBi (_bias_tile) and the online
- *                        softmax (fa_softmax_f32: m, l in fp32 from fp32 P)
- *   Pb = bf16(P^T)       P transposed to queries x keys and rounded to bf16
- *                        (nearest even; keys past the block's end are 0)
- *   O *= alpha; O += Pb . Vp
- *                        O row-major (queries x Dvp) fp32; B = Vp, the key
- *                        block's value rows interleaved in pairs (VNNI),
- *                        packed once per key block for the whole GQA group.
- * Tile registers: tmm0-3 the 2 x 2 accumulators, tmm4-5 A, tmm6-7 B; one
- * configuration (every tile 16 rows x 64 bytes) loaded at the start of each
- * task and released at its end, so every OpenMP thread configures its own.
- * Padding (features to 32 for QK, values to 16, keys to 32 for PV) is
- * zeros in both operands, so it adds exact zeros.  Every tile row is
- * computed independently of the others: a query's bits depend only on its
- * own row, the block's keys, and the fixed order of the chunks.
+ * A task is 64 query rows of one kv head and its G query heads.  Keys are
+ * taken in super blocks of up to FA_AMX_SB = 2 visible 64-key blocks (the
+ * tiles the bounds and mask classification are made for; hidden ones are
+ * skipped, a block hidden for one head only is left out of that head's
+ * products).  Per super block:
+ *   Vt = V^T             the blocks' values transposed (value rows x keys,
+ *                        chunks of 32 keys, fa_amx_pack_vt): in dense calls
+ *                        every key tile once per call by a parallel pass
+ *                        before the tasks, in varlen calls once per task
+ *                        for the whole GQA group (the same bits)
+ *   St = K . Qp          S^T (keys x queries, the lanes layout) on tiles per
+ *                        block: A = 16 keys x 32 features of K (in place
+ *                        when D is a multiple of 32 and the block whole,
+ *                        else a zero-padded copy Kp), B = Qp, the query
+ *                        block's feature pairs transposed (VNNI), packed
+ *                        once per task and head; fp32 accumulation.
+ *   bounds, masks, ALiBi the fp32 lanes code (_bias_tile) on St scaled by
+ *                        scale*log2(e), only on blocks that need them;
+ *                        otherwise the scaling is fused into the softmax
+ *   softmax              fa_amx_softmax_p, lane-wise over the queries: the
+ *                        block max, a LAZY running max m (it moves only
+ *                        when the new max exceeds it by more than
+ *                        FA_AMX_TAU = 8, log2 units; then l and that lane
+ *                        group of O are rescaled), P = exp2(s - m) <= 2^8 in
+ *                        fp32, l += P (fp32), and P rounded to bf16 (nearest
+ *                        even) straight into the VNNI layout the product
+ *                        reads (Pv: key pairs x queries), zeros past a
+ *                        block's last key.  In real arithmetic the result
+ *                        is the exact softmax whatever m is; m only keeps
+ *                        exp2 in range.
+ *   Ot += Vt . Pv        O^T (value rows x queries, fp32, the lanes layout
+ *                        of the fp32 kernel) on tiles: C = 16 value rows x
+ *                        16 queries, accumulated over all the super block's
+ *                        32-key chunks before it goes back to memory.
+ * At the end Ot / l is stored through fa_store_ot_f32 / _bf16 (the fp32
+ * kernel's transposing store).  Tile registers: tmm0-3 the 2 x 2
+ * accumulators, tmm4-5 A, tmm6-7 B; one configuration (every tile 16 rows x
+ * 64 bytes) loaded at the start of each task and released at its end, so
+ * every OpenMP thread configures its own.  Padding (features to 32 for QK,
+ * values to 16, keys to 32 for PV) is zeros in both operands, so it adds
+ * exact zeros.  Every query lane is computed independently of the others: a
+ * query's bits depend only on its own row, the keys, and the fixed order of
+ * the blocks and chunks, so results do not depend on the batch, the varlen
+ * neighbours or the thread count.
  * ========================================================================== */
 #if !defined(FA_BF16_ATTN_FORCE_WIDEN) && defined(FA__ISA_AVX512) && defined(__AVX512BF16__) \
     && defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -305,16 +325,22 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
 
 #define FA_AMX_DP(D) (((D) + 31) / 32 * 32)     /* features padded for QK */
 #define FA_AMX_DVP(Dv) (((Dv) + 15) / 16 * 16)  /* values padded for PV */
+#define FA_AMX_SB 2                             /* 64-key blocks per super block */
+#define FA_AMX_TAU 8.0f                         /* lazy max threshold (log2) */
 
-/* floats of per-thread scratch (beyond St and alpha) per head and shared */
+/* floats of per-thread scratch per head: Qp, Ot, m, l */
 static inline size_t fa_amx_head_floats(int D, int Dv)
 {
     return (size_t)FA_AMX_DP(D) / 2 * FA_BR + (size_t)FA_BR * FA_AMX_DVP(Dv) + 2 * FA_BR;
 }
+/* and shared by the group: St, Kp, Vt, Pv (each a multiple of 16 floats) */
+static inline size_t fa_amx_st_floats(void) { return (size_t)FA_AMX_SB * FA_BC * FA_BR; }
+static inline size_t fa_amx_kp_floats(int D) { return (size_t)FA_AMX_SB * FA_BC * FA_AMX_DP(D) / 2; }
+static inline size_t fa_amx_vt_floats(int Dv) { return (size_t)FA_AMX_SB * FA_BC * FA_AMX_DVP(Dv) / 2; }
+static inline size_t fa_amx_pv_floats(void) { return (size_t)FA_AMX_SB * FA_BC / 2 * FA_BR; }
 static inline size_t fa_amx_shared_floats(int D, int Dv)
 {
-    return (size_t)FA_BC * FA_AMX_DP(D) / 2 + (size_t)FA_BC / 2 * FA_AMX_DVP(Dv)
-           + (size_t)FA_BR * FA_BC / 2;
+    return fa_amx_st_floats() + fa_amx_kp_floats(D) + fa_amx_vt_floats(Dv) + fa_amx_pv_floats();
 }
 
 #if FA_BF16_ATTN_AMX
@@ -382,24 +408,62 @@ static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D,
     }
 }
 
-/* Vp[(jp*Dvp + d)*2 + t] = V[(2jp+t)*vs + d]; zeros past nk keys and Dv,
- * for the jp < npairs pairs the product reads */
-static inline void fa_amx_pack_v(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, int npairs,
-                                 uint16_t *Vp)
+static inline void fa__tr16x16_ps(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[k + 8] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[k + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[k + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
+/* One 64-key block of values transposed into its two chunks of 32 keys:
+ * Vt[c*Dvp*32 + d*32 + jj] = V[(32c + jj)*vs + d] (bf16), zeros for keys
+ * >= nk and Dv <= d < Dvp.  Key pairs interleaved (unpack), then 16 x 16
+ * transposes of the 32-bit pairs. */
+static inline void fa_amx_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
 {
     const int Dvp = FA_AMX_DVP(Dv);
-    for (int jp = 0; jp < npairs; jp++) {
-        const int j0 = 2 * jp, j1 = 2 * jp + 1;
-        uint32_t *dst = (uint32_t *)(void *)(Vp + (size_t)jp * Dvp * 2);
-        for (int d0 = 0; d0 < Dvp; d0 += 16) {
-            int n = Dv - d0 < 16 ? Dv - d0 : 16;
-            __mmask16 mk = (__mmask16)(n >= 16 ? 0xFFFFu : (n <= 0 ? 0u : ((1u << n) - 1u)));
-            __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
-            if (j0 < nk) a = _mm256_maskz_loadu_epi16(mk, V + (ptrdiff_t)j0 * vs + d0);
-            if (j1 < nk) b = _mm256_maskz_loadu_epi16(mk, V + (ptrdiff_t)j1 * vs + d0);
-            __m512i w = _mm512_or_si512(_mm512_cvtepu16_epi32(a),
-                                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-            _mm512_storeu_si512((void *)(dst + d0), w);
+    for (int c = 0; c < FA_BC / 32; c++) {
+        uint16_t *dst = Vt + (size_t)c * Dvp * 32;
+        const int j0 = 32 * c;
+        for (int d0 = 0; d0 < Dvp; d0 += 32) {
+            int n = Dv - d0 < 32 ? Dv - d0 : 32;
+            __mmask32 mk = (__mmask32)(n >= 32 ? 0xFFFFFFFFu : (n <= 0 ? 0u : ((1u << n) - 1u)));
+            __m512 lo[16], hi[16];
+            for (int jp = 0; jp < 16; jp++) {
+                int ja = j0 + 2 * jp, jb = ja + 1;
+                __m512i a = ja < nk ? _mm512_maskz_loadu_epi16(mk, V + (ptrdiff_t)ja * vs + d0)
+                                    : _mm512_setzero_si512();
+                __m512i b = jb < nk ? _mm512_maskz_loadu_epi16(mk, V + (ptrdiff_t)jb * vs + d0)
+                                    : _mm512_setzero_si512();
+                lo[jp] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(a, b));
+                hi[jp] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(a, b));
+            }
+            fa__tr16x16_ps(lo);
+            fa__tr16x16_ps(hi);
+            /* element e of an unpacked row: 128-bit lane e/4, slot e%4 */
+            for (int e = 0; e < 16; e++) {
+                int dl = d0 + 8 * (e >> 2) + (e & 3), dh = dl + 4;
+                if (dl < Dvp) _mm512_storeu_ps((float *)(void *)(dst + (size_t)dl * 32), lo[e]);
+                if (dh < Dvp) _mm512_storeu_ps((float *)(void *)(dst + (size_t)dh * 32), hi[e]);
+            }
         }
     }
 }
@@ -455,106 +519,147 @@ static inline void fa_amx_scale(float *St, int nk, float scale)
         }
 }
 
-static inline void fa__tr16x16_ps(__m512 r[16])
+/* exp2(x) for x <= 2^7 as 2^round(x) * p(x - round(x)) (vscalefps); p a
+ * degree-5 fit of 2^f on [-1/2, 1/2], relative error 2.4e-7 evaluated in
+ * fp32 (fa_tiles.h's degree 6: 1.1e-7), one FMA less per vector on the
+ * kernel's vector-bound phase; 0 below -125 (no denormals), NaN stays NaN */
+static inline __m512 fa__amx_exp2(__m512 x)
 {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
-        __m512 v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
-        __m512 v2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
-        __m512 v3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
-        r[k] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-        r[k + 8] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
-        r[k + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-        r[k + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-    }
+    const __m512 lo = _mm512_set1_ps(-125.0f);
+    __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
+    __m512 xc = _mm512_max_ps(lo, x);                       /* NaN stays NaN */
+    __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(xc, n);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.327816629782319e-03f), f,
+                               _mm512_set1_ps(9.675555862486362e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507078766822815e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022118747234344e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469440460205e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_maskz_scalef_ps(ok, p, n);
 }
 
-/* Pb[i*FA_BC + j] = bf16(St[j*FA_BR + i]) for the nkc chunks of 32 keys the
- * product reads (0 for j >= nk), queries in the query tiles below nqt */
-static inline void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
+/* The online softmax step of one super block.  nks[s]: keys of block s
+ * (rows s*FA_BC.. of St, pairs s*FA_BC/2.. of Pv), 0 = not in this head's
+ * products.  St holds raw scores times `scale` (scale > 0; or 1 after
+ * fa_amx_scale and the bias).  Per group of 16 query lanes: mx = the block
+ * max, m moves to mx where mx > m + TAU (l and Ot's lanes times
+ * exp2(m_old - m)), P = exp2(scale*s - m) (the masked -inf -> 0; an all
+ * -inf lane subtracts 0), l += sum P in fp32, and
+ * Pv[jp*FA_BR + i] = (bf16 P[2jp][i], bf16 P[2jp+1][i]), zeros past nk up to
+ * the block's last 32-key chunk. */
+static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m,
+                                    float *l, float *Ot, int Dv, uint32_t *Pv)
 {
-    for (int qt = 0; qt < nqt; qt++)
-        for (int kc = 0; kc < nkc; kc++) {
-            __m512 a[16], b[16];
-            for (int r = 0; r < 16; r++) {
-                int ja = kc * 32 + r, jb = ja + 16;
-                a[r] = ja < nk ? _mm512_loadu_ps(St + (size_t)ja * FA_BR + qt * 16)
-                               : _mm512_setzero_ps();
-                b[r] = jb < nk ? _mm512_loadu_ps(St + (size_t)jb * FA_BR + qt * 16)
-                               : _mm512_setzero_ps();
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), vsc = _mm512_set1_ps(scale);
+    const __m512i perm = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                          24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                          16, 0);
+    const int Dvp = FA_AMX_DVP(Dv);
+    for (int g = 0; g < FA_BR; g += 16) {
+        __m512 x0 = ninf, x1 = ninf, x2 = ninf, x3 = ninf;
+        for (int s = 0; s < FA_AMX_SB; s++) {
+            const float *Sb = St + (size_t)s * FA_BC * FA_BR + g;
+            const int nk = nks[s];
+            int j = 0;
+            for (; j + 4 <= nk; j += 4) {   /* s > x ? s : x: a NaN score is not a max */
+                x0 = _mm512_max_ps(_mm512_loadu_ps(Sb + (size_t)j * FA_BR), x0);
+                x1 = _mm512_max_ps(_mm512_loadu_ps(Sb + (size_t)(j + 1) * FA_BR), x1);
+                x2 = _mm512_max_ps(_mm512_loadu_ps(Sb + (size_t)(j + 2) * FA_BR), x2);
+                x3 = _mm512_max_ps(_mm512_loadu_ps(Sb + (size_t)(j + 3) * FA_BR), x3);
             }
-            fa__tr16x16_ps(a);
-            fa__tr16x16_ps(b);
-            for (int r = 0; r < 16; r++) {
-                __m512bh h = _mm512_cvtne2ps_pbh(b[r], a[r]);   /* a low, b high */
-                _mm512_storeu_si512((void *)(Pb + (size_t)(qt * 16 + r) * FA_BC + kc * 32),
-                                    (__m512i)h);
+            for (; j < nk; j++) x0 = _mm512_max_ps(_mm512_loadu_ps(Sb + (size_t)j * FA_BR), x0);
+        }
+        /* scale > 0: max(scale * s) == scale * max(s), rounding is monotone */
+        __m512 mx = _mm512_mul_ps(_mm512_max_ps(_mm512_max_ps(x0, x1), _mm512_max_ps(x2, x3)), vsc);
+        __m512 mo = _mm512_loadu_ps(m + g);
+        __mmask16 up = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mo, _mm512_set1_ps(FA_AMX_TAU)),
+                                          _CMP_GT_OQ);
+        __m512 mn = _mm512_mask_blend_ps(up, mo, mx);
+        __m512 lv = _mm512_loadu_ps(l + g);
+        if (up) {
+            _mm512_storeu_ps(m + g, mn);
+            __m512 a = _mm512_mask_blend_ps(up, _mm512_set1_ps(1.0f),
+                                            fa__amx_exp2(_mm512_sub_ps(mo, mn)));
+            lv = _mm512_mul_ps(lv, a);
+            for (int d = 0; d < Dvp; d++) {
+                float *o = Ot + (size_t)d * FA_BR + g;
+                _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), a));
             }
         }
-}
-
-/* O[i][:] *= alpha[i] (row-major, Dvp columns), rows i < nr */
-static inline void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
-{
-    const int Dvp = FA_AMX_DVP(Dv);
-    for (int i = 0; i < nr; i++) {
-        if (alpha[i] == 1.0f) continue;
-        __m512 a = _mm512_set1_ps(alpha[i]);
-        float *o = O + (size_t)i * Dvp;
-        for (int d = 0; d < Dvp; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), a));
+        /* m == -inf (every score so far -inf): subtract 0, exp2(-inf) = 0 */
+        __m512 nme = _mm512_sub_ps(_mm512_setzero_ps(),
+                                   _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn, ninf, _CMP_NEQ_UQ), mn));
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        for (int s = 0; s < FA_AMX_SB; s++) {
+            const float *Sb = St + (size_t)s * FA_BC * FA_BR + g;
+            uint32_t *Pb = Pv + (size_t)s * FA_BC / 2 * FA_BR + g;
+            const int nk = nks[s], np = (nk + 31) / 32 * 16;
+            for (int jp = 0; jp < np; jp++) {
+                const int ja = 2 * jp;
+                __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
+                if (ja + 1 < nk) {
+                    p0 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
+                    p1 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)(ja + 1) * FA_BR), vsc, nme));
+                } else if (ja < nk) {
+                    p0 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
+                }
+                s0 = _mm512_add_ps(s0, p0);
+                s1 = _mm512_add_ps(s1, p1);
+                __m512i h = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);   /* p0 low half, p1 high */
+                _mm512_storeu_si512((void *)(Pb + (size_t)jp * FA_BR), _mm512_permutexvar_epi16(perm, h));
+            }
+        }
+        _mm512_storeu_ps(l + g, _mm512_add_ps(lv, _mm512_add_ps(s0, s1)));
     }
 }
 
-/* O (queries x Dvp, fp32) += Pb . V over the nkc chunks of 32 keys, query
- * tiles below nqt */
-static inline void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv,
-                             float *O)
+/* Ot (Dvp x FA_BR, fp32) += Vt . Pv over the chunks of 32 keys of the blocks
+ * with nks[s] > 0, in order: A = block s's V^T (vts[s], as fa_amx_pack_vt
+ * writes it: 16 value rows x 32 keys), B = Pv (16 key pairs x 16 queries);
+ * each 2 x 2 group of C tiles is loaded once and stored once per super
+ * block. */
+static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                              int Dv, float *Ot)
 {
     const int Dvp = FA_AMX_DVP(Dv), ndt = Dvp / 16;
-    const size_t ob = (size_t)Dvp * 4, vb = (size_t)Dvp * 4;
-    for (int qt = 0; qt < nqt; qt += 2) {
-        const int twoq = qt + 1 < nqt;
-        for (int dt = 0; dt < ndt; dt += 2) {
-            const int twod = dt + 1 < ndt;
-            float *o0 = O + (size_t)qt * 16 * Dvp + dt * 16;
-            _tile_loadd(0, o0, ob);
-            if (twod) _tile_loadd(1, o0 + 16, ob);
-            if (twoq) {
-                _tile_loadd(2, o0 + 16 * Dvp, ob);
-                if (twod) _tile_loadd(3, o0 + 16 * Dvp + 16, ob);
+    int nch = 0, ch[FA_AMX_SB * FA_BC / 32];
+    const uint16_t *va0[FA_AMX_SB * FA_BC / 32];
+    for (int s = 0; s < FA_AMX_SB; s++)
+        for (int c = 0; c < (nks[s] + 31) / 32; c++) {
+            va0[nch] = vts[s] + (size_t)c * Dvp * 32;
+            ch[nch++] = s * (FA_BC / 32) + c;
+        }
+    for (int dt = 0; dt < ndt; dt += 2) {
+        const int two = dt + 1 < ndt;
+        for (int qt = 0; qt < FA_BR / 16; qt += 2) {
+            float *o0 = Ot + (size_t)dt * 16 * FA_BR + qt * 16;
+            _tile_loadd(0, o0, FA_BR * 4);
+            _tile_loadd(1, o0 + 16, FA_BR * 4);
+            if (two) {
+                _tile_loadd(2, o0 + 16 * FA_BR, FA_BR * 4);
+                _tile_loadd(3, o0 + 16 * FA_BR + 16, FA_BR * 4);
             }
-            for (int c = 0; c < nkc; c++) {
-                const uint16_t *vp = Vp + (size_t)c * 16 * Dvp * 2 + dt * 32;
-                const uint16_t *pa = Pb + (size_t)qt * 16 * FA_BC + c * 32;
-                _tile_loadd(4, pa, FA_BC * 2);
-                _tile_loadd(6, vp, vb);
+            for (int t = 0; t < nch; t++) {
+                const int c = ch[t];
+                const uint32_t *pb = Pv + (size_t)c * 16 * FA_BR + qt * 16;
+                const uint16_t *va = va0[t] + (size_t)dt * 16 * 32;
+                _tile_loadd(4, va, 64);
+                _tile_loadd(6, pb, FA_BR * 4);
+                _tile_loadd(7, pb + 16, FA_BR * 4);
                 _tile_dpbf16ps(0, 4, 6);
-                if (twod) {
-                    _tile_loadd(7, vp + 32, vb);
-                    _tile_dpbf16ps(1, 4, 7);
-                }
-                if (twoq) {
-                    _tile_loadd(5, pa + 16 * FA_BC, FA_BC * 2);
+                _tile_dpbf16ps(1, 4, 7);
+                if (two) {
+                    _tile_loadd(5, va + 16 * 32, 64);
                     _tile_dpbf16ps(2, 5, 6);
-                    if (twod) _tile_dpbf16ps(3, 5, 7);
+                    _tile_dpbf16ps(3, 5, 7);
                 }
             }
-            _tile_stored(0, o0, ob);
-            if (twod) _tile_stored(1, o0 + 16, ob);
-            if (twoq) {
-                _tile_stored(2, o0 + 16 * Dvp, ob);
-                if (twod) _tile_stored(3, o0 + 16 * Dvp + 16, ob);
+            _tile_stored(0, o0, FA_BR * 4);
+            _tile_stored(1, o0 + 16, FA_BR * 4);
+            if (two) {
+                _tile_stored(2, o0 + 16 * FA_BR, FA_BR * 4);
+                _tile_stored(3, o0 + 16 * FA_BR + 16, FA_BR * 4);
             }
         }
     }
@@ -567,37 +672,18 @@ static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D,
 { (void)q; (void)qs; (void)nr; (void)D; (void)Qp; }
 static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
 { (void)K; (void)ks; (void)nk; (void)D; (void)Kp; }
-static inline void fa_amx_pack_v(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, int npairs,
-                                 uint16_t *Vp)
-{ (void)V; (void)vs; (void)nk; (void)Dv; (void)npairs; (void)Vp; }
+static inline void fa_amx_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
+{ (void)V; (void)vs; (void)nk; (void)Dv; (void)Vt; }
 static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
                              const uint32_t *Qp, float *St)
 { (void)Kb; (void)kstride; (void)nkt; (void)D; (void)Qp; (void)St; }
 static inline void fa_amx_scale(float *St, int nk, float scale) { (void)St; (void)nk; (void)scale; }
-static inline void fa_amx_pack_p(const float *St, int nk, int nkc, int nqt, uint16_t *Pb)
-{ (void)St; (void)nk; (void)nkc; (void)nqt; (void)Pb; }
-static inline void fa_amx_rescale_o(float *O, int nr, int Dv, const float *alpha)
-{ (void)O; (void)nr; (void)Dv; (void)alpha; }
-static inline void fa_amx_pv(const uint16_t *Pb, int nkc, int nqt, const uint16_t *Vp, int Dv,
-                             float *O)
-{ (void)Pb; (void)nkc; (void)nqt; (void)Vp; (void)Dv; (void)O; }
+static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m,
+                                    float *l, float *Ot, int Dv, uint32_t *Pv)
+{ (void)St; (void)nks; (void)scale; (void)m; (void)l; (void)Ot; (void)Dv; (void)Pv; }
+static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                              int Dv, float *Ot)
+{ (void)vts; (void)nks; (void)Pv; (void)Dv; (void)Ot; }
 #endif /* FA_BF16_ATTN_AMX */
-
-/* out[i*os + d] = O[i*Dvp + d] / l[i] (0 where l[i] == 0), i < nr, d < Dv:
- * float32 (o16 == 0) or rounded once to bf16 (O rows scaled in place) */
-static inline void fa_amx_store_o(float *O, const float *l, int nr, int Dv, void *out,
-                                  ptrdiff_t os, int o16)
-{
-    const int Dvp = FA_AMX_DVP(Dv);
-    for (int i = 0; i < nr; i++) {
-        float inv = (l[i] == 0) ? 0.0f : 1.0f / l[i];
-        float *o = O + (size_t)i * Dvp;
-        for (int d = 0; d < Dv; d++) o[d] = inv == 0 ? 0.0f : o[d] * inv;
-        if (o16)
-            fa_bf16_round_row(o, Dv, (uint16_t *)out + (ptrdiff_t)i * os);
-        else
-            memcpy((float *)out + (ptrdiff_t)i * os, o, (size_t)Dv * sizeof(float));
-    }
-}
 
 #endif /* FASTATTN_FA_BF16_ATTN_H */
