@@ -72,12 +72,21 @@ def _impls(M, N, K, nt, builds, with_torch):
     yf = np.empty((M, N), np.float32)
     lc = k.LinearCall(x=x, xs=K, w=w, ws=K, out=yf, ys=N, nthreads=nt)
     out["fp32 fastattn"] = lambda: k.linear(lc)
-    # the avx2 build's fp32 GEMM: what the avx2 bf16 path must not be slower than
-    if "avx2" in builds and fastattn.isa != "avx2":
-        k2 = _dispatch.load_build("avx2")
-        y2 = np.empty((M, N), np.float32)
-        lc2 = k2.LinearCall(x=x, xs=K, w=w, ws=K, out=y2, ys=N, nthreads=nt)
-        out["fp32 avx2"] = lambda: k2.linear(lc2)
+    # each widening build's own fp32 GEMM (what its bf16 path must not be
+    # slower than): on packed panels, as the models call it, and on the raw
+    # weight, as linear(x, w) without a PackedWeight does
+    for name in builds:
+        kb = _dispatch.load_build(name)
+        if not kb.BF16_PATH.startswith("widen"):
+            continue
+        wpb = kb.pack_weight(w, 1)
+        yp = np.empty((M, N), np.float32)
+        lcp = kb.LinearCall(x=x, xs=K, wp=wpb, out=yp, ys=N, nthreads=nt)
+        out[f"fp32 {name} packed"] = lambda kb=kb, lcp=lcp: kb.linear(lcp)
+        if name != fastattn.isa:
+            yu = np.empty((M, N), np.float32)
+            lcu = kb.LinearCall(x=x, xs=K, w=w, ws=K, out=yu, ys=N, nthreads=nt)
+            out[f"fp32 {name}"] = lambda kb=kb, lcu=lcu: kb.linear(lcu)
     yn = np.empty((M, N), np.float32)
     wt = w.T
     out["numpy sgemm"] = lambda: np.matmul(x, wt, out=yn)

@@ -6,12 +6,16 @@
 # module fastattn/bf16.py passes uint16 views of ml_dtypes.bfloat16 arrays,
 # after validating everything).
 #
-# GEMM tasks: blocks of BF16_MB (32) rows x nb output features (a multiple of
+# GEMM tasks (amx, dp): blocks of BF16_MB (32) rows x nb output features (a multiple of
 # 32), ordered row-block-major for packed weights up to 1.5 MiB (the weight
 # stays in L2, a thread's consecutive tasks share a block of x) and
 # feature-block-major above (consecutive tasks reuse one weight panel).  Every output element is summed over all of
 # K inside one task in an order fixed by K alone, so nb (which follows the
 # thread count) and the block a row falls in never change its bits.
+# The widening builds (FA_BF16_PANELS) run fa_gemm.h's fp32 microkernel on
+# widened panels and split like the fp32 packed GEMM (_linear_packed): row
+# blocks of whole MR-row groups (up to BF16_MB rows) x even chunks of the
+# PW-wide panels.
 
 cdef extern from "fa_bf16.h" nogil:
     const char *FA_BF16_PATH
@@ -21,6 +25,8 @@ cdef extern from "fa_bf16.h" nogil:
     Py_ssize_t fa_bf16_np(Py_ssize_t N)
     Py_ssize_t fa_bf16_kp(Py_ssize_t K)
     size_t FA_BF16_SCRATCH(Py_ssize_t K)
+    int FA_BF16_PANELS, FA_BF16_PW, FA_BF16_MR
+    size_t fa_bf16_scratch(Py_ssize_t rows, int out_bf16, Py_ssize_t K)
     void fa_bf16_from_f32_n(const float *src, unsigned short *dst, Py_ssize_t n)
     void fa_bf16_to_f32_n(const unsigned short *src, float *dst, Py_ssize_t n)
     void fa_bf16_pack_groups(const unsigned short *W, Py_ssize_t ws, Py_ssize_t N, Py_ssize_t K,
@@ -151,6 +157,7 @@ ctypedef struct Bf16LinArgs:
     int out_bf16
     Py_ssize_t M, N, K, nmb, nb, nnb
     int mmajor
+    Py_ssize_t ng, nrb, ncb, npan      # the panel split (widening builds)
 
 
 cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
@@ -168,6 +175,51 @@ cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
     fa_bf16_gemm_task(a.x + m0 * a.xs, a.xs, nr, a.P, a.K, n0, nn,
                       (a.bias + n0) if a.bias != NULL else NULL, a.act,
                       <void *>(a.y + (m0 * a.ys + n0) * esz), a.ys, a.out_bf16, buf)
+
+
+cdef void _bf16_lin_ptask(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
+    # task t: panel chunk t // nrb, row block t % nrb (as _lin_p in _k_gemm.pxi)
+    cdef const Bf16LinArgs *a = <const Bf16LinArgs *>c
+    cdef Py_ssize_t ch = t // a.nrb, b = t % a.nrb
+    cdef Py_ssize_t m0 = (b * a.ng // a.nrb) * FA_BF16_MR
+    cdef Py_ssize_t m1 = ((b + 1) * a.ng // a.nrb) * FA_BF16_MR
+    cdef Py_ssize_t n0 = (ch * a.npan // a.ncb) * FA_BF16_PW
+    cdef Py_ssize_t n1 = ((ch + 1) * a.npan // a.ncb) * FA_BF16_PW
+    cdef size_t esz = 2 if a.out_bf16 else 4
+    if m1 > a.M:
+        m1 = a.M
+    if n1 > a.N:
+        n1 = a.N
+    if m1 <= m0 or n1 <= n0:
+        return
+    fa_bf16_gemm_task(a.x + m0 * a.xs, a.xs, <int>(m1 - m0), a.P, a.K, n0, <int>(n1 - n0),
+                      (a.bias + n0) if a.bias != NULL else NULL, a.act,
+                      <void *>(a.y + (m0 * a.ys + n0) * esz), a.ys, a.out_bf16, buf)
+
+
+cdef int _bf16_linear_panels(Bf16LinArgs *a, int nthreads) except -1:
+    """The widening builds' split (speed only: every element is one task's)."""
+    cdef Py_ssize_t gb = FA_BF16_MB // FA_BF16_MR, rows
+    a.npan = (a.N + FA_BF16_PW - 1) // FA_BF16_PW
+    a.ng = (a.M + FA_BF16_MR - 1) // FA_BF16_MR
+    a.nrb = (a.ng + gb - 1) // gb
+    a.ncb = 1
+    if nthreads > 1:
+        if a.nrb >= 2 * nthreads:
+            # many rows: equal row blocks, a whole multiple per thread
+            a.nrb = (a.nrb + nthreads - 1) // nthreads * nthreads
+            if a.nrb > a.ng:
+                a.nrb = a.ng
+        else:
+            # few rows: each thread a chunk of the panels over all the rows
+            a.ncb = nthreads if nthreads < a.npan else a.npan
+    # the largest row block sizes the per-thread scratch
+    rows = (a.ng + a.nrb - 1) // a.nrb * FA_BF16_MR
+    if rows > a.M:
+        rows = a.M
+    _run_tasks(a.nrb * a.ncb, fa_bf16_scratch(rows, a.out_bf16, a.K), _bf16_lin_ptask, a,
+               nthreads, False)
+    return 0
 
 
 def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias,
@@ -197,6 +249,9 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
     a.act = act
     a.y = _ptr(out); a.out_bf16 = cnp.PyArray_TYPE(out) == cnp.NPY_UINT16
     a.ys = out.strides[0] // out.itemsize
+    if FA_BF16_PANELS:
+        _bf16_linear_panels(&a, nthreads)
+        return out
     a.nmb = (a.M + FA_BF16_MB - 1) // FA_BF16_MB
     # few row blocks: narrower feature blocks so every thread has several
     # tasks (the split never changes a result: each element is one task's)

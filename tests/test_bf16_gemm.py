@@ -256,6 +256,27 @@ def test_batch_invariance(build):
                 assert np.array_equal(got, full[s:s + M]), (build, nt, M, s)
 
 
+def test_batch_invariance_long_k(build):
+    """The same across K slices (K > 256), task row blocks (M beyond a
+    block of the widening builds' 96-112 rows), partial last panels and
+    both output dtypes: a row alone == the row in any batch, any threads."""
+    rng = np.random.default_rng(11)
+    K, N = 601, 83
+    x = _rand_bf16(rng, (260, K))
+    p = B.pack_weight(_rand_bf16(rng, (N, K)))
+    bias = rng.standard_normal(N).astype(np.float32)
+    for odt in (np.float32, B.bfloat16):
+        full = B.linear(x, p, bias, activation="silu", out_dtype=odt, num_threads=1)
+        for nt in (1, 2, 3):
+            for M in (1, 2, 3, 5, 7, 13, 14, 15, 29, 97, 112, 113, 200, 260):
+                for s in (0, 260 - M):
+                    got = B.linear(x[s:s + M], p, bias, activation="silu", out_dtype=odt,
+                                   num_threads=nt)
+                    assert np.array_equal(got.view(np.uint16) if odt is not np.float32 else got,
+                                          full[s:s + M].view(np.uint16) if odt is not np.float32
+                                          else full[s:s + M]), (build, odt, nt, M, s)
+
+
 def test_large_shape_threads(build):
     rng = np.random.default_rng(10)
     x = _rand_bf16(rng, (260, 384))

@@ -98,7 +98,12 @@ enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3,
 /* geometry */
 #define FA_BF16_NG 16          /* output features per packed group */
 #define FA_BF16_KQ 32          /* K is padded to a multiple of this */
-#define FA_BF16_MB 32          /* rows per task (the amx path's 2 A tiles) */
+#if defined(FA_BF16_WIDEN)
+#  include "fa_gemm.h"
+#  define FA_BF16_MB FA_GM_MB  /* rows per task: the fp32 packed GEMM's row block */
+#else
+#  define FA_BF16_MB 32        /* rows per task (the amx path's 2 A tiles) */
+#endif
 
 static inline ptrdiff_t fa_bf16_np(ptrdiff_t N) { return (N + 15) / 16 * 16; }
 static inline ptrdiff_t fa_bf16_kp(ptrdiff_t K) { return (K + 31) / 32 * 32; }
@@ -282,7 +287,18 @@ static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float
  * y[m0 + r, n0 + c] for r < nr (<= FA_BF16_MB), c < nn (n0 a multiple of 16):
  * x (bf16, row stride xs) times the packed weight, K features.  scratch:
  * FA_BF16_SCRATCH(K) bytes, 64-byte aligned. */
+#if !defined(FA_BF16_WIDEN)
 #define FA_BF16_SCRATCH(K) ((size_t)(FA_BF16_MB * (fa_bf16_kp(K) + 32)) * 4 + 8192)
+#define FA_BF16_PANELS 0
+#define FA_BF16_PW 32
+#define FA_BF16_MR 32
+#define FA_BF16_NB 256
+static inline size_t fa_bf16_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
+{
+    (void)rows; (void)out_bf16;
+    return FA_BF16_SCRATCH(K);
+}
+#endif
 
 /* x rows [0, nr) copied into a zero-padded (rows x Kp) bf16 block */
 static inline void fa_bf16_copy_rows(const uint16_t *x, ptrdiff_t xs, int nr, int rows,
@@ -520,201 +536,314 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
 }
 
 #else
-/* ---- widen: fp32 FMA with the weight widened in the loads ------------------
- * x's rows are widened once per task into fp32, pair-major per row chunk
- * (xa[(p * mr + r) * 2 + e] = x[r][2p + e], zero-padded to an even K), so
- * the microkernel broadcasts from one pointer; per feature pair p the
- * packed line gives the even feature
- * (line << 16) and the odd one (line & 0xffff0000) as fp32 lanes, each
- * multiplied by a broadcast x value: one FMA chain per lane over k in
- * order (fused on avx512/avx2, multiply-add in plain C), whatever the
- * microkernel height. */
-#if defined(FA__ISA_AVX512)
-/* 12 rows x 32 lanes: 24 accumulators + 4 widened weight vectors; the
- * broadcasts fold into the FMAs ({1to16} memory operands) */
-#  define FA__WMR 12
-FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
-                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, ptrdiff_t ldc)
+/* ---- widen: the fp32 packed-panel microkernel on widened copies ------------
+ * bf16 -> fp32 is exact (the bits shifted up), so the sum each output element
+ * needs is the fp32 GEMM's chain over k in order, acc = fma(w[n][k], x[m][k],
+ * acc) from +0, on the widened values.  The widening is paid once per cache
+ * block, not per FMA: per K slice (FA_GM_KC features, fewer for few rows) the
+ * task widens its x rows into fa_gemm.h's packed-X block (MR rows
+ * interleaved) and, panel by panel, the slice of the packed bf16 weight into
+ * one fp32 panel (PW lanes per feature, in L1), then runs fa_gemm.h's
+ * microkernel over every MR-row group of the block.  So the widening of a
+ * weight panel is shared by all the task's rows (up to FA_GM_MB) and that of
+ * x by all its features.  The microkernel's accumulators continue across
+ * slices through the destination (stored as fp32 and reloaded: exact), and
+ * are never given a bias (that would add +0 to a -0 sum): the bias, the
+ * activation and the store are fa_bf16_store's, after the last slice.
+ *
+ * K runs over Ke = K rounded up to even (the packed weight and the widened x
+ * are zero there), the same chain as the amx/dp pair layout's.  Every element
+ * is one lane of one accumulator summed over all of K in one task, in k
+ * order: the row groups, panels per microkernel, slice lengths, task shapes
+ * and thread count change the speed, never a bit.  The product of two bf16
+ * values is exact in fp32, so fused (avx512, avx2) and unfused (the sse2 and
+ * plain C fp32 kernels) multiply-adds give the same bits: every build agrees
+ * (src/tests/build.sh compares their digests).
+ *
+ * Scratch (fa_bf16_scratch(rows, out_bf16, K), 64-byte aligned): the packed-X
+ * block (rows rounded up to MR, x KC fp32), one widened panel slice (KC x PW
+ * fp32) and the fp32 results that cannot go straight into y: the partial last
+ * panel (rows x PW) or, for a bf16 output, a chunk of FA_BF16_NB features
+ * (rows x FA_BF16_NB).  Bounded by the block, whatever M, N and K are. */
+#define FA__BW_PW (FA__GM_NV * FA__VWS)         /* fp32 panel width */
+#if !((FA__BW_PW <= 16 && 16 % FA__BW_PW == 0) || FA__BW_PW % 16 == 0)
+#  error "fa_bf16.h: the fp32 panel width must divide 16 or be a multiple of 16"
+#endif
+#define FA_BF16_PANELS 1                        /* tasks follow fa_gemm.h's panels */
+#define FA_BF16_PW FA__BW_PW
+#define FA_BF16_MR FA_GM_MR
+#define FA_BF16_NB 256                          /* features per bf16-output chunk */
+#ifndef FA_BF16_KCS
+#  define FA_BF16_KCS(np) ((np) >= 3 ? FA_GM_KC / 4 : (np) == 2 ? FA_GM_KC / 2 : FA_GM_KC)
+#endif
+
+static inline size_t fa_bf16_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
 {
-    __m512 acc[FA__WMR][2];
+    (void)K;
+    size_t ng = (size_t)((rows + FA_GM_MR - 1) / FA_GM_MR);
+    size_t xp = ng * FA_GM_MR * FA_GM_KC * 4;
+    size_t wf = (size_t)FA_GM_KC * FA__BW_PW * 4;
+    size_t c = (size_t)rows * (out_bf16 ? FA_BF16_NB : FA__BW_PW) * 4;
+    return xp + wf + (c + 63) / 64 * 64;
+}
+#define FA_BF16_SCRATCH(K) fa_bf16_scratch(FA_BF16_MB, 1, (K))
+
+/* W's packed panel slice, features [nf, nf + PW) (nf a multiple of PW),
+ * pairs [q0, q0 + nq), widened into Wf[k * PW + j] (k = 2 (q - q0) + e).
+ * two: whether the panel's second 16-lane group exists (PW = 32; the packed
+ * weight holds ceil(N / 16) groups), else its lanes are zeros. */
+FA__AI void fa__bw_widen_w(const uint16_t *P, ptrdiff_t Kp, ptrdiff_t nf, ptrdiff_t q0,
+                           ptrdiff_t nq, float *Wf, int two)
+{
+#if defined(FA__ISA_AVX512) && FA__BW_PW == 32
+    const uint16_t *s0 = P + (nf / 16) * (Kp / 2) * 32 + q0 * 32;
+    const uint16_t *s1 = s0 + (Kp / 2) * 32;
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    FA__UNROLL
-    for (int r = 0; r < FA__WMR; r++) {
-        if (r < mr) {
-            acc[r][0] = _mm512_setzero_ps();
-            acc[r][1] = _mm512_setzero_ps();
-        }
+    for (ptrdiff_t q = 0; q < nq; q++) {
+        __m512i l0 = _mm512_loadu_si512((const void *)(s0 + q * 32));
+        __m512i l1 = two ? _mm512_loadu_si512((const void *)(s1 + q * 32)) : _mm512_setzero_si512();
+        float *d = Wf + q * 64;
+        _mm512_store_ps(d, _mm512_castsi512_ps(_mm512_slli_epi32(l0, 16)));
+        _mm512_store_ps(d + 16, _mm512_castsi512_ps(_mm512_slli_epi32(l1, 16)));
+        _mm512_store_ps(d + 32, _mm512_castsi512_ps(_mm512_and_si512(l0, hi)));
+        _mm512_store_ps(d + 48, _mm512_castsi512_ps(_mm512_and_si512(l1, hi)));
     }
-    for (ptrdiff_t p = 0; p < npair; p++) {
-        __m512i l0 = _mm512_loadu_si512((const void *)(b0 + p * 32));
-        __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(l0, 16));
-        __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(l0, hi));
-        __m512 e1 = e0, o1 = o0;
-        if (nv > 1) {
-            __m512i l1 = _mm512_loadu_si512((const void *)(b1 + p * 32));
-            e1 = _mm512_castsi512_ps(_mm512_slli_epi32(l1, 16));
-            o1 = _mm512_castsi512_ps(_mm512_and_si512(l1, hi));
-        }
-        FA__UNROLL
-        for (int r = 0; r < FA__WMR; r++) {
-            if (r < mr) {
-                __m512 ae = _mm512_set1_ps(xa[(p * mr + r) * 2]);
-                __m512 ao = _mm512_set1_ps(xa[(p * mr + r) * 2 + 1]);
-                acc[r][0] = _mm512_fmadd_ps(ae, e0, acc[r][0]);
-                if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ae, e1, acc[r][1]);
-                acc[r][0] = _mm512_fmadd_ps(ao, o0, acc[r][0]);
-                if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ao, o1, acc[r][1]);
-            }
-        }
-    }
-    FA__UNROLL
-    for (int r = 0; r < FA__WMR; r++) {
-        if (r < mr) {
-            _mm512_storeu_ps(cs + r * ldc, acc[r][0]);
-            if (nv > 1) _mm512_storeu_ps(cs + r * ldc + 16, acc[r][1]);
-        }
-    }
-}
-#elif defined(FA__ISA_AVX2)
-/* 16 registers: MR rows x 16 lanes (two ymm halves of a packed line) */
-#  define FA__WMR 4
-FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
-                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, ptrdiff_t ldc)
-{
-    (void)nv; (void)b1;    /* one 16-lane group per call */
-    __m256 acc[FA__WMR][2];
+#elif defined(FA__ISA_AVX2) && FA__BW_PW == 16
+    (void)two;
+    const uint16_t *s0 = P + (nf / 16) * (Kp / 2) * 32 + q0 * 32;
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-    FA__UNROLL
-    for (int r = 0; r < FA__WMR; r++) {
-        if (r < mr) {
-            acc[r][0] = _mm256_setzero_ps();
-            acc[r][1] = _mm256_setzero_ps();
-        }
+    for (ptrdiff_t q = 0; q < nq; q++) {
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)(s0 + q * 32));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(s0 + q * 32 + 16));
+        float *d = Wf + q * 32;
+        _mm256_store_ps(d, _mm256_castsi256_ps(_mm256_slli_epi32(l0, 16)));
+        _mm256_store_ps(d + 8, _mm256_castsi256_ps(_mm256_slli_epi32(l1, 16)));
+        _mm256_store_ps(d + 16, _mm256_castsi256_ps(_mm256_and_si256(l0, hi)));
+        _mm256_store_ps(d + 24, _mm256_castsi256_ps(_mm256_and_si256(l1, hi)));
     }
-    for (ptrdiff_t p = 0; p < npair; p++) {
-        __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + p * 32));
-        __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + p * 32 + 16));
-        __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(l0, 16));
-        __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(l0, hi));
-        __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(l1, 16));
-        __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(l1, hi));
-        FA__UNROLL
-        for (int r = 0; r < FA__WMR; r++) {
-            if (r < mr) {
-                __m256 ae = _mm256_broadcast_ss(xa + (p * mr + r) * 2);
-                __m256 ao = _mm256_broadcast_ss(xa + (p * mr + r) * 2 + 1);
-                acc[r][0] = _mm256_fmadd_ps(ae, e0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(ae, e1, acc[r][1]);
-                acc[r][0] = _mm256_fmadd_ps(ao, o0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(ao, o1, acc[r][1]);
-            }
-        }
-    }
-    FA__UNROLL
-    for (int r = 0; r < FA__WMR; r++) {
-        if (r < mr) {
-            _mm256_storeu_ps(cs + r * ldc, acc[r][0]);
-            _mm256_storeu_ps(cs + r * ldc + 8, acc[r][1]);
-        }
-    }
-}
-#  define FA__WIDEN_COLS 16
 #else
-/* plain C (sse2 baseline, other targets): MR rows x 16 lanes; multiply and
- * add are kept separate expressions so no contraction can change the chain */
-#  define FA__WMR 4
-FA__AI void fa__widen_tile(const float *xa, const int mr, const int nv,
-                           const uint16_t *b0, const uint16_t *b1, ptrdiff_t npair,
-                           float *cs, ptrdiff_t ldc)
-{
-    (void)nv; (void)b1;
-    float acc[FA__WMR][16];
-    memset(acc, 0, sizeof acc);
-    for (ptrdiff_t p = 0; p < npair; p++) {
-        float we[16], wo[16];
-        for (int j = 0; j < 16; j++) {
-            we[j] = fa_bf16_to_f32(b0[p * 32 + 2 * j]);
-            wo[j] = fa_bf16_to_f32(b0[p * 32 + 2 * j + 1]);
-        }
-        for (int r = 0; r < FA__WMR; r++) {
-            if (r < mr) {
-                float ae = xa[(p * mr + r) * 2], ao = xa[(p * mr + r) * 2 + 1];
-                for (int j = 0; j < 16; j++) {
-                    float t = ae * we[j];
-                    acc[r][j] += t;
-                    t = ao * wo[j];
-                    acc[r][j] += t;
-                }
+    const int gw = FA__BW_PW < 16 ? FA__BW_PW : 16;
+    for (int j0 = 0; j0 < FA__BW_PW; j0 += gw) {
+        ptrdiff_t f = nf + j0;
+        const uint16_t *s = P + (f / 16) * (Kp / 2) * 32 + q0 * 32 + (f % 16) * 2;
+        const int have = j0 < 16 || two;
+        for (ptrdiff_t q = 0; q < nq; q++) {
+            float *de = Wf + 2 * q * FA__BW_PW + j0, *dodd = de + FA__BW_PW;
+            for (int j = 0; j < gw; j++) {
+                de[j] = have ? fa_bf16_to_f32(s[q * 32 + 2 * j]) : 0.0f;
+                dodd[j] = have ? fa_bf16_to_f32(s[q * 32 + 2 * j + 1]) : 0.0f;
             }
         }
     }
-    for (int r = 0; r < FA__WMR; r++)
-        if (r < mr)
-            memcpy(cs + r * ldc, acc[r], 16 * sizeof(float));
+#endif
 }
-#  define FA__WIDEN_COLS 16
-#endif
-#ifndef FA__WIDEN_COLS
-#  define FA__WIDEN_COLS 32
+
+/* The direct microkernel (avx512, avx2) for a task of one row group: R rows
+ * x G 16-lane groups read from the packed bf16 weight and widened in the
+ * registers (even k = line << 16, odd k = line & 0xffff0000), with no fp32
+ * copy of W (few rows would not repay it).  The same chain per lane as the
+ * panel kernel: acc from +0 (or Y), fma(w, x, acc) over k in order.  Xp is
+ * the slice's packed-X block (Xp[k*MR + i]), Pg the first group's line at
+ * the slice's first pair, gst the stride between groups. */
+#if (defined(FA__ISA_AVX512) && FA__BW_PW == 32) || (defined(FA__ISA_AVX2) && FA__BW_PW == 16)
+#  define FA__BW_DIRECT 1
+#  if defined(FA__ISA_AVX512)
+FA__AI void fa__bw_direct(const float *Xp, const uint16_t *Pg, ptrdiff_t gst, ptrdiff_t nq,
+                          float *Y, ptrdiff_t ys, int first, const int R, const int G)
+{
+    __m512 acc[FA_GM_MR][8];
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    FA__UNROLL for (int r = 0; r < R; r++)
+        FA__UNROLL for (int g = 0; g < G; g++)
+            acc[r][g] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(Y + r * ys + 16 * g);
+    for (ptrdiff_t q = 0; q < nq; q++) {
+        const float *xe = Xp + 2 * q * FA_GM_MR, *xo = xe + FA_GM_MR;
+        FA__UNROLL for (int g = 0; g < G; g++) {
+            __m512i l = _mm512_loadu_si512((const void *)(Pg + g * gst + q * 32));
+            __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(l, 16));
+            __m512 o = _mm512_castsi512_ps(_mm512_and_si512(l, hi));
+            FA__UNROLL for (int r = 0; r < R; r++)
+                acc[r][g] = _mm512_fmadd_ps(e, _mm512_set1_ps(xe[r]), acc[r][g]);
+            FA__UNROLL for (int r = 0; r < R; r++)
+                acc[r][g] = _mm512_fmadd_ps(o, _mm512_set1_ps(xo[r]), acc[r][g]);
+        }
+    }
+    FA__UNROLL for (int r = 0; r < R; r++)
+        FA__UNROLL for (int g = 0; g < G; g++) _mm512_storeu_ps(Y + r * ys + 16 * g, acc[r][g]);
+}
+#  else
+FA__AI void fa__bw_direct(const float *Xp, const uint16_t *Pg, ptrdiff_t gst, ptrdiff_t nq,
+                          float *Y, ptrdiff_t ys, int first, const int R, const int G)
+{
+    __m256 acc[FA_GM_MR][8];
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    FA__UNROLL for (int r = 0; r < R; r++)
+        FA__UNROLL for (int g = 0; g < 2 * G; g++)
+            acc[r][g] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(Y + r * ys + 8 * g);
+    for (ptrdiff_t q = 0; q < nq; q++) {
+        const float *xe = Xp + 2 * q * FA_GM_MR, *xo = xe + FA_GM_MR;
+        FA__UNROLL for (int g = 0; g < G; g++) {
+            const uint16_t *lp = Pg + g * gst + q * 32;
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)lp);
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(lp + 16));
+            __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(l0, 16));
+            __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(l1, 16));
+            __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(l0, hi));
+            __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(l1, hi));
+            FA__UNROLL for (int r = 0; r < R; r++) {
+                __m256 b = _mm256_broadcast_ss(xe + r);
+                acc[r][2 * g] = _mm256_fmadd_ps(e0, b, acc[r][2 * g]);
+                acc[r][2 * g + 1] = _mm256_fmadd_ps(e1, b, acc[r][2 * g + 1]);
+            }
+            FA__UNROLL for (int r = 0; r < R; r++) {
+                __m256 b = _mm256_broadcast_ss(xo + r);
+                acc[r][2 * g] = _mm256_fmadd_ps(o0, b, acc[r][2 * g]);
+                acc[r][2 * g + 1] = _mm256_fmadd_ps(o1, b, acc[r][2 * g + 1]);
+            }
+        }
+    }
+    FA__UNROLL for (int r = 0; r < R; r++)
+        FA__UNROLL for (int g = 0; g < 2 * G; g++) _mm256_storeu_ps(Y + r * ys + 8 * g, acc[r][g]);
+}
+#  endif
+/* a run-time row count 1..MR, a constant group count; more than
+ * FA__BW_DSPLIT rows in two calls (the same sums: rows are independent),
+ * so that the accumulators, the widened line and the broadcast fit in the
+ * registers */
+#  if defined(FA__ISA_AVX512)
+#    define FA__BW_DSPLIT 7
+#  else
+#    define FA__BW_DSPLIT 4
+#  endif
+FA__AI void fa__bw_direct_sw(const float *Xp, const uint16_t *Pg, ptrdiff_t gst, ptrdiff_t nq,
+                             float *Y, ptrdiff_t ys, int first, int R, const int G)
+{
+    switch (R) {
+#define FA__BW_CASE(c) case c: if (c <= FA_GM_MR) fa__bw_direct(Xp, Pg, gst, nq, Y, ys, first, c <= FA_GM_MR ? c : 1, G); break;
+    FA__BW_CASE(1) FA__BW_CASE(2) FA__BW_CASE(3) FA__BW_CASE(4) FA__BW_CASE(5)
+    FA__BW_CASE(6) FA__BW_CASE(7) FA__BW_CASE(8) FA__BW_CASE(9) FA__BW_CASE(10)
+    FA__BW_CASE(11) FA__BW_CASE(12) FA__BW_CASE(13) FA__BW_CASE(14)
+#undef FA__BW_CASE
+    default: break;
+    }
+}
+
+FA__AI void fa__bw_direct_rows(const float *Xp, const uint16_t *Pg, ptrdiff_t gst, ptrdiff_t nq,
+                               float *Y, ptrdiff_t ys, int first, int R, const int G)
+{
+    if (R > FA__BW_DSPLIT) {
+        const int r1 = R / 2;
+        fa__bw_direct_sw(Xp, Pg, gst, nq, Y, ys, first, r1, G);
+        Xp += r1;
+        Y += (ptrdiff_t)r1 * ys;
+        R -= r1;
+    }
+    fa__bw_direct_sw(Xp, Pg, gst, nq, Y, ys, first, R, G);
+}
+#  define FA__BW_DIRECT_ROWS(...) fa__bw_direct_rows(__VA_ARGS__)
+#else
+#  define FA__BW_DIRECT 0
+#  define FA__BW_DIRECT_ROWS(...) ((void)0)
 #endif
 
-/* row chunk heights: FA__WMR, then 4, then 1 */
-FA__AI int fa__widen_chunk(int left) { return left >= FA__WMR ? FA__WMR : left >= 4 ? 4 : 1; }
+/* one slice of panels [p, p + NP) of the chunk (panel p - pbase of dst):
+ * for one row group on a direct build, the direct kernel over GE 16-lane
+ * groups (NP * PW / 16, fewer for a partial last panel); else each panel
+ * widened into Wf and the fp32 kernel run for every row group */
+#define FA__BW_RUN(NP, GE)                                                              \
+    do {                                                                                \
+        const ptrdiff_t nf_ = n0 + c0 + (ptrdiff_t)p * FA__BW_PW;                       \
+        float *dp_ = dst + (ptrdiff_t)(p - pbase) * FA__BW_PW;                          \
+        if (FA__BW_DIRECT && ng == 1) {                                                 \
+            FA__BW_DIRECT_ROWS(Xp, P + (nf_ / 16) * gst + (k0 / 2) * 32, gst, kc / 2,   \
+                               dp_, ld, first, rlast, (GE));                            \
+        } else {                                                                        \
+            for (int pp = 0; pp < (NP); pp++)                                           \
+                fa__bw_widen_w(P, Kp, nf_ + (ptrdiff_t)pp * FA__BW_PW, k0 / 2, kc / 2,  \
+                               Wf + (ptrdiff_t)pp * kcs * FA__BW_PW,                    \
+                               (GE) > 1 || pp < (NP) - 1);                              \
+            for (int g = 0; g < ng; g++)                                                \
+                fa__gm_rows_f32(Xp + (ptrdiff_t)g * kcs * FA_GM_MR, Wf, kcs * FA__BW_PW, \
+                                kc, dp_ + (ptrdiff_t)g * FA_GM_MR * ld, ld, NULL, first, 0, \
+                                0, g == ng - 1 ? rlast : FA_GM_MR, (NP));               \
+        }                                                                               \
+    } while (0)
 
+/* y[r, n0 + c] for r < nr (<= FA_BF16_MB), c < nn (n0 a multiple of PW and
+ * of 16): x (bf16, row stride xs) times the packed weight, K features. */
 static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
                               ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
                               void *y, ptrdiff_t ys, int out_bf16, void *scratch)
 {
-    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
-    float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
-    float *xa = (float *)((char *)scratch + 8192);          /* nr x 2 npair fp32 */
-    for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
-        int mr = fa__widen_chunk(nr - r0);
-        float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
-        for (int r = 0; r < mr; r++) {
-            const uint16_t *xr = x + (r0 + r) * xs;
-            for (ptrdiff_t k = 0; k < K; k++)
-                xc[((k >> 1) * mr + r) * 2 + (k & 1)] = fa_bf16_to_f32(xr[k]);
-            if (K & 1)
-                xc[((K >> 1) * mr + r) * 2 + 1] = 0.0f;
-        }
-    }
-    for (int c0 = 0; c0 < nn; c0 += FA__WIDEN_COLS) {
-        int nc = nn - c0 < FA__WIDEN_COLS ? nn - c0 : FA__WIDEN_COLS;
-        ptrdiff_t g = (n0 + c0) / 16;
-        const uint16_t *b0 = P + g * (Kp / 2) * 32;
-        const uint16_t *b1 = b0 + (Kp / 2) * 32;
-        /* whole column blocks of an fp32 output go straight to y */
-        int direct = !out_bf16 && nc == FA__WIDEN_COLS;
-        float *cb = direct ? (float *)y + c0 : cs;
-        ptrdiff_t ldc = direct ? ys : 32;
-        for (int r0 = 0; r0 < nr; r0 += fa__widen_chunk(nr - r0)) {
-            int mr = fa__widen_chunk(nr - r0);
-            const float *xc = xa + (ptrdiff_t)r0 * 2 * npair;
-            float *c = cb + (ptrdiff_t)r0 * ldc;
-            if (mr == FA__WMR) {
-                if (nc > 16) fa__widen_tile(xc, FA__WMR, 2, b0, b1, npair, c, ldc);
-                else fa__widen_tile(xc, FA__WMR, 1, b0, b1, npair, c, ldc);
-            } else if (mr == 4) {
-                if (nc > 16) fa__widen_tile(xc, 4, 2, b0, b1, npair, c, ldc);
-                else fa__widen_tile(xc, 4, 1, b0, b1, npair, c, ldc);
-            } else {
-                if (nc > 16) fa__widen_tile(xc, 1, 2, b0, b1, npair, c, ldc);
-                else fa__widen_tile(xc, 1, 1, b0, b1, npair, c, ldc);
+    const ptrdiff_t Kp = fa_bf16_kp(K), Ke = (K + 1) / 2 * 2, gst = (Kp / 2) * 32;
+    const int ng = (nr + FA_GM_MR - 1) / FA_GM_MR, rlast = nr - (ng - 1) * FA_GM_MR;
+    /* a single group of few rows: several panels per microkernel call, over
+     * shorter slices (the widened panels stay one KC x PW slice in all) */
+    const int np_call = ng > 1 ? 1 : FA__GM_PFOR(rlast);
+    const ptrdiff_t kcs = FA__BW_DIRECT && ng == 1 ? FA_GM_KC : FA_BF16_KCS(np_call);
+    float *Xp = (float *)scratch;
+    float *Wf = Xp + (ptrdiff_t)ng * FA_GM_MR * FA_GM_KC;
+    float *Cb = Wf + (ptrdiff_t)FA_GM_KC * FA__BW_PW;
+    int cw;
+    (void)gst;      /* the direct kernel's (avx512, avx2) */
+    for (int c0 = 0; c0 < nn; c0 += cw) {
+        cw = out_bf16 && nn - c0 > FA_BF16_NB ? FA_BF16_NB : nn - c0;
+        const int np = (cw + FA__BW_PW - 1) / FA__BW_PW;
+        const int nfull = cw / FA__BW_PW;                  /* whole panels */
+        ptrdiff_t k0 = 0;
+        for (;;) {
+            const ptrdiff_t kc = Ke - k0 < kcs ? Ke - k0 : kcs;
+            const int first = k0 == 0;
+            /* Xp[g*kcs*MR + k*MR + i] = x[g*MR + i][k0 + k] (0 at k = K) */
+            for (int g = 0; g < ng; g++) {
+                const int R = g == ng - 1 ? rlast : FA_GM_MR;
+                float *xg = Xp + (ptrdiff_t)g * kcs * FA_GM_MR;
+                for (int i = 0; i < R; i++) {
+                    const uint16_t *xr = x + ((ptrdiff_t)g * FA_GM_MR + i) * xs + k0;
+                    const ptrdiff_t kx = K - k0 < kc ? K - k0 : kc;
+                    for (ptrdiff_t k = 0; k < kx; k++)
+                        xg[k * FA_GM_MR + i] = fa_bf16_to_f32(xr[k]);
+                    for (ptrdiff_t k = kx; k < kc; k++)
+                        xg[k * FA_GM_MR + i] = 0.0f;
+                }
             }
+            /* whole panels [0, nfull) into y (fp32) or Cb (bf16, NB apart);
+             * a partial last panel into Cb after them (bf16) or alone */
+            int p = 0, pbase = 0;
+            float *dst = out_bf16 ? Cb : (float *)y + c0;
+            ptrdiff_t ld = out_bf16 ? FA_BF16_NB : ys;
+            if (np_call == 4)
+                for (; p + 4 <= nfull; p += 4) FA__BW_RUN(4, 4 * FA__BW_PW / 16);
+            if (np_call == 3)
+                for (; p + 3 <= nfull; p += 3) FA__BW_RUN(3, 3 * FA__BW_PW / 16);
+            if (np_call >= 2)
+                for (; p + 2 <= nfull; p += 2) FA__BW_RUN(2, 2 * FA__BW_PW / 16);
+            for (; p < nfull; p++) FA__BW_RUN(1, FA__BW_PW > 16 ? FA__BW_PW / 16 : 1);
+            if (p < np) {
+                if (!out_bf16) {
+                    dst = Cb; ld = FA__BW_PW; pbase = p;
+                }
+                if (FA__BW_PW > 16 && cw - p * FA__BW_PW > 16)
+                    FA__BW_RUN(1, 2);
+                else
+                    FA__BW_RUN(1, 1);
+            }
+            if (k0 + kc >= Ke)
+                break;
+            k0 += kc;
         }
-        if (direct) {
-            if (bias || act)
-                fa_bf16_store(cb, ys, nr, nc, bias ? bias + c0 : NULL, act, cb, ys, 0);
-        } else {
-            fa_bf16_store(cs, 32, nr, nc, bias ? bias + c0 : NULL, act,
-                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0),
+        const float *bc = bias ? bias + c0 : NULL;
+        const int nd = out_bf16 ? 0 : nfull * FA__BW_PW;   /* columns already in y */
+        if (nd && (bias || act))
+            fa_bf16_store((float *)y + c0, ys, nr, nd, bc, act, (float *)y + c0, ys, 0);
+        if (cw > nd)
+            fa_bf16_store(Cb, out_bf16 ? FA_BF16_NB : FA__BW_PW, nr, cw - nd,
+                          bc ? bc + nd : NULL, act,
+                          out_bf16 ? (void *)((uint16_t *)y + c0) : (void *)((float *)y + c0 + nd),
                           ys, out_bf16);
-        }
     }
 }
+#undef FA__BW_RUN
 #endif
 
 #endif /* FASTATTN_FA_BF16_H */
