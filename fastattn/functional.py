@@ -22,7 +22,7 @@ from .threads import for_flops as _n_threads
 from .threads import resolve as _resolve_threads
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
-           "softmax", "weighted_sum", "attention_weights"]
+           "softmax", "weighted_sum", "attention_weights", "attention_plan", "AttentionPlan"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
@@ -541,6 +541,118 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     else:
         _k.flash(call)
     return out
+
+
+# ---------------------------------------------------------------------------
+# a plan: one validation for many calls over a growing key buffer (decoding)
+# ---------------------------------------------------------------------------
+
+class AttentionPlan:
+    """:func:`scaled_dot_product_attention` over the first ``length`` keys of
+    fixed query, key/value and output buffers, validated once (see
+    :func:`attention_plan`).  ``plan(length, num_threads=None)`` computes
+    ``scaled_dot_product_attention(query, key[..., :length, :],
+    value[..., :length, :], ...)`` into the plan's ``out`` and returns it,
+    bit for bit the public call's result."""
+    __slots__ = ("out", "capacity", "L", "_call", "_entry", "_k", "_v",
+                 "_causal", "_align", "_window", "_num_threads", "_fl", "_kst", "_vst")
+
+    def __call__(self, length, num_threads=None):
+        if type(length) is not int:
+            if not isinstance(length, numbers.Integral) or isinstance(length, (bool, np.bool_)):
+                raise TypeError(f"length must be an int, got {type(length).__name__}")
+            length = int(length)
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"length must be in [0, {self.capacity}] (the key buffer's "
+                             f"length), got {length}")
+        if num_threads is None:
+            num_threads = self._num_threads
+        elif type(num_threads) is not int or num_threads < 1:
+            _resolve_threads(num_threads)       # the ValueError/TypeError naming it
+        out = self.out
+        call = self._call
+        if call is None:                         # an empty output
+            return out
+        if length == 0:
+            out[...] = 0
+            return out
+        L = self.L
+        if self._window is None:
+            left, right = None, (0 if self._causal else None)
+            off = length - L if self._align == "bottom_right" else 0
+        else:
+            left, right, off = _window_bounds(self._causal, self._align, self._window,
+                                              L, length)
+        call.S = length
+        call.left, call.right, call.off = left, right, off
+        call.ks = self._kst if length > 1 else 0
+        call.vs = self._vst if length > 1 else 0
+        call.nthreads = _n_threads(num_threads, self._fl * length)
+        self._entry(call)
+        return out
+
+
+def attention_plan(query, key, value, *, is_causal=False, scale=None, enable_gqa=False,
+                   causal_alignment="top_left", window=None, out=None, out_dtype=None,
+                   num_threads=None):
+    """Validate a :func:`scaled_dot_product_attention` call once for many
+    calls that differ only in how many keys they read: decoding, where each
+    step attends to one more row of a preallocated KV cache.
+
+    ``key``/``value`` are the whole buffers ``(..., capacity, E)`` (e.g. the
+    cache); the returned :class:`AttentionPlan` ``plan(length)`` attends to
+    their first ``length`` rows, writing ``out`` (allocated here when not
+    given) in place.  Every argument is checked here as the public call
+    checks it (with ``capacity`` keys); a call then checks only ``length``
+    (an int in ``[0, capacity]``) and ``num_threads``.  The buffers are read
+    in place at every call, so they must not need the public call's one
+    copy: a non-contiguous last axis is a ValueError here.  No mask and no
+    ALiBi (use the public call for those).
+    """
+    p = _plan(query, key, value, None, 0.0, is_causal, scale, enable_gqa,
+              causal_alignment, window, None, bf16=True)
+    L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
+    for name, x in (("query", p.q), ("key", p.k), ("value", p.v)):
+        if _readable(x) is not x:
+            raise ValueError(f"attention_plan: {name} (strides {x.strides}) must have a "
+                             f"contiguous last axis and whole-element strides: the plan "
+                             f"reads it in place at every call")
+    out_shape = p.batch_out + (L, Ev)
+    odt = _out_dtype(out_dtype, p.dtype, out)
+    if out is None:
+        out = np.empty(out_shape, dtype=odt)
+    else:
+        _check_out(out, out_shape, odt, [("query", p.q), ("key", p.k), ("value", p.v)])
+    _check_threads(num_threads)
+    plan = AttentionPlan()
+    plan.out, plan.capacity, plan.L = out, S, L
+    plan._causal, plan._align = bool(is_causal), causal_alignment
+    plan._window = window
+    plan._num_threads = num_threads
+    plan._call = None
+    if out.size == 0:
+        return plan
+    q, k, v = p.q, p.k, p.v
+    nb = math.prod(p.prefix)
+    bshape_q = p.prefix + (Hout,)
+    bshape_kv = p.prefix + (Hkv,)
+    if not p.batch_out:
+        bshape_q = bshape_kv = (1,)
+    plan._fl = 4 * nb * Hout * L * max(E, Ev)       # flops per key
+    bf16 = _is_bf16(p.dtype)
+    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
+    plan._kst = k.strides[-2] // k.itemsize
+    plan._vst = v.strides[-2] // v.itemsize
+    plan._call = _k.FlashCall(
+        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=_u16(out) if _is_bf16(out.dtype) else out,
+        ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
+        left=p.left, right=p.right, off=p.off, nthreads=1)
+    plan._entry = _k.flash_bf16 if bf16 else _k.flash
+    return plan
 
 
 # ---------------------------------------------------------------------------
