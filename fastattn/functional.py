@@ -43,10 +43,21 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
+_BF16_DTYPE = []      # ml_dtypes.bfloat16 once it was asked for
+
+
 def _is_bf16(dtype):
     # a bfloat16 array exists only if ml_dtypes is installed: no import needed
-    # to say no
-    return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype == _bf16()
+    # to say no.  The kind and item size first: dtype.name is a slow Python
+    # property, and float32/float64 (kind "f") never need it.
+    if dtype.kind != "V" or dtype.itemsize != 2:
+        return False
+    if _BF16_DTYPE:
+        return dtype == _BF16_DTYPE[0]
+    if dtype.name != "bfloat16":
+        return False
+    _BF16_DTYPE.append(_bf16())
+    return dtype == _BF16_DTYPE[0]
 
 
 def _as_float_array(x, name, bf16=False):
@@ -64,6 +75,9 @@ def _as_float_array(x, name, bf16=False):
 
 
 def _same_dtype(arrays, bf16=False):
+    d0 = arrays[0][1].dtype
+    if all(a.dtype == d0 for _, a in arrays):
+        return d0
     dt = {a.dtype for _, a in arrays}
     if len(dt) > 1:
         desc = ", ".join(f"{n}: {a.dtype}" for n, a in arrays)
@@ -152,9 +166,28 @@ def _broadcast(name_shapes, what):
         raise ValueError(f"{what} do not broadcast: {desc}") from None
 
 
+_OFFSETS_CACHE = {}    # (lead shape, lead strides, itemsize, batch) -> read-only offsets
+_OFFSETS_CACHE_MAX = 512
+
+
 def _offsets(x, batch_shape):
     """int64 element offsets of every (broadcast) leading index of ``x``
-    against ``batch_shape`` (C order), as a flat contiguous array."""
+    against ``batch_shape`` (C order), as a flat contiguous array.  Small
+    ones (the decode-step case: the same few shapes at every call) are
+    memoised, read-only: the kernels only read them."""
+    key = (x.shape[:-2], x.strides[:-2], x.itemsize, batch_shape)
+    off = _OFFSETS_CACHE.get(key)
+    if off is None:
+        off = _offsets_of(x, batch_shape)
+        if off.size <= 256:
+            off.setflags(write=False)
+            if len(_OFFSETS_CACHE) >= _OFFSETS_CACHE_MAX:
+                _OFFSETS_CACHE.clear()
+            _OFFSETS_CACHE[key] = off
+    return off
+
+
+def _offsets_of(x, batch_shape):
     nlead = x.ndim - 2
     pad = len(batch_shape) - nlead
     axes = []
@@ -216,6 +249,8 @@ def _check_out(out, shape, dtype, inputs, contiguous_last=True,
     for name, x in inputs:
         if x is None or not out.size or not x.size:
             continue
+        if not np.may_share_memory(out, x):      # disjoint bounds: cheap and exact
+            continue
         try:
             shared = np.shares_memory(out, x, max_work=100_000)
         except np.exceptions.TooHardError:
@@ -228,6 +263,8 @@ def _check_out(out, shape, dtype, inputs, contiguous_last=True,
 def _check_scale(scale, E):
     if scale is None:
         return 1.0 / math.sqrt(E)
+    if type(scale) is float and math.isfinite(scale):       # the common case, cheaply
+        return scale
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got "
                         f"{type(scale).__name__}")
@@ -368,7 +405,8 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
         if x.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions "
                              f"(..., seq, features), got shape {x.shape}")
-    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
+    if type(dropout_p) is not float and (isinstance(dropout_p, (bool, np.bool_))
+                                         or not isinstance(dropout_p, numbers.Real)):
         raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
     if dropout_p != 0:
         raise NotImplementedError("dropout_p != 0 is not supported: fastattn "
@@ -403,12 +441,13 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
         if Hk == 0 or Hq % Hk:
             raise ValueError(f"enable_gqa: query heads ({Hq}) must be a "
                              f"multiple of key/value heads ({Hk}); {desc}")
-        prefix = _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
-                             ("value", vb[:-1])], "batch dimensions")
+        prefix = (qb[:-1] if qb[:-1] == kb[:-1] == vb[:-1] else
+                  _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
+                              ("value", vb[:-1])], "batch dimensions"))
         Hout, Hkv = Hq, Hk
     else:
         try:
-            full = tuple(np.broadcast_shapes(qb, kb, vb))
+            full = qb if qb == kb == vb else tuple(np.broadcast_shapes(qb, kb, vb))
         except ValueError:
             _too_large([qb, kb, vb], f"the batch dimensions ({desc})")
             hint = ""
