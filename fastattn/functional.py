@@ -124,9 +124,12 @@ def _readable(x):
     """A view whose last axis is contiguous and whose strides are whole
     elements; copies once (C order) only when that is impossible."""
     its = x.itemsize
-    if (x.ndim and x.shape[-1] > 1 and x.strides[-1] != its) or \
-            any(s % its for s in x.strides):
+    st = x.strides
+    if x.ndim and x.shape[-1] > 1 and st[-1] != its:
         return np.ascontiguousarray(x)
+    for s in st:
+        if s % its:
+            return np.ascontiguousarray(x)
     return x
 
 
