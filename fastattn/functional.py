@@ -22,7 +22,7 @@ from .threads import for_flops as _n_threads
 from .threads import resolve as _resolve_threads
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
-           "softmax", "weighted_sum", "attention_weights"]
+           "softmax", "weighted_sum", "attention_weights", "attention_plan", "AttentionPlan"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
@@ -43,10 +43,21 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
+_BF16_DTYPE = []      # ml_dtypes.bfloat16 once it was asked for
+
+
 def _is_bf16(dtype):
     # a bfloat16 array exists only if ml_dtypes is installed: no import needed
-    # to say no
-    return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype == _bf16()
+    # to say no.  The kind and item size first: dtype.name is a slow Python
+    # property, and float32/float64 (kind "f") never need it.
+    if dtype.kind != "V" or dtype.itemsize != 2:
+        return False
+    if _BF16_DTYPE:
+        return dtype == _BF16_DTYPE[0]
+    if dtype.name != "bfloat16":
+        return False
+    _BF16_DTYPE.append(_bf16())
+    return dtype == _BF16_DTYPE[0]
 
 
 def _as_float_array(x, name, bf16=False):
@@ -64,6 +75,9 @@ def _as_float_array(x, name, bf16=False):
 
 
 def _same_dtype(arrays, bf16=False):
+    d0 = arrays[0][1].dtype
+    if all(a.dtype == d0 for _, a in arrays):
+        return d0
     dt = {a.dtype for _, a in arrays}
     if len(dt) > 1:
         desc = ", ".join(f"{n}: {a.dtype}" for n, a in arrays)
@@ -110,9 +124,12 @@ def _readable(x):
     """A view whose last axis is contiguous and whose strides are whole
     elements; copies once (C order) only when that is impossible."""
     its = x.itemsize
-    if (x.ndim and x.shape[-1] > 1 and x.strides[-1] != its) or \
-            any(s % its for s in x.strides):
+    st = x.strides
+    if x.ndim and x.shape[-1] > 1 and st[-1] != its:
         return np.ascontiguousarray(x)
+    for s in st:
+        if s % its:
+            return np.ascontiguousarray(x)
     return x
 
 
@@ -152,9 +169,28 @@ def _broadcast(name_shapes, what):
         raise ValueError(f"{what} do not broadcast: {desc}") from None
 
 
+_OFFSETS_CACHE = {}    # (lead shape, lead strides, itemsize, batch) -> read-only offsets
+_OFFSETS_CACHE_MAX = 512
+
+
 def _offsets(x, batch_shape):
     """int64 element offsets of every (broadcast) leading index of ``x``
-    against ``batch_shape`` (C order), as a flat contiguous array."""
+    against ``batch_shape`` (C order), as a flat contiguous array.  Small
+    ones (the decode-step case: the same few shapes at every call) are
+    memoised, read-only: the kernels only read them."""
+    key = (x.shape[:-2], x.strides[:-2], x.itemsize, batch_shape)
+    off = _OFFSETS_CACHE.get(key)
+    if off is None:
+        off = _offsets_of(x, batch_shape)
+        if off.size <= 256:
+            off.setflags(write=False)
+            if len(_OFFSETS_CACHE) >= _OFFSETS_CACHE_MAX:
+                _OFFSETS_CACHE.clear()
+            _OFFSETS_CACHE[key] = off
+    return off
+
+
+def _offsets_of(x, batch_shape):
     nlead = x.ndim - 2
     pad = len(batch_shape) - nlead
     axes = []
@@ -216,6 +252,8 @@ def _check_out(out, shape, dtype, inputs, contiguous_last=True,
     for name, x in inputs:
         if x is None or not out.size or not x.size:
             continue
+        if not np.may_share_memory(out, x):      # disjoint bounds: cheap and exact
+            continue
         try:
             shared = np.shares_memory(out, x, max_work=100_000)
         except np.exceptions.TooHardError:
@@ -228,6 +266,8 @@ def _check_out(out, shape, dtype, inputs, contiguous_last=True,
 def _check_scale(scale, E):
     if scale is None:
         return 1.0 / math.sqrt(E)
+    if type(scale) is float and math.isfinite(scale):       # the common case, cheaply
+        return scale
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got "
                         f"{type(scale).__name__}")
@@ -368,7 +408,8 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
         if x.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions "
                              f"(..., seq, features), got shape {x.shape}")
-    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
+    if type(dropout_p) is not float and (isinstance(dropout_p, (bool, np.bool_))
+                                         or not isinstance(dropout_p, numbers.Real)):
         raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
     if dropout_p != 0:
         raise NotImplementedError("dropout_p != 0 is not supported: fastattn "
@@ -403,12 +444,13 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
         if Hk == 0 or Hq % Hk:
             raise ValueError(f"enable_gqa: query heads ({Hq}) must be a "
                              f"multiple of key/value heads ({Hk}); {desc}")
-        prefix = _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
-                             ("value", vb[:-1])], "batch dimensions")
+        prefix = (qb[:-1] if qb[:-1] == kb[:-1] == vb[:-1] else
+                  _broadcast([("query", qb[:-1]), ("key", kb[:-1]),
+                              ("value", vb[:-1])], "batch dimensions"))
         Hout, Hkv = Hq, Hk
     else:
         try:
-            full = tuple(np.broadcast_shapes(qb, kb, vb))
+            full = qb if qb == kb == vb else tuple(np.broadcast_shapes(qb, kb, vb))
         except ValueError:
             _too_large([qb, kb, vb], f"the batch dimensions ({desc})")
             hint = ""
@@ -541,6 +583,118 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     else:
         _k.flash(call)
     return out
+
+
+# ---------------------------------------------------------------------------
+# a plan: one validation for many calls over a growing key buffer (decoding)
+# ---------------------------------------------------------------------------
+
+class AttentionPlan:
+    """:func:`scaled_dot_product_attention` over the first ``length`` keys of
+    fixed query, key/value and output buffers, validated once (see
+    :func:`attention_plan`).  ``plan(length, num_threads=None)`` computes
+    ``scaled_dot_product_attention(query, key[..., :length, :],
+    value[..., :length, :], ...)`` into the plan's ``out`` and returns it,
+    bit for bit the public call's result."""
+    __slots__ = ("out", "capacity", "L", "_call", "_entry", "_k", "_v",
+                 "_causal", "_align", "_window", "_num_threads", "_fl", "_kst", "_vst")
+
+    def __call__(self, length, num_threads=None):
+        if type(length) is not int:
+            if not isinstance(length, numbers.Integral) or isinstance(length, (bool, np.bool_)):
+                raise TypeError(f"length must be an int, got {type(length).__name__}")
+            length = int(length)
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"length must be in [0, {self.capacity}] (the key buffer's "
+                             f"length), got {length}")
+        if num_threads is None:
+            num_threads = self._num_threads
+        elif type(num_threads) is not int or num_threads < 1:
+            _resolve_threads(num_threads)       # the ValueError/TypeError naming it
+        out = self.out
+        call = self._call
+        if call is None:                         # an empty output
+            return out
+        if length == 0:
+            out[...] = 0
+            return out
+        L = self.L
+        if self._window is None:
+            left, right = None, (0 if self._causal else None)
+            off = length - L if self._align == "bottom_right" else 0
+        else:
+            left, right, off = _window_bounds(self._causal, self._align, self._window,
+                                              L, length)
+        call.S = length
+        call.left, call.right, call.off = left, right, off
+        call.ks = self._kst if length > 1 else 0
+        call.vs = self._vst if length > 1 else 0
+        call.nthreads = _n_threads(num_threads, self._fl * length)
+        self._entry(call)
+        return out
+
+
+def attention_plan(query, key, value, *, is_causal=False, scale=None, enable_gqa=False,
+                   causal_alignment="top_left", window=None, out=None, out_dtype=None,
+                   num_threads=None):
+    """Validate a :func:`scaled_dot_product_attention` call once for many
+    calls that differ only in how many keys they read: decoding, where each
+    step attends to one more row of a preallocated KV cache.
+
+    ``key``/``value`` are the whole buffers ``(..., capacity, E)`` (e.g. the
+    cache); the returned :class:`AttentionPlan` ``plan(length)`` attends to
+    their first ``length`` rows, writing ``out`` (allocated here when not
+    given) in place.  Every argument is checked here as the public call
+    checks it (with ``capacity`` keys); a call then checks only ``length``
+    (an int in ``[0, capacity]``) and ``num_threads``.  The buffers are read
+    in place at every call, so they must not need the public call's one
+    copy: a non-contiguous last axis is a ValueError here.  No mask and no
+    ALiBi (use the public call for those).
+    """
+    p = _plan(query, key, value, None, 0.0, is_causal, scale, enable_gqa,
+              causal_alignment, window, None, bf16=True)
+    L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
+    for name, x in (("query", p.q), ("key", p.k), ("value", p.v)):
+        if _readable(x) is not x:
+            raise ValueError(f"attention_plan: {name} (strides {x.strides}) must have a "
+                             f"contiguous last axis and whole-element strides: the plan "
+                             f"reads it in place at every call")
+    out_shape = p.batch_out + (L, Ev)
+    odt = _out_dtype(out_dtype, p.dtype, out)
+    if out is None:
+        out = np.empty(out_shape, dtype=odt)
+    else:
+        _check_out(out, out_shape, odt, [("query", p.q), ("key", p.k), ("value", p.v)])
+    _check_threads(num_threads)
+    plan = AttentionPlan()
+    plan.out, plan.capacity, plan.L = out, S, L
+    plan._causal, plan._align = bool(is_causal), causal_alignment
+    plan._window = window
+    plan._num_threads = num_threads
+    plan._call = None
+    if out.size == 0:
+        return plan
+    q, k, v = p.q, p.k, p.v
+    nb = math.prod(p.prefix)
+    bshape_q = p.prefix + (Hout,)
+    bshape_kv = p.prefix + (Hkv,)
+    if not p.batch_out:
+        bshape_q = bshape_kv = (1,)
+    plan._fl = 4 * nb * Hout * L * max(E, Ev)       # flops per key
+    bf16 = _is_bf16(p.dtype)
+    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
+    plan._kst = k.strides[-2] // k.itemsize
+    plan._vst = v.strides[-2] // v.itemsize
+    plan._call = _k.FlashCall(
+        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=_u16(out) if _is_bf16(out.dtype) else out,
+        ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
+        left=p.left, right=p.right, off=p.off, nthreads=1)
+    plan._entry = _k.flash_bf16 if bf16 else _k.flash
+    return plan
 
 
 # ---------------------------------------------------------------------------

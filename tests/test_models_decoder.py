@@ -204,6 +204,10 @@ def test_eos_stops_rows_like_transformers(llama, monkeypatch):
     rows = []
     run = m._run
     monkeypatch.setattr(m, "_run", lambda ids, *a, **k: rows.append(ids.shape[0]) or run(ids, *a, **k))
+    from fastattn.models._decode_plan import DecodePlan      # the decode steps
+    step = DecodePlan.step
+    monkeypatch.setattr(DecodePlan, "step",
+                        lambda self, ids, *a: rows.append(ids.shape[0]) or step(self, ids, *a))
     got = m.generate(ids, 20, attention_mask=mask, eos_token_id=eos, pad_token_id=1)
     np.testing.assert_array_equal(got, ref)
     finished = (got[:, 10:] == eos).any(axis=1)

@@ -25,10 +25,11 @@ import numpy as np
 
 from ..functional import scaled_dot_product_attention
 from ..nn import _ops
-from ..threads import for_attention, for_stream
+from ..threads import for_attention, for_stream, get_num_threads
 from ..nn.cache import KVCache
 from ..nn.layers import gemm, gemm_via, gemv, GEMV_MAX_ROWS
 from ..positional import apply_rotary
+from ._decode_plan import DecodePlan
 
 __all__ = ["CausalLM"]
 
@@ -512,6 +513,7 @@ class CausalLM:
         logits = self._run(ids, pos, (kv_k, kv_v), 0, mask, True, rope_for(pos))
         cur = T
         step_out = np.empty(B, dtype=np.int64)
+        plan = plan_key = None
         for step in range(max_new):
             past = seq[active, :cur] if o["rep"] is not None else None
             tok = self._next_tokens(logits, past, o)
@@ -539,8 +541,16 @@ class CausalLM:
                         n = keep.size
             p = next_pos[:, None]
             mask = key_ok[:n, None, None, :cur] if has_pad else None
-            logits = self._run(tok[:, None], p, (kv_k[:, :n], kv_v[:, :n]), cur - 1,
-                               mask, True, rope_for(p))
+            if self._bf16 or n <= GEMV_MAX_ROWS:
+                # validated and allocated once per (rows, thread setting):
+                # the same kernel calls as _run, without its per-step cost
+                key = (n, get_num_threads())
+                if plan_key != key:
+                    plan, plan_key = DecodePlan(self, n, (kv_k, kv_v)), key
+                logits = plan.step(tok[:, None], p, cur - 1, mask, rope_for(p))
+            else:
+                logits = self._run(tok[:, None], p, (kv_k[:, :n], kv_v[:, :n]), cur - 1,
+                                   mask, True, rope_for(p))
             next_pos = next_pos + 1
         out = seq[:, :cur].copy()
         for r in np.flatnonzero(done_at < cur):
