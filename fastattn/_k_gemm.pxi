@@ -29,6 +29,7 @@ ctypedef struct LinArgs:
     Py_ssize_t ws
     const char *bias         # (N,) or NULL
     int relu
+    int act                  # LIN_GELU.. (float32 only; then relu is 0), or 0
     char *y
     Py_ssize_t ys
     Py_ssize_t M, N, K, nmb, nb
@@ -98,6 +99,7 @@ cdef void _lin_task_narrow(const floating *x, Py_ssize_t xs, const floating *w, 
 
 cdef inline void _lin_t(const LinArgs *a, Py_ssize_t t, floating *buf) noexcept nogil:
     # W-block-major order: consecutive tasks of a thread reuse W's block
+    cdef int i
     cdef Py_ssize_t n0 = (t // a.nmb) * a.nb
     cdef Py_ssize_t m0 = (t % a.nmb) * FA_BR
     cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BR else FA_BR
@@ -115,6 +117,10 @@ cdef inline void _lin_t(const LinArgs *a, Py_ssize_t t, floating *buf) noexcept 
                   (bias + n0) if bias != NULL else NULL, a.relu,
                   (<floating *>a.y) + m0 * a.ys + n0, a.ys, nr, nn, a.K,
                   buf, buf + LIN_KC * FA_BR)
+    if floating is float:
+        if a.act != 0:      # the task's block is still in cache
+            for i in range(nr):
+                fa_gemm_act_f32((<float *>a.y) + (m0 + i) * a.ys + n0, nn, a.act)
 
 cdef void _lin_f32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _lin_t(<const LinArgs *>c, t, <float *>b)
@@ -126,6 +132,8 @@ cdef void _lin_f64(const void *c, Py_ssize_t t, void *b) noexcept nogil:
 cdef extern from "fa_gemm.h" nogil:
     int FA_GM_MB
     int FA_GM_MR
+    int FA_GM_GELU, FA_GM_GELU_TANH, FA_GM_SILU
+    void fa_gemm_act_f32(float *o, Py_ssize_t n, int act)
     int fa_gemm_panel_width_f32()
     int fa_gemm_panel_width_f64()
     Py_ssize_t fa_gemm_packed_size_f32(Py_ssize_t N, Py_ssize_t K)
@@ -137,10 +145,10 @@ cdef extern from "fa_gemm.h" nogil:
     void fa_gemm_pack_w_f64(const double *w, Py_ssize_t ws, Py_ssize_t N, Py_ssize_t K,
                             Py_ssize_t p0, Py_ssize_t p1, double *Wp)
     void fa_gemm_packed_f32(const float *x, Py_ssize_t xs, int mr, const float *Wp,
-                            Py_ssize_t K, int npan, int nlast, const float *bias, int relu,
+                            Py_ssize_t K, int npan, int nlast, const float *bias, int act,
                             float *y, Py_ssize_t ys, float *buf)
     void fa_gemm_packed_f64(const double *x, Py_ssize_t xs, int mr, const double *Wp,
-                            Py_ssize_t K, int npan, int nlast, const double *bias, int relu,
+                            Py_ssize_t K, int npan, int nlast, const double *bias, int act,
                             double *y, Py_ssize_t ys, double *buf)
 
 cdef enum:
@@ -301,7 +309,8 @@ cdef inline void _lin_p(const LinArgs *a, Py_ssize_t t, floating *buf) noexcept 
     if floating is float:
         fa_gemm_packed_f32((<const float *>a.x) + m0 * a.xs, a.xs, <int>(m1 - m0),
                            (<const float *>a.wp) + p0 * pst, a.K, <int>(p1 - p0), nlast,
-                           (bias + p0 * a.pw) if bias != NULL else NULL, a.relu,
+                           (bias + p0 * a.pw) if bias != NULL else NULL,
+                           a.act if a.act != 0 else a.relu,
                            (<float *>a.y) + m0 * a.ys + p0 * a.pw, a.ys, buf)
     else:
         fa_gemm_packed_f64((<const double *>a.x) + m0 * a.xs, a.xs, <int>(m1 - m0),
@@ -343,21 +352,30 @@ cdef class LinearCall:
     """Operands of linear(), by name: ``x`` (M, K), ``w`` (N, K), ``out``
     (M, N), ``bias`` (N,) contiguous or None, each 2-D with a contiguous last
     axis and element row strides ``xs``/``ws``/``ys``; one dtype; ``relu``.
-    Instead of ``w``/``ws``: ``wp``, a PackedWeight of this build."""
+    Instead of ``w``/``ws``: ``wp``, a PackedWeight of this build.  ``act``:
+    0, or (float32 only, not with ``relu``) ``LIN_GELU`` / ``LIN_GELU_TANH``
+    / ``LIN_SILU``, applied to each tile right after its last store (the
+    formulas of the row kernels, vectorised for this build)."""
     cdef public cnp.ndarray x, w, bias, out
     cdef public PackedWeight wp
     cdef public Py_ssize_t xs, ws, ys
     cdef public bint relu
-    cdef public int nthreads
+    cdef public int nthreads, act
 
     def __init__(self, *, cnp.ndarray x=None, Py_ssize_t xs=-4611686018427387904,
                  cnp.ndarray w=None, Py_ssize_t ws=-4611686018427387904,
                  PackedWeight wp=None,
                  cnp.ndarray bias=None, bint relu=False, cnp.ndarray out=None,
-                 Py_ssize_t ys=-4611686018427387904, int nthreads=0):
+                 Py_ssize_t ys=-4611686018427387904, int nthreads=0, int act=0):
         self.x = x; self.xs = xs; self.w = w; self.ws = ws; self.wp = wp
         self.bias = bias; self.relu = relu; self.out = out; self.ys = ys
-        self.nthreads = nthreads
+        self.nthreads = nthreads; self.act = act
+
+
+#: activation codes of LinearCall(act=...) (fa_gemm.h; the same numbers as ACT_*)
+LIN_GELU = FA_GM_GELU
+LIN_GELU_TANH = FA_GM_GELU_TANH
+LIN_SILU = FA_GM_SILU
 
 
 def linear(LinearCall call not None):
@@ -388,6 +406,10 @@ def linear(LinearCall call not None):
     _set(call.xs != _UNSET, "xs")
     _set(call.ys != _UNSET, "ys")
     _set(nthreads >= 1, "nthreads")
+    _set(call.act == 0 or ((call.act == FA_GM_GELU or call.act == FA_GM_GELU_TANH
+                            or call.act == FA_GM_SILU) and not call.relu), "act")
+    if call.act != 0 and dt != 0:
+        raise TypeError("fastattn kernel call: a fused activation (act) is float32 only")
     a.M = call.x.shape[0]; a.K = call.x.shape[1]
     if wp is not None:
         a.N = wp.N
@@ -403,7 +425,7 @@ def linear(LinearCall call not None):
         return call.out
     a.x = _ptr(call.x); a.xs = call.xs
     a.bias = _ptr(call.bias) if call.bias is not None else NULL
-    a.relu = call.relu; a.y = _ptr(call.out); a.ys = call.ys
+    a.relu = call.relu; a.act = call.act; a.y = _ptr(call.out); a.ys = call.ys
     if wp is not None or a.M >= LIN_PACK_ROWS:
         if wp is not None:
             a.wp = wp.data

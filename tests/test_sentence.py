@@ -180,8 +180,14 @@ def test_minilm_batch_invariance(minilm):
     texts += VARIED[:6] + ["word " * 300]
     with fastattn.threads(1):       # (single-threaded where the thread count is not the point:
         alone = np.stack([minilm.encode(t) for t in texts])   # the machine may be shared)
-        for bs in (3, 32):
-            np.testing.assert_array_equal(minilm.encode(texts, batch_size=bs), alone)
+        old_min = minilm.min_batch_tokens
+        try:
+            for least in (0, 100, old_min):         # exactly batch_size, or merged
+                minilm.min_batch_tokens = least
+                for bs in (3, 32):
+                    np.testing.assert_array_equal(minilm.encode(texts, batch_size=bs), alone)
+        finally:
+            minilm.min_batch_tokens = old_min
         perm = rng.permutation(len(texts))
         np.testing.assert_array_equal(minilm.encode([texts[i] for i in perm], batch_size=5),
                                       alone[perm])
@@ -196,6 +202,38 @@ def test_minilm_batch_invariance(minilm):
             np.testing.assert_array_equal(minilm.encode(texts, batch_size=16), alone)
     enc2 = SentenceEncoder(num_threads=2)
     np.testing.assert_array_equal(enc2.encode(texts[:8]), alone[:8])
+
+
+@needs_minilm
+def test_minilm_batches_by_sentences_and_tokens(minilm, monkeypatch):
+    """A forward call takes batch_size sentences, more short ones while it
+    holds fewer than min_batch_tokens tokens, never more than
+    max_batch_tokens tokens; sorted by length."""
+    calls = []
+    real = minilm.model.forward_packed
+
+    def spy(ids, cu, *a, **k):
+        calls.append(np.diff(cu).tolist())
+        return real(ids, cu, *a, **k)
+    monkeypatch.setattr(minilm.model, "forward_packed", spy)
+    texts = ["a"] * 40 + ["word " * 100] * 6      # 3 tokens each; 102 tokens each
+    old = (minilm.min_batch_tokens, minilm.max_batch_tokens)
+    try:
+        minilm.min_batch_tokens, minilm.max_batch_tokens = 0, 16384
+        minilm.encode(texts, batch_size=4)
+        assert calls == [[3] * 4] * 10 + [[102] * 4, [102] * 2]
+        calls.clear()
+        minilm.min_batch_tokens = 30                 # 10 short ones make 30 tokens
+        minilm.encode(texts, batch_size=4)
+        assert calls == [[3] * 10] * 4 + [[102] * 4, [102] * 2]
+        calls.clear()
+        minilm.min_batch_tokens = 250                # everything short, then 2 long ones
+        minilm.max_batch_tokens = 330
+        minilm.encode(texts, batch_size=4)
+        # 40 short (120) + 2 long reach 250 (324 <= 330); then 3 long fit 330
+        assert calls == [[3] * 40 + [102] * 2, [102] * 3, [102]]
+    finally:
+        minilm.min_batch_tokens, minilm.max_batch_tokens = old
 
 
 @needs_minilm

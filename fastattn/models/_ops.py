@@ -50,15 +50,17 @@ import numpy as np
 
 import fastattn as _fa
 from .._dispatch import kernels as _kern
-from ..threads import for_flops
+from ..threads import for_flops, for_stream
 from ..nn import _ops as _row
 
-__all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "ACTIVATIONS",
+__all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "attention_plan", "ACTIVATIONS",
            "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16",
            "decoder_attention_bf16"]
 
 #: activation names :func:`dense` / :func:`bias_act` accept
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
+# the ones the float32 GEMM applies in its store (kernels.LinearCall act codes)
+_LIN_ACT = {"gelu": "LIN_GELU", "gelu_tanh": "LIN_GELU_TANH", "silu": "LIN_SILU"}
 
 def pack(w):
     """``w`` (M, K) float32/float64 packed into the GEMM's weight panels
@@ -80,8 +82,11 @@ def dense(x, w, b=None, act=None, out=None):
         :func:`pack` (faster: the panels are laid out once, at load)
     b : ndarray, shape (M,), optional
     act : None or one of :data:`ACTIVATIONS`
-        ``"relu"`` is fused into the GEMM's store; the others run as one
-        fused row pass (:func:`bias_act`) over the result.
+        ``"relu"`` is fused into the GEMM's store; in float32 ``"gelu"``,
+        ``"gelu_tanh"`` and ``"silu"`` too (applied to each output tile
+        right after its last store, while it is in L1: no second pass over
+        the result); the others run as one fused row pass
+        (:func:`bias_act`) over the result.
     out : ndarray, shape (N, M), optional; must not overlap ``x`` or ``w``.
     """
     N, K = x.shape
@@ -91,19 +96,28 @@ def dense(x, w, b=None, act=None, out=None):
         out = np.empty((N, M), dtype=x.dtype)
     if N == 0:
         return out
-    fused = act is None or act == "identity" or act == "relu"
-    # fewer threads for small calls (the policy in fastattn.threads); the
-    # results do not depend on it
-    nt = for_flops(None, 2 * N * M * K)
+    code = 0
+    if act is None or act == "identity" or act == "relu":
+        fused = True
+    elif x.dtype == np.float32 and act in _LIN_ACT:
+        fused, code = True, getattr(_kern, _LIN_ACT[act])
+    else:
+        fused = False
+    # fewer threads for small calls (the policy in fastattn.threads), but
+    # never fewer than streaming the weight needs: a call of few rows (a
+    # short query) is bound by reading W, not by its flops.  The results do
+    # not depend on the thread count (the GEMM splits rows and output
+    # features, never K)
+    nt = max(for_flops(None, 2 * N * M * K), for_stream(None, M * K * x.itemsize))
     it = x.itemsize
     if packed:
         call = _kern.LinearCall(x=x, xs=x.strides[0] // it, wp=w, bias=b if fused else None,
                                 relu=act == "relu", out=out, ys=out.strides[0] // it,
-                                nthreads=nt)
+                                nthreads=nt, act=code)
     else:
         call = _kern.LinearCall(x=x, xs=x.strides[0] // it, w=w, ws=w.strides[0] // it,
                                 bias=b if fused else None, relu=act == "relu",
-                                out=out, ys=out.strides[0] // it, nthreads=nt)
+                                out=out, ys=out.strides[0] // it, nthreads=nt, act=code)
     _kern.linear(call)
     if not fused:
         bias_act(out, b, act, out=out)
@@ -134,7 +148,7 @@ def bias_act(h, bias, act, out):
     return out
 
 
-def attention(qkv, cu_seqlens, num_heads, scale, out):
+def attention(qkv, cu_seqlens, num_heads, scale, out, plan=None):
     """Self-attention of packed sequences straight out of a fused QKV
     projection.
 
@@ -148,13 +162,60 @@ def attention(qkv, cu_seqlens, num_heads, scale, out):
     num_heads : int
     scale : float
     out : ndarray, shape (total, num_heads * head_dim)
+    plan : optional, :func:`attention_plan` of these same arguments
+        Skips the per-call argument handling of ``varlen_attention`` (a
+        layer's attention of a short query costs more in Python than in the
+        kernel); the same kernel call, so the same bits.
     """
+    if plan is not None:
+        if plan.qkv is not qkv or plan.out is not out:
+            raise ValueError("attention: the plan was made for other arrays")
+        plan.run(plan.call)
+        return out
     T = qkv.shape[0]
     D = qkv.shape[1] // (3 * num_heads)
     q3 = qkv.reshape(T, 3, num_heads, D)
     o3 = out.reshape(T, num_heads, D)
     _fa.varlen_attention(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, scale=scale, out=o3)
     return out
+
+
+class _AttentionPlan:
+    __slots__ = ("qkv", "out", "call", "run")
+
+
+def attention_plan(qkv, cu_seqlens, num_heads, scale, out):
+    """The kernel call :func:`attention` makes for these arguments, built
+    once: an encoder's layers all attend over the same ``qkv`` and ``out``
+    scratch with the same ``cu_seqlens``, so a forward pass builds it once
+    and passes it as ``attention(..., plan=)`` to every layer.  The same
+    kernel arguments ``fastattn.varlen_attention`` builds for a
+    non-causal, unwindowed call (and the same thread count for the work);
+    the caller has checked ``cu_seqlens`` (int64, from 0 rising to
+    ``total``), ``scale`` (finite) and the shapes."""
+    T = qkv.shape[0]
+    D = qkv.shape[1] // (3 * num_heads)
+    q3 = qkv.reshape(T, 3, num_heads, D)
+    o3 = out.reshape(T, num_heads, D)
+    q, k, v = q3[:, 0], q3[:, 1], q3[:, 2]
+    bf16 = qkv.dtype.itemsize == 2
+    it, ito = qkv.itemsize, out.itemsize
+    lens = np.diff(cu_seqlens)
+    flops = 4 * num_heads * int(np.dot(lens, lens)) * D
+    heads = np.arange(num_heads, dtype=np.int64)
+    u = (lambda a: a.view(np.uint16)) if bf16 else (lambda a: a)
+    plan = _AttentionPlan()
+    plan.qkv, plan.out = qkv, out
+    plan.call = _kern.FlashCall(
+        q=u(q), qoff=heads * (q.strides[1] // it), qs=q.strides[0] // it,
+        k=u(k), koff=heads * (k.strides[1] // it), ks=k.strides[0] // it,
+        v=u(v), voff=heads * (v.strides[1] // it), vs=v.strides[0] // it,
+        out=u(o3), ooff=heads * (o3.strides[1] // ito), os=o3.strides[0] // ito,
+        D=D, Dv=D, nb=cu_seqlens.size - 1, Hq=num_heads, Hkv=num_heads, scale=float(scale),
+        left=None, right=None, slopes=None, cu_q=cu_seqlens, cu_k=cu_seqlens,
+        bottom_right=False, nthreads=for_flops(None, flops))
+    plan.run = _kern.flash_bf16 if bf16 else _kern.flash
+    return plan
 
 
 # ---------------------------------------------------------------------------

@@ -549,9 +549,10 @@ class _Encoder:
         hid = np.empty((T, c.intermediate_size), dtype=dt)
         act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
         dense, add_norm, attention = _ops.dense, _ops.add_norm, _ops.attention
+        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)      # one for all layers
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
             dense(x, wqkv, bqkv, out=qkv)
-            attention(qkv, cu, H, scale, ctx)
+            attention(qkv, cu, H, scale, ctx, plan=plan)
             dense(ctx, wo, None, out=y)
             add_norm(y, bo, x, n1w, n1b, eps, n=y)          # y = X1
             dense(y, w1, b1, act=act, out=hid)
@@ -595,9 +596,10 @@ class _Encoder:
         z = np.empty((T, E), dtype=f32)
         act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
         dense, add_norm, attention = _ops.dense_bf16, _ops.add_norm, _ops.attention
+        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)      # one for all layers
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
             dense(xb, wqkv, bqkv, out=qkv)
-            attention(qkv, cu, H, scale, ctx)
+            attention(qkv, cu, H, scale, ctx, plan=plan)
             dense(ctx, wo, None, out=y)
             add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb)   # y = X1 (+ bf16 copy)
             dense(yb, w1, b1, act=act, out=hid)

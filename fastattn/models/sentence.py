@@ -10,9 +10,10 @@
    ``tokenizer.json`` -- truncated at ``max_seq_length`` tokens ([CLS] and
    [SEP] included), never padded (the padding and truncation baked into the
    file are replaced);
-2. sentences are sorted by token length and cut into batches of at most
-   ``batch_size`` sentences and at most :attr:`SentenceEncoder.max_batch_tokens`
-   tokens; each batch runs *packed*: one ``(total_tokens,)`` id array and its
+2. sentences are sorted by token length and cut into batches of
+   ``batch_size`` sentences (more short ones, up to
+   :attr:`SentenceEncoder.min_batch_tokens` tokens) and at most
+   :attr:`SentenceEncoder.max_batch_tokens` tokens; each batch runs *packed*: one ``(total_tokens,)`` id array and its
    ``cu_seqlens`` offsets, no padding anywhere (``model.forward_packed``);
 3. pooling, Dense and Normalize run per sequence over the packed rows
    (vectorised NumPy segment reductions), and rows go back to input order.
@@ -342,9 +343,17 @@ class SentenceEncoder:
     max_batch_tokens : int, default 16384
         Token budget of one packed forward call (memory bound; the
         embeddings do not depend on it).
+    min_batch_tokens : int, default 2048
+        A packed forward call of short sentences takes more than
+        ``batch_size`` of them until it holds this many tokens (at most
+        :attr:`max_batch_tokens`): a call has a fixed cost (a few dozen
+        kernel calls, each waking the thread team) and its GEMMs run faster
+        on more rows, while no padding is added and the embeddings do not
+        depend on it.  0: exactly ``batch_size`` sentences per call.
     """
 
     max_batch_tokens = 16384
+    min_batch_tokens = 2048
 
     def __init__(self, folder=None, *, dtype="float32", max_seq_length=None, num_threads=None):
         from ._ops import resolve_dtype
@@ -706,8 +715,9 @@ class SentenceEncoder:
             Each item is ``str(s).strip()``-ed.  A single string returns a
             1-D vector.
         batch_size : int, default 32
-            Most sentences per packed forward call (a call also holds at
-            most :attr:`max_batch_tokens` tokens).  Results do not depend on it.
+            Sentences per packed forward call (a call also holds at most
+            :attr:`max_batch_tokens` tokens, and more short sentences up to
+            :attr:`min_batch_tokens`).  Results do not depend on it.
         normalize_embeddings : bool, optional
             ``True``: L2-normalise the result (once, at the end, if the model
             has no Normalize module).  ``False``: skip the model's Normalize
@@ -779,12 +789,18 @@ class SentenceEncoder:
         np.cumsum(lengths, out=starts[1:])
         order = np.argsort(lengths, kind="stable")
         budget = max(int(self.max_batch_tokens), self.max_seq_length)
+        least = min(max(int(self.min_batch_tokens), 0), budget)
+        ps = np.zeros(len(texts) + 1, np.int64)     # tokens of the first j sorted
+        np.cumsum(lengths[order], out=ps[1:])
         i, n = 0, len(texts)
         while i < n:
-            # the next batch: up to batch_size sentences and budget tokens
+            # the next batch: batch_size sentences, or more while it holds
+            # fewer than `least` tokens; never more than `budget` tokens
             j = min(n, i + batch_size)
-            tot = np.cumsum(lengths[order[i:j]])
-            j = i + max(1, int(np.searchsorted(tot, budget, side="right")))
+            if ps[j] - ps[i] < least:
+                j = min(n, int(np.searchsorted(ps, ps[i] + least, side="left")))
+            j = min(j, int(np.searchsorted(ps, ps[i] + budget, side="right")) - 1)
+            j = max(j, i + 1)
             sel = order[i:j]
             blen = lengths[sel]
             bids = np.concatenate([ids[starts[s]:starts[s + 1]] for s in sel]) \

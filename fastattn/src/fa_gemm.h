@@ -39,11 +39,18 @@
  *                                        threads can pack disjoint panels)
  *   fa_gemm_scratch_f32/_f64()           elements of a task's scratch buffer
  *                                        (64-byte aligned, contents ignored)
- *   fa_gemm_packed(x, xs, mr, Wp, K, np, nlast, bias, relu, y, ys, buf)
- *       y[i*ys + n] = relu?(sum_k x[i*xs + k] * W[n][k] + bias[n]) for
+ *   fa_gemm_packed(x, xs, mr, Wp, K, np, nlast, bias, act, y, ys, buf)
+ *       y[i*ys + n] = act(sum_k x[i*xs + k] * W[n][k] + bias[n]) for
  *       i < mr (1 <= mr <= FA_GM_MB), the np panels starting at Wp (a panel
  *       boundary of the packed W), n < (np-1)*PW + nlast (1 <= nlast <= PW),
- *       bias (at the first panel's column) may be NULL.
+ *       bias (at the first panel's column) may be NULL.  act: FA_GM_NONE (0),
+ *       FA_GM_RELU (1, in the registers, as above) or, float only, FA_GM_GELU
+ *       / FA_GM_GELU_TANH / FA_GM_SILU (2-4: fa_gemm_act_f32 over each
+ *       micro-tile's rows right after their last store, still in L1; the
+ *       double instantiation ignores codes >= 2 and its callers reject them).
+ *   fa_gemm_act_f32(o, n, act)           that activation over n floats in place
+ *       (also what the Cython driver applies after the lanes-layout tiles, so
+ *       both tile families keep giving the same bits)
  *
  * Uses fa_tiles.h's vector layer; instantiated for float and double by
  * including itself.  C99, static inline only, no globals.
@@ -114,6 +121,13 @@ FA__AI void FA__GM_N(fa__gm_rows)(const FA__GM_T *Xp, const FA__GM_T *Wp, ptrdif
     }
 }
 
+/* the activation after the last store: R rows of n features, still in L1 */
+FA__AI void FA__GM_N(fa__gm_post)(FA__GM_T *Y, ptrdiff_t ys, int R, int n, int on, int act)
+{
+    if (!on) return;
+    for (int r = 0; r < R; r++) FA__GM_ACT(Y + (ptrdiff_t)r * ys, n, act);
+}
+
 FA__PUB int FA__GM_N(fa_gemm_panel_width)(void) { return FA__GM_PWT; }
 
 FA__PUB ptrdiff_t FA__GM_N(fa_gemm_packed_size)(ptrdiff_t N, ptrdiff_t K)
@@ -149,9 +163,11 @@ FA__PUB ptrdiff_t FA__GM_N(fa_gemm_scratch)(void)
 
 FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
                                       const FA__GM_T *Wp, ptrdiff_t K, int np, int nlast,
-                                      const FA__GM_T *bias, int relu,
+                                      const FA__GM_T *bias, int act,
                                       FA__GM_T *y, ptrdiff_t ys, FA__GM_T *buf)
 {
+    const int relu = act == FA_GM_RELU;
+    const int post = act >= FA_GM_GELU;   /* an activation after the store */
     const ptrdiff_t pst = (K > 0 ? K : 1) * FA__GM_PWT;
     const int ng = (mr + FA__GM_MR - 1) / FA__GM_MR;         /* MR-row groups */
     const int rlast = mr - (ng - 1) * FA__GM_MR;             /* rows in the last */
@@ -182,20 +198,29 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
         const FA__GM_T *Wk = Wp + k0 * FA__GM_PWT;
         int p = 0;
         if (P == 4)
-            for (; p + 4 <= nfull; p += 4)
+            for (; p + 4 <= nfull; p += 4) {
                 FA__GM_N(fa__gm_rows)(Xp, Wk + p * pst, pst, kc, y + (ptrdiff_t)p * FA__GM_PWT, ys,
                                       bias ? bias + (ptrdiff_t)p * FA__GM_PWT : bias,
                                       first, last, relu, rlast, 4 <= FA__GM_PMAX ? 4 : 1);
+                FA__GM_N(fa__gm_post)(y + (ptrdiff_t)p * FA__GM_PWT, ys, rlast, 4 * FA__GM_PWT,
+                                      last && post, act);
+            }
         if (P == 3)
-            for (; p + 3 <= nfull; p += 3)
+            for (; p + 3 <= nfull; p += 3) {
                 FA__GM_N(fa__gm_rows)(Xp, Wk + p * pst, pst, kc, y + (ptrdiff_t)p * FA__GM_PWT, ys,
                                       bias ? bias + (ptrdiff_t)p * FA__GM_PWT : bias,
                                       first, last, relu, rlast, 3 <= FA__GM_PMAX ? 3 : 1);
+                FA__GM_N(fa__gm_post)(y + (ptrdiff_t)p * FA__GM_PWT, ys, rlast, 3 * FA__GM_PWT,
+                                      last && post, act);
+            }
         if (P >= 2)
-            for (; p + 2 <= nfull; p += 2)
+            for (; p + 2 <= nfull; p += 2) {
                 FA__GM_N(fa__gm_rows)(Xp, Wk + p * pst, pst, kc, y + (ptrdiff_t)p * FA__GM_PWT, ys,
                                       bias ? bias + (ptrdiff_t)p * FA__GM_PWT : bias,
                                       first, last, relu, rlast, 2 <= FA__GM_PMAX ? 2 : 1);
+                FA__GM_N(fa__gm_post)(y + (ptrdiff_t)p * FA__GM_PWT, ys, rlast, 2 * FA__GM_PWT,
+                                      last && post, act);
+            }
 #if FA__GM_GOUTER
         /* row group outer: its packed X stays in L1, the panels stream from L2 */
         for (int g = 0; g < ng; g++)
@@ -207,6 +232,8 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
                 FA__GM_N(fa__gm_rows)(Xp + (ptrdiff_t)g * FA_GM_KC * FA__GM_MR, Wk + pp * pst, pst,
                                       kc, Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly, bp, first, last,
                                       relu, g == ng - 1 ? rlast : FA__GM_MR, 1);
+                FA__GM_N(fa__gm_post)(Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly,
+                                      g == ng - 1 ? rlast : FA__GM_MR, FA__GM_PWT, last && post, act);
             }
 #else
         /* panel outer: its KC x PW slice stays in L1 across the row groups */
@@ -215,10 +242,13 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
             FA__GM_T *Yp = e ? Ye : y + (ptrdiff_t)p * FA__GM_PWT;
             const ptrdiff_t ly = e ? FA__GM_PWT : ys;
             const FA__GM_T *bp = bias ? (e ? Be : bias + (ptrdiff_t)p * FA__GM_PWT) : bias;
-            for (int g = 0; g < ng; g++)
+            for (int g = 0; g < ng; g++) {
                 FA__GM_N(fa__gm_rows)(Xp + (ptrdiff_t)g * FA_GM_KC * FA__GM_MR, Wk + p * pst, pst,
                                       kc, Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly, bp, first, last,
                                       relu, g == ng - 1 ? rlast : FA__GM_MR, 1);
+                FA__GM_N(fa__gm_post)(Yp + (ptrdiff_t)g * FA__GM_MR * ly, ly,
+                                      g == ng - 1 ? rlast : FA__GM_MR, FA__GM_PWT, last && post, act);
+            }
         }
 #endif
         if (last) break;
@@ -237,6 +267,8 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #ifndef FASTATTN_FA_GEMM_H
 #define FASTATTN_FA_GEMM_H
 
+#include <stdint.h>
+#include <string.h>
 #include "fa_tiles.h"
 
 /* K slice: the lanes-layout tile's LIN_KC (the slice boundaries are where the
@@ -281,6 +313,89 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #  define FA_GM_MB (FA__GM_MR * (FA__GM_MR >= 12 ? 8 : 16))
 #endif
 
+/* activation codes of fa_gemm_packed (the same numbers as fa_bf16.h's
+ * FA_ACT_*, so the Cython layer passes one code to either GEMM) */
+#define FA_GM_NONE 0
+#define FA_GM_RELU 1
+#define FA_GM_GELU 2
+#define FA_GM_GELU_TANH 3
+#define FA_GM_SILU 4
+
+/* The float32 activations, written so gcc vectorises them with this build's
+ * ISA (no libm calls): the formulas of the row kernels in _layers.pyx (exp by
+ * range reduction and cephes' degree-5 polynomial, erf by Abramowitz & Stegun
+ * 7.1.26, |error| <= 1.5e-7).  Elementwise, so a value never depends on the
+ * other rows or on where a tile starts. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+FA__AI float fa__gm_expf(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    float t = x * 1.44269504088896341f;
+    float r = t + 12582912.0f;          /* round to nearest integer */
+    float n = r - 12582912.0f;
+    float f = x - n * 0.693359375f;
+    f = f - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    p = p * f * f + f + 1.0f;
+    n = n == n ? n : 0.0f;              /* NaN: no undefined int conversion */
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+FA__PUB void fa_gemm_act_f32(float *o, ptrdiff_t n, int act)
+{
+    ptrdiff_t j;
+    switch (act) {
+    case FA_GM_GELU:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            float a = x * 0.70710678118654752f;
+            float s = x < 0.0f ? -1.0f : 1.0f;
+            a = a < 0.0f ? -a : a;
+            float t = 1.0f / (1.0f + 0.3275911f * a);
+            float y = 1.061405429f;
+            y = y * t - 1.453152027f;
+            y = y * t + 1.421413741f;
+            y = y * t - 0.284496736f;
+            y = y * t + 0.254829592f;
+            float erf_a = 1.0f - y * t * fa__gm_expf(-a * a);
+            o[j] = 0.5f * x * (1.0f + s * erf_a);
+        }
+        break;
+    case FA_GM_GELU_TANH:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+            o[j] = x / (1.0f + fa__gm_expf(-2.0f * z));
+        }
+        break;
+    case FA_GM_SILU:
+        for (j = 0; j < n; j++) {
+            float x = o[j];
+            o[j] = x / (1.0f + fa__gm_expf(-x));
+        }
+        break;
+    default:
+        break;
+    }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+/* double: no fused activation (the callers run it as a row pass) */
+FA__AI void fa__gm_act_none(double *o, ptrdiff_t n, int act) { (void)o; (void)n; (void)act; }
+
 #define FA__GM_CAT2(a, b) a##b
 #define FA__GM_CAT(a, b) FA__GM_CAT2(a, b)
 #define FA__GM_N(name) FA__GM_CAT(name, FA__GM_SUF)
@@ -298,6 +413,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #define fa__gm_fma fa__fma_s
 #define fa__gm_add fa__add_s
 #define fa__gm_max fa__max_s
+#define FA__GM_ACT fa_gemm_act_f32
 #include "fa_gemm.h"
 #undef FA__GM_T
 #undef FA__GM_V
@@ -311,6 +427,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #undef fa__gm_fma
 #undef fa__gm_add
 #undef fa__gm_max
+#undef FA__GM_ACT
 
 #define FA__GM_T double
 #define FA__GM_V fa__vd
@@ -324,6 +441,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #define fa__gm_fma fa__fma_d
 #define fa__gm_add fa__add_d
 #define fa__gm_max fa__max_d
+#define FA__GM_ACT fa__gm_act_none
 #include "fa_gemm.h"
 #undef FA__GM_T
 #undef FA__GM_V
@@ -337,6 +455,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #undef fa__gm_fma
 #undef fa__gm_add
 #undef fa__gm_max
+#undef FA__GM_ACT
 #undef FA__GM_PASS
 
 #endif /* FASTATTN_FA_GEMM_H */
