@@ -807,6 +807,21 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
     >>> o.shape
     (8, 2, 4)
     """
+    out, call, entry = _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal,
+                                       scale, window, alibi_slopes, causal_alignment,
+                                       out, out_dtype, num_threads)
+    if call is not None:
+        entry(call)
+    return out
+
+
+def _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal, scale, window,
+                    alibi_slopes, causal_alignment, out, out_dtype, num_threads):
+    """Everything :func:`varlen_attention` does before the kernel runs: the
+    checks, the output, and the kernel call with its entry point, returned
+    as ``(out, call, entry)`` (``call`` None for an empty output).  Running
+    ``entry(call)`` again recomputes the same result from the arrays' current
+    contents (a model's layers reuse one call over the same scratch)."""
     q = _as_float_array(q, "q", True)
     k = _as_float_array(k, "k", True)
     v = _as_float_array(v, "v", True)
@@ -854,7 +869,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
         _check_out(out, shape, odt, [("q", q), ("k", k), ("v", v)])
     _check_threads(num_threads)
     if out.size == 0:
-        return out
+        return out, None, None
     q, k, v = _readable(q), _readable(k), _readable(v)
     nseq = cu_q.size - 1
     it, ito = q.itemsize, out.itemsize
@@ -874,11 +889,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
         left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
         bottom_right=causal_alignment == "bottom_right",
         nthreads=_n_threads(num_threads, flops))
-    if bf16:
-        _k.flash_bf16(call)
-    else:
-        _k.flash(call)
-    return out
+    return out, call, (_k.flash_bf16 if bf16 else _k.flash)
 
 
 # ---------------------------------------------------------------------------

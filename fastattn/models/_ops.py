@@ -49,6 +49,7 @@ promise.
 import numpy as np
 
 import fastattn as _fa
+from ..functional import _varlen_prepare
 from .._dispatch import kernels as _kern
 from ..threads import for_flops, for_stream
 from ..nn import _ops as _row
@@ -185,36 +186,22 @@ class _AttentionPlan:
 
 
 def attention_plan(qkv, cu_seqlens, num_heads, scale, out):
-    """The kernel call :func:`attention` makes for these arguments, built
-    once: an encoder's layers all attend over the same ``qkv`` and ``out``
-    scratch with the same ``cu_seqlens``, so a forward pass builds it once
-    and passes it as ``attention(..., plan=)`` to every layer.  The same
-    kernel arguments ``fastattn.varlen_attention`` builds for a
-    non-causal, unwindowed call (and the same thread count for the work);
-    the caller has checked ``cu_seqlens`` (int64, from 0 rising to
-    ``total``), ``scale`` (finite) and the shapes."""
+    """The kernel call :func:`attention` makes for these arguments, checked
+    and built once: an encoder's layers all attend over the same ``qkv`` and
+    ``out`` scratch with the same ``cu_seqlens``, so a forward pass builds it
+    once and passes it as ``attention(..., plan=)`` to every layer.  It is
+    ``fastattn.varlen_attention``'s own preparation (the same checks, kernel
+    arguments and thread count), so the results are its bits."""
     T = qkv.shape[0]
     D = qkv.shape[1] // (3 * num_heads)
     q3 = qkv.reshape(T, 3, num_heads, D)
     o3 = out.reshape(T, num_heads, D)
-    q, k, v = q3[:, 0], q3[:, 1], q3[:, 2]
-    bf16 = qkv.dtype.itemsize == 2
-    it, ito = qkv.itemsize, out.itemsize
-    lens = np.diff(cu_seqlens)
-    flops = 4 * num_heads * int(np.dot(lens, lens)) * D
-    heads = np.arange(num_heads, dtype=np.int64)
-    u = (lambda a: a.view(np.uint16)) if bf16 else (lambda a: a)
+    _, call, run = _varlen_prepare(q3[:, 0], q3[:, 1], q3[:, 2], cu_seqlens, None, False,
+                                   scale, None, None, "top_left", o3, None, None)
     plan = _AttentionPlan()
     plan.qkv, plan.out = qkv, out
-    plan.call = _kern.FlashCall(
-        q=u(q), qoff=heads * (q.strides[1] // it), qs=q.strides[0] // it,
-        k=u(k), koff=heads * (k.strides[1] // it), ks=k.strides[0] // it,
-        v=u(v), voff=heads * (v.strides[1] // it), vs=v.strides[0] // it,
-        out=u(o3), ooff=heads * (o3.strides[1] // ito), os=o3.strides[0] // ito,
-        D=D, Dv=D, nb=cu_seqlens.size - 1, Hq=num_heads, Hkv=num_heads, scale=float(scale),
-        left=None, right=None, slopes=None, cu_q=cu_seqlens, cu_k=cu_seqlens,
-        bottom_right=False, nthreads=for_flops(None, flops))
-    plan.run = _kern.flash_bf16 if bf16 else _kern.flash
+    plan.call = call
+    plan.run = run if call is not None else (lambda c: None)
     return plan
 
 
