@@ -8,9 +8,9 @@
  *   path    build          chosen when                         microkernel
  *   amx     amx            __AMX_TILE__ __AMX_BF16__ + avx512bf16  tdpbf16ps tiles
  *   dp      avx512bf16     __AVX512BF16__ + avx512             vdpbf16ps registers
- *   widen   avx512         avx512 (fa_simd.h)                  fp32 FMA, W widened
- *           avx2           avx2                                in the loads
- *           baseline       anything else (plain C)
+ *   widen   avx512         avx512 (fa_simd.h)                  fa_gemm.h's fp32 kernel
+ *           avx2           avx2                                on W widened per K slice
+ *           baseline       anything else (plain C)             (see the widen section)
  *
  * Test-only knobs (src/tests/build.sh): FA_BF16_EMUL_AMX / FA_BF16_EMUL_DP
  * compile the amx / dp path with the intrinsics replaced by plain C that
