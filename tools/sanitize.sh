@@ -5,7 +5,8 @@
 #   tools/sanitize.sh            full: the whole test suite
 #   tools/sanitize.sh --quick    kernels (fp32 and bf16 attention, decode
 #                                attention, varlen, every GEMM: tiled, narrow,
-#                                packed, gemv, bf16), row-wise layers, weights,
+#                                packed, gemv, bf16, fused activations),
+#                                few-query tiles, decode plans, row-wise layers, weights,
 #                                the quick fuzz profile, hostile model folders
 #                                and the model server load (a few minutes)
 #   tools/sanitize.sh [--quick] -- <pytest args>   extra pytest arguments
@@ -70,6 +71,7 @@ if [ "$MODE" = quick ]; then
            test_hardening_models.py test_server_load.py
            test_bf16_gemm.py test_bf16_attention.py test_bf16_rows.py test_gemv.py
            test_decode_attention.py test_gemm_packed.py test_gemm_narrow.py
+           test_gemm_act.py test_fewq_lanes.py test_decode_plan.py
            --deselect test_varlen.py::test_fuzz_against_reference_and_alone)
 else
     TESTS=()
