@@ -19,10 +19,21 @@ import numpy as np
 
 from ._dispatch import kernels as _k
 from .threads import for_flops as _n_threads
+from .threads import for_stream as _for_stream
 from .threads import resolve as _resolve_threads
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "attention_scores",
            "softmax", "weighted_sum", "attention_weights", "attention_plan", "AttentionPlan"]
+
+def _attn_threads(num_threads, flops, kv_bytes):
+    """Threads for a fused attention call: what its flops need, but never
+    fewer than streaming K and V needs (a decode step over a cache of a few
+    MB has few flops per byte and is bound by the read, like a GEMV).  The
+    kernels' results do not depend on the thread count."""
+    n = _n_threads(num_threads, flops)
+    m = _for_stream(num_threads, kv_bytes)
+    return n if n >= m else m
+
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
@@ -575,7 +586,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         ooff=_offsets(out, bshape_q), os=_row_stride(out),
         L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
         left=p.left, right=p.right, off=p.off, slopes=p.slopes,
-        nthreads=_n_threads(num_threads, flops))
+        nthreads=_attn_threads(num_threads, flops, nb * Hkv * S * (E + Ev) * q.itemsize))
     if p.mask is not None:
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
     if bf16:
@@ -597,7 +608,7 @@ class AttentionPlan:
     value[..., :length, :], ...)`` into the plan's ``out`` and returns it,
     bit for bit the public call's result."""
     __slots__ = ("out", "capacity", "L", "_call", "_entry", "_k", "_v",
-                 "_causal", "_align", "_window", "_num_threads", "_fl", "_kst", "_vst")
+                 "_causal", "_align", "_window", "_num_threads", "_fl", "_by", "_kst", "_vst")
 
     def __call__(self, length, num_threads=None):
         if type(length) is not int:
@@ -629,7 +640,7 @@ class AttentionPlan:
         call.left, call.right, call.off = left, right, off
         call.ks = self._kst if length > 1 else 0
         call.vs = self._vst if length > 1 else 0
-        call.nthreads = _n_threads(num_threads, self._fl * length)
+        call.nthreads = _attn_threads(num_threads, self._fl * length, self._by * length)
         self._entry(call)
         return out
 
@@ -681,6 +692,7 @@ def attention_plan(query, key, value, *, is_causal=False, scale=None, enable_gqa
     if not p.batch_out:
         bshape_q = bshape_kv = (1,)
     plan._fl = 4 * nb * Hout * L * max(E, Ev)       # flops per key
+    plan._by = nb * Hkv * (E + Ev) * q.itemsize     # K and V bytes per key
     bf16 = _is_bf16(p.dtype)
     kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
     plan._kst = k.strides[-2] // k.itemsize
@@ -888,7 +900,7 @@ def _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal, scale, windo
         os=out.strides[0] // ito, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
         left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
         bottom_right=causal_alignment == "bottom_right",
-        nthreads=_n_threads(num_threads, flops))
+        nthreads=_attn_threads(num_threads, flops, total_k * Hkv * (D + Dv) * it))
     return out, call, (_k.flash_bf16 if bf16 else _k.flash)
 
 
