@@ -40,6 +40,7 @@
 
 #include "fa_simd.h"
 #include "fa_bf16_cpu.h"
+#include "fa_act.h"
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -91,9 +92,7 @@ typedef __m512bh fa__bv;
 #  define FA__TRELEASE() _tile_release()
 #endif
 
-/* activations fused into the store (codes shared with the Cython layer) */
-enum { FA_ACT_NONE = 0, FA_ACT_RELU = 1, FA_ACT_GELU = 2, FA_ACT_GELU_TANH = 3,
-       FA_ACT_SILU = 4, FA_ACT_QUICK_GELU = 5 };
+/* activations fused into the store: fa_act.h's FA_ACT_* codes and formulas */
 
 /* geometry */
 #define FA_BF16_NG 16          /* output features per packed group */
@@ -183,87 +182,6 @@ static inline void fa_bf16_unpack(const uint16_t *P, ptrdiff_t N, ptrdiff_t K, u
 }
 
 /* ---- the fused store ------------------------------------------------------ */
-/* Activations in float32, written so gcc vectorises them (no libm calls):
- * the same formulas as _layers.pyx's row kernels (exp by range reduction and
- * cephes' polynomial; erf by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-FA__AI float fa_bf16_expf(float x)
-{
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    float t = x * 1.44269504088896341f;
-    float r = t + 12582912.0f;
-    float n = r - 12582912.0f;
-    float f = x - n * 0.693359375f;
-    f = f - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * f + 1.3981999507e-3f;
-    p = p * f + 8.3334519073e-3f;
-    p = p * f + 4.1665795894e-2f;
-    p = p * f + 1.6666665459e-1f;
-    p = p * f + 5.0000001201e-1f;
-    p = p * f * f + f + 1.0f;
-    n = n == n ? n : 0.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-static void fa_bf16_act(float *o, int n, int act)
-{
-    int j;
-    switch (act) {
-    case FA_ACT_RELU:
-        for (j = 0; j < n; j++)
-            o[j] = o[j] > 0.0f ? o[j] : (o[j] == o[j] ? 0.0f : o[j]);
-        break;
-    case FA_ACT_GELU:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            float a = x * 0.70710678118654752f;
-            float s = x < 0.0f ? -1.0f : 1.0f;
-            a = a < 0.0f ? -a : a;
-            float t = 1.0f / (1.0f + 0.3275911f * a);
-            float y = 1.061405429f;
-            y = y * t - 1.453152027f;
-            y = y * t + 1.421413741f;
-            y = y * t - 0.284496736f;
-            y = y * t + 0.254829592f;
-            float erf_a = 1.0f - y * t * fa_bf16_expf(-a * a);
-            o[j] = 0.5f * x * (1.0f + s * erf_a);
-        }
-        break;
-    case FA_ACT_GELU_TANH:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-            o[j] = x / (1.0f + fa_bf16_expf(-2.0f * z));
-        }
-        break;
-    case FA_ACT_SILU:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            o[j] = x / (1.0f + fa_bf16_expf(-x));
-        }
-        break;
-    case FA_ACT_QUICK_GELU:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            o[j] = x / (1.0f + fa_bf16_expf(-1.702f * x));
-        }
-        break;
-    default:
-        break;
-    }
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-
 /* acc (nr rows, row stride lda floats, nc columns) + bias, activation, then
  * stored as fp32 (out_bf16 = 0) or bf16 into y (row stride ys elements). */
 static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float *bias, int act,
@@ -275,7 +193,7 @@ static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float
             for (int j = 0; j < nc; j++)
                 a[j] += bias[j];
         if (act)
-            fa_bf16_act(a, nc, act);
+            fa_act_f32(a, nc, act);
         if (out_bf16)
             fa_bf16_from_f32_n(a, (uint16_t *)y + r * ys, nc);
         else if ((float *)y + r * ys != a)

@@ -270,6 +270,7 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #include <stdint.h>
 #include <string.h>
 #include "fa_tiles.h"
+#include "fa_act.h"
 
 /* K slice: the lanes-layout tile's LIN_KC (the slice boundaries are where the
  * accumulators are stored as T and reloaded; exact, but kept the same so no
@@ -313,86 +314,21 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #  define FA_GM_MB (FA__GM_MR * (FA__GM_MR >= 12 ? 8 : 16))
 #endif
 
-/* activation codes of fa_gemm_packed (the same numbers as fa_bf16.h's
- * FA_ACT_*, so the Cython layer passes one code to either GEMM) */
-#define FA_GM_NONE 0
-#define FA_GM_RELU 1
-#define FA_GM_GELU 2
-#define FA_GM_GELU_TANH 3
-#define FA_GM_SILU 4
+/* activation codes of fa_gemm_packed: fa_act.h's FA_ACT_* (the bf16 GEMM
+ * takes the same codes, so the Cython layer passes one code to either) */
+#define FA_GM_NONE FA_ACT_NONE
+#define FA_GM_RELU FA_ACT_RELU
+#define FA_GM_GELU FA_ACT_GELU
+#define FA_GM_GELU_TANH FA_ACT_GELU_TANH
+#define FA_GM_SILU FA_ACT_SILU
 
-/* The float32 activations, written so gcc vectorises them with this build's
- * ISA (no libm calls): the formulas of the row kernels in _layers.pyx (exp by
- * range reduction and cephes' degree-5 polynomial, erf by Abramowitz & Stegun
- * 7.1.26, |error| <= 1.5e-7).  Elementwise, so a value never depends on the
- * other rows or on where a tile starts. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-FA__AI float fa__gm_expf(float x)
-{
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    float t = x * 1.44269504088896341f;
-    float r = t + 12582912.0f;          /* round to nearest integer */
-    float n = r - 12582912.0f;
-    float f = x - n * 0.693359375f;
-    f = f - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * f + 1.3981999507e-3f;
-    p = p * f + 8.3334519073e-3f;
-    p = p * f + 4.1665795894e-2f;
-    p = p * f + 1.6666665459e-1f;
-    p = p * f + 5.0000001201e-1f;
-    p = p * f * f + f + 1.0f;
-    n = n == n ? n : 0.0f;              /* NaN: no undefined int conversion */
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
+/* The float32 activations applied after the last store (fa_act.h; ReLU runs
+ * in the registers instead, so only GELU / tanh-GELU / SiLU get here). */
 FA__PUB void fa_gemm_act_f32(float *o, ptrdiff_t n, int act)
 {
-    ptrdiff_t j;
-    switch (act) {
-    case FA_GM_GELU:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            float a = x * 0.70710678118654752f;
-            float s = x < 0.0f ? -1.0f : 1.0f;
-            a = a < 0.0f ? -a : a;
-            float t = 1.0f / (1.0f + 0.3275911f * a);
-            float y = 1.061405429f;
-            y = y * t - 1.453152027f;
-            y = y * t + 1.421413741f;
-            y = y * t - 0.284496736f;
-            y = y * t + 0.254829592f;
-            float erf_a = 1.0f - y * t * fa__gm_expf(-a * a);
-            o[j] = 0.5f * x * (1.0f + s * erf_a);
-        }
-        break;
-    case FA_GM_GELU_TANH:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-            o[j] = x / (1.0f + fa__gm_expf(-2.0f * z));
-        }
-        break;
-    case FA_GM_SILU:
-        for (j = 0; j < n; j++) {
-            float x = o[j];
-            o[j] = x / (1.0f + fa__gm_expf(-x));
-        }
-        break;
-    default:
-        break;
-    }
+    if (act == FA_GM_GELU || act == FA_GM_GELU_TANH || act == FA_GM_SILU)
+        fa_act_f32(o, n, act);
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
 /* double: no fused activation (the callers run it as a row pass) */
 FA__AI void fa__gm_act_none(double *o, ptrdiff_t n, int act) { (void)o; (void)n; (void)act; }
 
