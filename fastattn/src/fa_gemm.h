@@ -83,6 +83,13 @@ FA__AI void FA__GM_N(fa__gm_micro)(const FA__GM_T *Xp, const FA__GM_T *Wp, ptrdi
         const FA__GM_T *xk = Xp + k * FA__GM_MR;
         const FA__GM_T *wk = Wp + k * FA__GM_PWT;
         FA__GM_V wv[FA__GM_PMAX * FA__GM_NV];
+#if FA__GM_PFD > 0
+        FA__UNROLL for (j = 0; j < P; j++) {
+            const char *pf = (const char *)(wk + j * pst + FA__GM_PFD * FA__GM_PWT);
+            FA__UNROLL for (int c = 0; c < FA__GM_PWT * (int)sizeof(FA__GM_T); c += 64)
+                __builtin_prefetch(pf + c, 0, 3);
+        }
+#endif
         FA__UNROLL for (j = 0; j < J; j++)
             wv[j] = fa__gm_ld(wk + (j / FA__GM_NV) * pst + (j % FA__GM_NV) * FA__GM_VW);
         FA__UNROLL for (r = 0; r < R; r++) {
@@ -306,6 +313,9 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
 #  endif
 #endif
 #define FA__GM_PMAX 4
+#ifndef FA__GM_PFD
+#  define FA__GM_PFD 32
+#endif
 #ifndef FA__GM_GOUTER
 #  define FA__GM_GOUTER 0
 #endif
