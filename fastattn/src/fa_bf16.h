@@ -45,6 +45,16 @@
 #include <string.h>
 #include <math.h>
 
+/* software prefetch distance of the packed weights: AMX, in 32-feature
+ * chunks (1 KiB tiles); vdpbf16ps, in feature pairs (one 64-byte line each).
+ * Prefetches never fault, so running past a panel's end is harmless. */
+#ifndef FA__BF16_PFC
+#  define FA__BF16_PFC 4
+#endif
+#ifndef FA__BF16_PFD
+#  define FA__BF16_PFD 32
+#endif
+
 #if defined(FA_BF16_EMUL_AMX)
 #  define FA_BF16_AMX 1
 #  define FA_BF16_EMUL 1
@@ -283,6 +293,11 @@ static inline void fa_amx_config(void)
             if (NA > 1) FA__TLOAD(5, a1, as * 2);                                     \
             FA__TLOAD(6, b0 + c * 512, 64);                                           \
             if (NB > 1) FA__TLOAD(7, b1 + c * 512, 64);                               \
+            for (int l = 0; l < 1024; l += 64) {  /* weights FA__BF16_PFC chunks on */ \
+                __builtin_prefetch((const char *)(b0 + (c + FA__BF16_PFC) * 512) + l, 0, 3); \
+                if (NB > 1)                                                             \
+                    __builtin_prefetch((const char *)(b1 + (c + FA__BF16_PFC) * 512) + l, 0, 3); \
+            }                                                                           \
             FA__TDP(0, 4, 6);                                                    \
             if (NB > 1) FA__TDP(1, 4, 7);                                        \
             if (NA > 1) FA__TDP(2, 5, 6);                                        \
@@ -372,6 +387,11 @@ FA__AI void fa__dp_tile(const uint32_t *pa, const int mr, const int nv, const ui
         }
     }
     for (ptrdiff_t p = 0; p < npair; p++) {
+        /* weights FA__BF16_PFD pairs ahead: a few-row call streams them from
+         * memory, and the hardware prefetcher stops at each 4 KiB page */
+        __builtin_prefetch(b0 + (p + FA__BF16_PFD) * 32, 0, 3);
+        if (nv > 1)
+            __builtin_prefetch(b1 + (p + FA__BF16_PFD) * 32, 0, 3);
         fa__bv w0 = FA__BV_LD(b0 + p * 32);
         fa__bv w1 = w0;
         if (nv > 1)
