@@ -489,6 +489,28 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
     return p
 
 
+def _dense_call(p, q, k, v, out, S, slopes, nthreads):
+    """The flash kernel's call for a checked :func:`_plan` ``p`` over its
+    (readable) ``q``, ``k``, ``v`` and ``out``, ``S`` keys: what
+    :func:`scaled_dot_product_attention` runs and an :class:`AttentionPlan`
+    keeps (it then updates ``S`` and the thread count per call)."""
+    nb = math.prod(p.prefix)
+    bshape_q = p.prefix + (p.Hout,)
+    bshape_kv = p.prefix + (p.Hkv,)
+    if not p.batch_out:   # plain (L, E) inputs
+        bshape_q = bshape_kv = (1,)
+    bf16 = _is_bf16(p.dtype)
+    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
+    return _k.FlashCall(
+        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
+        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
+        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
+        out=_u16(out) if _is_bf16(out.dtype) else out,
+        ooff=_offsets(out, bshape_q), os=_row_stride(out),
+        L=p.L, S=S, D=p.E, Dv=p.Ev, nb=nb, Hq=p.Hout, Hkv=p.Hkv, scale=p.scale,
+        left=p.left, right=p.right, off=p.off, slopes=slopes, nthreads=nthreads)
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None,
                                  dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, causal_alignment="top_left",
@@ -571,25 +593,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
 
     q, k, v = _readable(p.q), _readable(p.k), _readable(p.v)
     nb = math.prod(p.prefix)
-    bshape_q = p.prefix + (Hout,)
-    bshape_kv = p.prefix + (Hkv,)
-    if not p.batch_out:   # plain (L, E) inputs
-        bshape_q = bshape_kv = (1,)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
-    bf16 = _is_bf16(p.dtype)
-    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
-    call = _k.FlashCall(
-        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
-        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
-        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
-        out=_u16(out) if _is_bf16(out.dtype) else out,
-        ooff=_offsets(out, bshape_q), os=_row_stride(out),
-        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
-        left=p.left, right=p.right, off=p.off, slopes=p.slopes,
-        nthreads=_attn_threads(num_threads, flops, nb * Hkv * S * (E + Ev) * q.itemsize))
+    call = _dense_call(p, q, k, v, out, S, p.slopes,
+                       _attn_threads(num_threads, flops, nb * Hkv * S * (E + Ev) * q.itemsize))
     if p.mask is not None:
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
-    if bf16:
+    if _is_bf16(p.dtype):
         _k.flash_bf16(call)
     else:
         _k.flash(call)
@@ -687,25 +696,12 @@ def attention_plan(query, key, value, *, is_causal=False, scale=None, enable_gqa
         return plan
     q, k, v = p.q, p.k, p.v
     nb = math.prod(p.prefix)
-    bshape_q = p.prefix + (Hout,)
-    bshape_kv = p.prefix + (Hkv,)
-    if not p.batch_out:
-        bshape_q = bshape_kv = (1,)
     plan._fl = 4 * nb * Hout * L * max(E, Ev)       # flops per key
     plan._by = nb * Hkv * (E + Ev) * q.itemsize     # K and V bytes per key
-    bf16 = _is_bf16(p.dtype)
-    kq, kk, kv = (_u16(q), _u16(k), _u16(v)) if bf16 else (q, k, v)
     plan._kst = k.strides[-2] // k.itemsize
     plan._vst = v.strides[-2] // v.itemsize
-    plan._call = _k.FlashCall(
-        q=kq, qoff=_offsets(q, bshape_q), qs=_row_stride(q),
-        k=kk, koff=_offsets(k, bshape_kv), ks=_row_stride(k),
-        v=kv, voff=_offsets(v, bshape_kv), vs=_row_stride(v),
-        out=_u16(out) if _is_bf16(out.dtype) else out,
-        ooff=_offsets(out, bshape_q), os=_row_stride(out),
-        L=L, S=S, D=E, Dv=Ev, nb=nb, Hq=Hout, Hkv=Hkv, scale=p.scale,
-        left=p.left, right=p.right, off=p.off, nthreads=1)
-    plan._entry = _k.flash_bf16 if bf16 else _k.flash
+    plan._call = _dense_call(p, q, k, v, out, S, None, 1)
+    plan._entry = _k.flash_bf16 if _is_bf16(p.dtype) else _k.flash
     return plan
 
 
