@@ -26,7 +26,6 @@ What is bf16 and what stays float32
 import numpy as np
 
 from ..nn import _ops as _row
-from ..positional import apply_rotary
 from ..threads import for_attention
 from . import _ops
 
@@ -73,19 +72,10 @@ def run(m, ids, positions, kv, p0, mask, last_only, rope=None):
     dense = _ops.dense_bf16
     for li, blk in enumerate(blocks):
         qkv = dense(hb, blk.w_qkv, blk.b_qkv)   # float32: RoPE, then the cache
-        v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
-        if rope is not None:
-            qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
-            apply_rotary(qk, rope[0], rope[1], out=qk)
-        q = v5[:, :, :H].transpose(0, 2, 1, 3)
-        k = v5[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
-        v = v5[:, :, H + Hkv:].transpose(0, 2, 1, 3)
-        if kv is not None:
-            ck, cv = kv[0][li], kv[1][li]
-            ck[:, :, p0:S] = k                  # rounded to bf16 if the cache is
-            cv[:, :, p0:S] = v
-            k, v = ck[:, :, :S], cv[:, :, :S]
-        else:                                   # no cache: the same rounding
+        # with a cache, k and v are rounded to bf16 if the cache is
+        q, k, v = _ops.qkv_heads(qkv, B, T, H, Hkv, D, rope,
+                                 None if kv is None else (kv[0][li], kv[1][li]), p0, S)
+        if kv is None:                          # no cache: the same rounding
             k, v = k.astype(b16), v.astype(b16)
         _ops.decoder_attention_bf16(q, k, v, mask, blk.scale, gqa, blk.window, o4, nthreads)
         y = dense(a2, blk.w_o)

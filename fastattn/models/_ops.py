@@ -53,6 +53,7 @@ from ..functional import _varlen_prepare
 from .._dispatch import kernels as _kern
 from ..threads import for_flops, for_stream
 from ..nn import _ops as _row
+from ..positional import apply_rotary as _rotary
 
 __all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "attention_plan", "ACTIVATIONS",
            "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16",
@@ -203,6 +204,28 @@ def attention_plan(qkv, cu_seqlens, num_heads, scale, out):
     plan.call = call
     plan.run = run if call is not None else (lambda c: None)
     return plan
+
+
+def qkv_heads(qkv, B, T, H, Hkv, D, rope, cache, p0, S):
+    """A decoder layer's fused projection ``qkv`` (B*T, (H + 2*Hkv)*D) as
+    head views ``q`` (B, H, T, D), ``k``, ``v`` (B, Hkv, S, D): RoPE
+    (``rope`` = (cos, sin) or None) rotates q and k in place (their heads
+    are adjacent: one call); with a ``cache`` (its (k, v) buffers of this
+    layer) the new keys and values are written at positions ``p0:S`` and
+    k, v are the cache's first ``S`` positions (rounded to its dtype)."""
+    v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
+    if rope is not None:
+        qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
+        _rotary(qk, rope[0], rope[1], out=qk)
+    q = v5[:, :, :H].transpose(0, 2, 1, 3)
+    k = v5[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
+    v = v5[:, :, H + Hkv:].transpose(0, 2, 1, 3)
+    if cache is not None:
+        ck, cv = cache
+        ck[:, :, p0:S] = k
+        cv[:, :, p0:S] = v
+        k, v = ck[:, :, :S], cv[:, :, :S]
+    return q, k, v
 
 
 # ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..nn import _ops
 from ..threads import for_attention, for_stream, get_num_threads
 from ..nn.cache import KVCache
 from ..nn.layers import gemm, gemm_via, gemv, GEMV_MAX_ROWS
-from ..positional import apply_rotary
+from ._ops import qkv_heads as _heads
 from ._decode_plan import DecodePlan
 
 __all__ = ["CausalLM"]
@@ -256,18 +256,8 @@ class CausalLM:
                 qkv, via = gemm_via(h, blk.w_qkv, blk.b_qkv)
                 # BLAS's pool still spins after a decode-sized projection
                 nthreads = for_attention(att_flops, via == "blas")
-            v5 = qkv.reshape(B, T, H + 2 * Hkv, D)
-            if rope is not None:    # q and k heads are adjacent: one rotation
-                qk = v5[:, :, :H + Hkv].transpose(0, 2, 1, 3)
-                apply_rotary(qk, rope[0], rope[1], out=qk)
-            q = v5[:, :, :H].transpose(0, 2, 1, 3)
-            k = v5[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
-            v = v5[:, :, H + Hkv:].transpose(0, 2, 1, 3)
-            if kv is not None:
-                ck, cv = kv[0][li], kv[1][li]
-                ck[:, :, p0:S] = k
-                cv[:, :, p0:S] = v
-                k, v = ck[:, :, :S], cv[:, :, :S]
+            q, k, v = _heads(qkv, B, T, H, Hkv, D, rope,
+                             None if kv is None else (kv[0][li], kv[1][li]), p0, S)
             scaled_dot_product_attention(q, k, v, mask, 0.0, True, blk.scale, gqa,
                                          causal_alignment="bottom_right",
                                          window=blk.window, out=o4,

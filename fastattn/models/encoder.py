@@ -532,16 +532,7 @@ class _Encoder:
         x = np.empty((T, E), dtype=dt)
         if T == 0:
             return x
-        # embeddings: LayerNorm(word + token_type + position), one fused pass
-        np.take(self._word, ids, axis=0, out=x)
-        tt_bias = None
-        if self._tt is not None:
-            if tt is None:
-                tt_bias = self._tt[0]
-            else:
-                x += np.take(self._tt, tt, axis=0)
-        p = np.take(self._pos, pos, axis=0)
-        _ops.add_norm(x, tt_bias, p, self._ln_w, self._ln_b, c.layer_norm_eps, n=x)
+        self._embed(ids, tt, pos, x)
         # per-call scratch, reused by every layer
         qkv = np.empty((T, 3 * E), dtype=dt)
         ctx = np.empty((T, E), dtype=dt)
