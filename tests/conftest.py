@@ -116,7 +116,43 @@ skip_no_openmp_test = pytest.mark.skipif(
     os.environ.get("FASTATTN_SKIP_OPENMP_TEST", "0") == "1",
     reason="FASTATTN_SKIP_OPENMP_TEST=1")
 
-__all__ = ["DTYPES", "TOL", "assert_close", "fastattn", "randn", "tol"]
+__all__ = ["DTYPES", "TOL", "PinnedBuild", "assert_close", "fastattn", "randn", "tol"]
+
+
+class PinnedBuild:
+    """A kernel module with both flash entries (float and bf16) pinned to one
+    layout of the fused kernel (``call.path``: ``PATH_LANES``, ``PATH_ROWS``
+    or ``PATH_AUTO``); everything else is the module's own."""
+
+    def __init__(self, mod, force_path):
+        self._mod, self._force = mod, force_path
+
+    def __getattr__(self, name):
+        return getattr(self._mod, name)
+
+    def flash(self, call):
+        call.path = self._force
+        return self._mod.flash(call)
+
+    def flash_bf16(self, call):
+        call.path = self._force
+        return self._mod.flash_bf16(call)
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """``use(build_name, force_path=None)`` routes fastattn.functional to
+    that kernel build, its fused kernel pinned to one layout (None: its own
+    choice); returns the build's module."""
+    import fastattn.functional as F
+    from fastattn import _dispatch
+
+    def _use(name, force_path=None):
+        mod = _dispatch.load_build(name)
+        force_path = mod.PATH_AUTO if force_path is None else force_path
+        monkeypatch.setattr(F, "_k", PinnedBuild(mod, force_path))
+        return mod
+    return _use
 
 
 @pytest.fixture(params=["tiles", "blas"])

@@ -44,34 +44,6 @@ varlen = fastattn.varlen_attention
 E32 = tol(np.float32)
 
 
-class _Build:
-    """A kernel module with both flash entries pinned to one layout."""
-
-    def __init__(self, mod, force_path):
-        self._mod, self._force = mod, force_path
-
-    def __getattr__(self, name):
-        return getattr(self._mod, name)
-
-    def flash(self, call):
-        call.path = self._force
-        return self._mod.flash(call)
-
-    def flash_bf16(self, call):
-        call.path = self._force
-        return self._mod.flash_bf16(call)
-
-
-@pytest.fixture
-def use(monkeypatch):
-    def _use(name, force_path=None):
-        mod = _dispatch.load_build(name)
-        force_path = mod.PATH_AUTO if force_path is None else force_path
-        monkeypatch.setattr(F, "_k", _Build(mod, force_path))
-        return mod
-    return _use
-
-
 def bf(rng, shape):
     return rng.standard_normal(shape).astype(BF16)
 

@@ -29,30 +29,6 @@ MODES = (("plain", 2, 2, {}),
                            "causal_alignment": "bottom_right"}))
 
 
-class _Build:
-    """A kernel module with ``flash`` pinned to one layout."""
-
-    def __init__(self, mod, force_path):
-        self._mod, self._force = mod, force_path
-
-    def __getattr__(self, name):
-        return getattr(self._mod, name)
-
-    def flash(self, call):
-        call.path = self._force
-        return self._mod.flash(call)
-
-
-@pytest.fixture
-def use(monkeypatch):
-    def _use(name, force_path=None):
-        mod = _dispatch.load_build(name)
-        force_path = mod.PATH_AUTO if force_path is None else force_path
-        monkeypatch.setattr(F, "_k", _Build(mod, force_path))
-        return mod
-    return _use
-
-
 def _inputs(rng, L, S, D, Hq, Hkv, dtype, B=1):
     return (randn(rng, (B, Hq, L, D), dtype), randn(rng, (B, Hkv, S, D), dtype),
             randn(rng, (B, Hkv, S, D), dtype))

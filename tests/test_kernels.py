@@ -4,7 +4,7 @@ runs it) and both layouts of the fused kernel (``PATH_LANES`` lanes,
 inputs; the tile classifier is exact."""
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, randn, tol
+from conftest import DTYPES, PinnedBuild, assert_close, randn, tol
 
 import fastattn
 import fastattn.functional as F
@@ -17,35 +17,11 @@ PATHS = (F._k.PATH_LANES, F._k.PATH_ROWS)
 sdpa = fastattn.scaled_dot_product_attention
 
 
-class _Build:
-    """A kernel module with ``flash`` pinned to one layout."""
-
-    def __init__(self, mod, force_path):
-        self._mod, self._force = mod, force_path
-
-    def __getattr__(self, name):
-        return getattr(self._mod, name)
-
-    def flash(self, call):
-        call.path = self._force
-        return self._mod.flash(call)
-
-
 @pytest.fixture(params=BUILDS)
 def build(request, monkeypatch):
     mod = _dispatch.load_build(request.param)
     monkeypatch.setattr(F, "_k", mod)
     return mod
-
-
-@pytest.fixture
-def use(monkeypatch):
-    """use(build_name, force_path) routes the public API to that kernel."""
-    def _use(name, force_path=None):
-        mod = _dispatch.load_build(name)
-        force_path = mod.PATH_AUTO if force_path is None else force_path
-        monkeypatch.setattr(F, "_k", _Build(mod, force_path))
-    return _use
 
 
 def test_build_metadata():
@@ -171,7 +147,7 @@ def test_layout_bit_identical_across_nthreads(rng, build, dtype, many_threads):
     k = randn(rng, (1, 2, 2100, 32), dtype)
     v = randn(rng, (1, 2, 2100, 32), dtype)
     for path in PATHS:
-        F._k = _Build(build, path)
+        F._k = PinnedBuild(build, path)
         outs = [sdpa(q, k, v, enable_gqa=True, num_threads=n) for n in (1, 2, 4, 64)]
         for o in outs[1:]:
             assert np.array_equal(outs[0], o)

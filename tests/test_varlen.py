@@ -6,7 +6,7 @@ every validation error."""
 import sys
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, randn, tol
+from conftest import DTYPES, PinnedBuild, assert_close, randn, tol
 
 import fastattn
 import fastattn.functional as F
@@ -48,20 +48,6 @@ def _expected(q, k, v, cu_q, cu_k, **kw):
     return out
 
 
-class _Build:
-    """A kernel module with ``flash`` pinned to one layout."""
-
-    def __init__(self, mod, path):
-        self._mod, self._path = mod, path
-
-    def __getattr__(self, name):
-        return getattr(self._mod, name)
-
-    def flash(self, call):
-        call.path = self._path
-        return self._mod.flash(call)
-
-
 OPTIONS = [{}, {"is_causal": True}, {"is_causal": True, "causal_alignment": "bottom_right"},
            {"window": (6, 3)}, {"window": (40, 0), "causal_alignment": "bottom_right"},
            {"alibi_slopes": [0.3, 0.1, 0.05, 0.02], "is_causal": True},
@@ -80,7 +66,7 @@ def test_every_sequence_matches_reference(rng, monkeypatch, dtype, heads):
         for name in BUILDS:
             mod = _dispatch.load_build(name)
             for path in (mod.PATH_AUTO, mod.PATH_LANES, mod.PATH_ROWS):
-                monkeypatch.setattr(F, "_k", _Build(mod, path))
+                monkeypatch.setattr(F, "_k", PinnedBuild(mod, path))
                 out = varlen(q, k, v, cu_q, cu_k, num_threads=2, **kw)
                 assert out.dtype == dtype and out.shape == (q.shape[0], Hq, 20)
                 assert_close(out, expected, tol(dtype), what=f"{name} path={path} {kw}")
