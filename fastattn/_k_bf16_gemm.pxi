@@ -266,5 +266,8 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
     # (row-block-major); a bigger one is streamed once, each panel reused by
     # consecutive tasks over the row blocks (feature-block-major)
     a.mmajor = cnp.PyArray_NBYTES(P) <= BF16_MMAJOR_BYTES
-    _run_tasks(a.nmb * nnb, FA_BF16_SCRATCH(a.K), _bf16_lin_task, &a, nthreads, False)
+    # (a call of fewer rows than an AMX tile needs only a small scratch)
+    _run_tasks(a.nmb * nnb, fa_bf16_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
+                                            a.out_bf16, a.K),
+               _bf16_lin_task, &a, nthreads, False)
     return out

@@ -223,7 +223,13 @@ static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float
 #define FA_BF16_NB 256
 static inline size_t fa_bf16_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
 {
-    (void)rows; (void)out_bf16;
+    (void)out_bf16;
+#if defined(FA_BF16_AMX)
+    if (rows < 16)          /* short A tiles load x in place: cs and tail only */
+        return 8192;
+#else
+    (void)rows;
+#endif
     return FA_BF16_SCRATCH(K);
 }
 #endif
@@ -254,8 +260,10 @@ static inline void fa_bf16_copy_rows(const uint16_t *x, ptrdiff_t xs, int nr, in
  * order, the zero padding adding exact zeros.  Full 32-row blocks load A in
  * place with x's row stride (the last chunk, when K is no multiple of 32,
  * from a zero-padded copy); partial blocks from a zero-padded copy of the
- * rows, one A tile when nr <= 16.  Each tile row is computed independently,
- * so padding rows never change a real row's bits. */
+ * rows, one A tile when nr <= 16; fewer than 16 rows load one A tile of nr
+ * rows in place (the configuration gives tmm0, tmm1 and tmm4 nr rows).  Each
+ * tile row is computed independently, so neither padding rows nor the tile
+ * height ever change a real row's bits. */
 typedef struct {
     uint8_t palette;
     uint8_t start_row;
@@ -264,17 +272,21 @@ typedef struct {
     uint8_t rows[16];
 } fa_tilecfg;
 
-static inline void fa_amx_config(void)
+/* every tile 16 rows x 64 bytes, except the first C row of tiles (tmm0,1)
+ * and the first A tile (tmm4), which get ar (1..16) rows */
+static inline void fa_amx_config_rows(int ar)
 {
     fa_tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) {
         cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
+        cfg.rows[t] = (t == 0 || t == 1 || t == 4) ? (uint8_t)ar : 16;
     }
     FA__TCFG(&cfg);
 }
+
+static inline void fa_amx_config(void) { fa_amx_config_rows(16); }
 
 /* one column group pair (nb = 2) or single (nb = 1), na A tiles */
 #define FA__AMX_BODY(NA, NB)                                                            \
@@ -320,10 +332,14 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
     const uint16_t *ax;
     ptrdiff_t axs;
     int na = nr > 16 ? 2 : 1;
-    if (nr == FA_BF16_MB) {
+    /* fewer than 16 rows (decoding): one A tile of nr rows, loaded in place
+     * (a zero-padded copy of 16 rows per task wrote 16x the x it read) */
+    const int short_a = nr < 16;
+    if (nr == FA_BF16_MB || short_a) {
+        const int rr = short_a ? nr : 32;
         ax = x; axs = xs; nfull = K / 32;
         if (nfull < nck) {
-            for (int r = 0; r < 32; r++) {
+            for (int r = 0; r < rr; r++) {
                 ptrdiff_t k0 = nfull * 32;
                 memcpy(tail + r * 32, x + r * xs + k0, (size_t)(K - k0) * 2);
                 memset(tail + r * 32 + (K - k0), 0, (size_t)(32 - (K - k0)) * 2);
@@ -333,7 +349,7 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
         fa_bf16_copy_rows(x, xs, nr, na * 16, K, blk);
         ax = blk; axs = Kp; nfull = nck;
     }
-    fa_amx_config();
+    fa_amx_config_rows(short_a ? nr : 16);
     for (int c0 = 0; c0 < nn; c0 += 32) {
         int nc = nn - c0 < 32 ? nn - c0 : 32;
         ptrdiff_t g = (n0 + c0) / 16;
