@@ -133,22 +133,29 @@ cdef inline void _rescale_pv_n(const floating *V, Py_ssize_t vs, int nk, int Dv,
 
 # Which layout a (sequence, kv head) of L query rows per head and G query
 # heads per kv head takes (fp32/fp64 flash): a cost model measured on
-# Sapphire Rapids, one thread, D 64/128, S 1k-8k (benchmarks/NOTES.md).  The
-# lanes tile's cost grows with the lanes it runs (fa_lanes_used(L): 16-lane
-# groups, one tile per query head), the rows path's with the R = L*G rows, and
-# the rows path needs R <= FA_BR for its narrow score tile.  Rows are cheaper
-# while a head has fewer than ROWS_LANES_MIN_L rows (the lanes tile would run
-# mostly empty groups); from there, and for every R > FA_BR, the lanes.
-# Chosen from L and G alone (never the batch, the key count or the threads),
-# so a sequence's result never depends on them.
-cdef enum:
-    ROWS_LANES_MIN_L = 24
+# Sapphire Rapids at 1 and 2 threads, S 1k/4k, D 32/64/128, G 1/4
+# (benchmarks/NOTES.md).  The lanes tile's cost grows with the 16-lane groups
+# it runs (fa_lanes_used(L), one tile per query head), the rows path's with
+# the R = L*G rows, and the rows path needs R <= FA_BR for its narrow score
+# tile.  Rows are cheaper up to a row count that grows with the head size
+# (wider rows amortise the per-key work) and with G (a GQA group's rows share
+# each K/V read): at most _rows_max_l(D, G) rows per head; from there, and for
+# every R > FA_BR, the lanes.  Chosen from L, G and D alone (never the batch,
+# the key count or the threads), so a sequence's result never depends on them.
+cdef inline Py_ssize_t _rows_max_l(Py_ssize_t D, Py_ssize_t G) noexcept nogil:
+    cdef Py_ssize_t t = 8 if D < 64 else (11 if D < 128 else 13)
+    return t + 2 if G > 1 else t
 
-# (for tests: the auto rule's bound, in rows per query head)
-ROWS_AUTO_MAX_L = ROWS_LANES_MIN_L - 1
 
-cdef inline bint _auto_rows(Py_ssize_t L, Py_ssize_t G) noexcept nogil:
-    return L < ROWS_LANES_MIN_L and L * G <= FA_BR
+cdef inline bint _auto_rows(Py_ssize_t L, Py_ssize_t G, Py_ssize_t D) noexcept nogil:
+    return L <= _rows_max_l(D, G) and L * G <= FA_BR
+
+
+def rows_auto_max_l(Py_ssize_t D, Py_ssize_t G):
+    """The most query rows per head that the automatic layout choice sends to
+    the rows layout, for head size ``D`` and ``G`` query heads per kv head
+    (it also needs ``L * G <= 64``); for tests and documentation."""
+    return _rows_max_l(D, G)
 
 
 cdef inline bint _rows_narrow(Py_ssize_t R) noexcept nogil:
@@ -801,7 +808,7 @@ def flash(FlashCall call not None):
         return call.out
     cdef size_t isz = 4 if dt == 0 else 8
     a.R = a.L * a.G
-    rows = _auto_rows(a.L, a.G)
+    rows = _auto_rows(a.L, a.G, a.D)
     if call.path == P_LANES:
         rows = False
     elif call.path == P_ROWS:
@@ -862,7 +869,7 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
             continue
         R = L * a.G
         # (flash_bf16, tfn set, keeps its own rule: R <= ROWS_MAX, as its dense call)
-        rows = (((_auto_rows(L, a.G) if tfn == NULL else R <= ROWS_MAX)
+        rows = (((_auto_rows(L, a.G, a.D) if tfn == NULL else R <= ROWS_MAX)
                  and call.path != P_LANES) or call.path == P_ROWS)
         if rows:
             nblk = (S + FA_SPLIT - 1) // FA_SPLIT

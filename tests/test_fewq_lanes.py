@@ -1,7 +1,7 @@
 """Few-query attention (1..64 query rows per head): the lanes tile on a short
 query block (it runs only the 16-lane groups the block fills) and the
 rows/lanes choice of the fused kernel (``_auto_rows`` in _k_flash.pxi: rows
-below ``ROWS_AUTO_MAX_L + 1`` rows per head while L*G <= 64, else lanes).
+up to ``rows_auto_max_l(D, G)`` rows per head while L*G <= 64, else lanes).
 
 Every compiled build, both layouts, L = 1..64 x head_dim {32, 64, 80, 128}
 x non-causal / causal / GQA / sliding window against the float64
@@ -99,12 +99,18 @@ def test_auto_rule_picks_the_named_layout(rng, use):
     and per sequence of a packed batch."""
     name = BUILDS[0]
     mod = _dispatch.load_build(name)
-    lim = mod.ROWS_AUTO_MAX_L
-    assert 1 <= lim < 64
-    for Hq, Hkv in ((4, 4), (8, 2), (8, 1)):
+    for D in (32, 64, 80, 128):
+        for G in (1, 2, 8):
+            lim = mod.rows_auto_max_l(D, G)
+            assert 8 <= lim < 24, (D, G, lim)
+            # wider heads and GQA groups keep the rows layout longer
+            assert lim >= mod.rows_auto_max_l(min(D, 32), G)
+            assert lim >= mod.rows_auto_max_l(D, 1)
+    for (Hq, Hkv), D in (((4, 4), 64), ((8, 2), 64), ((8, 1), 32), ((4, 2), 128)):
         G = Hq // Hkv
+        lim = mod.rows_auto_max_l(D, G)
         for L in (1, 3, 8, 9, 16, lim, lim + 1, 32, 40, 64):
-            q, k, v = _inputs(rng, L, 1500, 64, Hq, Hkv, np.float32)
+            q, k, v = _inputs(rng, L, 1500, D, Hq, Hkv, np.float32)
             rows = L <= lim and L * G <= 64
             use(name)
             auto = sdpa(q, k, v, enable_gqa=True)
