@@ -66,67 +66,20 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #include "fa_act.h"
     /* With gcc's default -ftrapping-math the clamps below keep these loops
        scalar ("control flow in loop"); they never rely on FP exceptions. */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("no-trapping-math")
     #endif
-    static inline float fa_expf(float x) {
-        /* exp(x), ~2 ulp on [-87.3, 88.3]; saturates outside, NaN stays NaN */
-        x = x < -87.3f ? -87.3f : x;
-        x = x > 88.3f ? 88.3f : x;
-        float t = x * 1.44269504088896341f;
-        float r = t + 12582912.0f;          /* round to nearest integer */
-        float n = r - 12582912.0f;
-        float f = x - n * 0.693359375f;     /* NaN stays NaN through f and p */
-        f = f - n * -2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * f + 1.3981999507e-3f;
-        p = p * f + 8.3334519073e-3f;
-        p = p * f + 4.1665795894e-2f;
-        p = p * f + 1.6666665459e-1f;
-        p = p * f + 5.0000001201e-1f;
-        p = p * f * f + f + 1.0f;
-        /* a NaN x leaves n NaN: converting that to int is undefined (x86
-           gives INT_MIN, whose shift is undefined too; UBSan caught it), so
-           take the exponent from n only when it is a number */
-        n = n == n ? n : 0.0f;
-        uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        return p * scale;
-    }
-    static void fa_silu_f32(float *o, Py_ssize_t n) {
-        for (Py_ssize_t j = 0; j < n; j++) {
-            float x = o[j];
-            o[j] = x / (1.0f + fa_expf(-x));
-        }
-    }
-    static void fa_gelu_tanh_f32(float *o, Py_ssize_t n) {
-        /* 0.5 x (1 + tanh(z)) = x / (1 + exp(-2z)) */
-        for (Py_ssize_t j = 0; j < n; j++) {
-            float x = o[j];
-            float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-            o[j] = x / (1.0f + fa_expf(-2.0f * z));
-        }
-    }
-    static void fa_gelu_f32(float *o, Py_ssize_t n) {
-        for (Py_ssize_t j = 0; j < n; j++) {
-            float x = o[j];
-            float a = x * 0.70710678118654752f;
-            float s = x < 0.0f ? -1.0f : 1.0f;
-            a = a < 0.0f ? -a : a;
-            float t = 1.0f / (1.0f + 0.3275911f * a);
-            float y = 1.061405429f;
-            y = y * t - 1.453152027f;
-            y = y * t + 1.421413741f;
-            y = y * t - 0.284496736f;
-            y = y * t + 0.254829592f;
-            float erf_a = 1.0f - y * t * fa_expf(-a * a);
-            o[j] = 0.5f * x * (1.0f + s * erf_a);
-        }
-    }
+    /* exp and the GELU / tanh-GELU / SiLU loops: fa_act.h's, the formulas
+       the GEMMs fuse into their stores, so a row pass here and a fused
+       store give the same bits */
+    static inline float fa_expf(float x) { return fa_act_expf(x); }
+    static void fa_silu_f32(float *o, Py_ssize_t n) { fa_act_f32(o, n, FA_ACT_SILU); }
+    static void fa_gelu_tanh_f32(float *o, Py_ssize_t n) { fa_act_f32(o, n, FA_ACT_GELU_TANH); }
+    static void fa_gelu_f32(float *o, Py_ssize_t n) { fa_act_f32(o, n, FA_ACT_GELU); }
     static void fa_swiglu_f32(const float *g, const float *u, const float *bg,
                               const float *bu, float *o, Py_ssize_t n) {
         if (bg) {

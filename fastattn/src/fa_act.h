@@ -1,7 +1,7 @@
 /* The float32 activations fused into the GEMMs' stores (fa_gemm.h's packed
  * fp32 GEMM and fa_bf16.h's bf16 GEMM), in one place.  Written so gcc
- * vectorises them with the including build's ISA (no libm calls), with the
- * formulas of the row kernels in _layers.pyx: exp by range reduction and
+ * vectorises them with the including build's ISA (no libm calls); the row
+ * kernels of _layers.pyx call them too.  exp by range reduction and
  * cephes' degree-5 polynomial, erf by Abramowitz & Stegun 7.1.26
  * (|error| <= 1.5e-7).  Elementwise, so a value never depends on the other
  * rows or on where a tile starts.  C99, static inline only, no globals. */
