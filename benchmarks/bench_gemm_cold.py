@@ -109,7 +109,7 @@ def main(argv=None):
             for i in impls:
                 res[i] = _child(a.old if i == "old" else here, "fastattn" if i == "old" else i,
                                 m, t, a.rounds)
-            rows_out.append({"threads": t, "rows": m, **{k: v for k, v in res.items()}})
+            rows_out.append({"threads": t, "rows": m, **res})
             print(f"| {t} | {m} | " + " | ".join(f"{res[i] * 1e3:.2f} | {mb / 1e3 / res[i]:.1f}"
                                                  for i in impls) + " |")
     if a.json:
