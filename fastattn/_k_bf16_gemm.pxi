@@ -111,17 +111,24 @@ cdef inline cnp.ndarray _u16_2d(cnp.ndarray a, str name):
     return a
 
 
-def bf16_pack(cnp.ndarray w not None):
+def bf16_pack(cnp.ndarray w not None, alloc=None):
     """The packed ("vnni16") copy of w (N, K) bf16 bits, shape
     (ceil(N/16), Kp/2, 32) uint16 with Kp = K rounded up to 32, zero-padded,
-    64-byte aligned (fa_bf16.h describes the layout)."""
+    64-byte aligned (fa_bf16.h describes the layout).  ``alloc(n, dtype)``,
+    if given, provides the memory (as for ``pack_weight``)."""
     _u16_2d(w, "w")
     cdef Py_ssize_t N = w.shape[0], K = w.shape[1]
     cdef Py_ssize_t G = fa_bf16_np(N) // 16, Kp = fa_bf16_kp(K)
     cdef Py_ssize_t n = G * (Kp // 2) * 32
-    raw = np.zeros(n + 32, np.uint16)
-    cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
-    cdef Py_ssize_t off = <Py_ssize_t>(((64 - addr % 64) % 64) // 2)
+    cdef size_t addr
+    cdef Py_ssize_t off
+    if alloc is None:
+        raw = np.empty(n + 32, np.uint16)      # every group is written whole
+        addr = <size_t>cnp.PyArray_DATA(raw)
+        off = <Py_ssize_t>(((64 - addr % 64) % 64) // 2)
+    else:
+        raw = _alloc_out(alloc, n, np.uint16, "bf16_pack")
+        off = 0
     cdef cnp.ndarray P = raw[off:off + n].reshape(G, Kp // 2, 32)
     cdef Py_ssize_t ws = w.strides[0] // 2
     with nogil:

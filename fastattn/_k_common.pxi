@@ -124,6 +124,23 @@ cdef inline char *_ptr(cnp.ndarray a):
     return <char *>cnp.PyArray_DATA(a)
 
 
+cdef cnp.ndarray _alloc_out(alloc, Py_ssize_t n, dtype, str who):
+    """``alloc(n, dtype)``'s array for packed weights (e.g.
+    ``fastattn._memory.WeightArena.empty``), checked: 1-D, C-contiguous,
+    writable, ``dtype``, at least ``n`` elements, 64-byte aligned (when
+    ``n > 0``: NumPy gives empty slices no address of their own)."""
+    a = alloc(n, dtype)
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{who}: alloc must return a NumPy array, got {type(a).__name__}")
+    dt = np.dtype(dtype)
+    if (a.dtype != dt or a.ndim != 1 or a.size < n or not a.flags.c_contiguous
+            or not a.flags.writeable or (n > 0 and a.ctypes.data % 64)):
+        raise ValueError(f"{who}: alloc({n}, {dt}) returned a {a.dtype} array of shape "
+                         f"{a.shape}; it must be 1-D, C-contiguous, writable, {dt}, hold at "
+                         f"least {n} elements and start on a 64-byte boundary")
+    return a
+
+
 # ---------------------------------------------------------------------------
 # Per-dtype tile table.  One fused inline wrapper per tile instead of an
 # `if floating is float` branch at every call site: the choice is made at

@@ -263,9 +263,13 @@ cdef class PackedWeight:
                 f"panel_width={self.panel_width}, isa={ISA!r})")
 
 
-def pack_weight(cnp.ndarray w not None, int nthreads=1):
+def pack_weight(cnp.ndarray w not None, int nthreads=1, alloc=None):
     """Pack ``w`` (N, K), float32 or float64, 2-D with a contiguous last axis,
-    into a :class:`PackedWeight` of this kernel build (``nthreads`` pack it)."""
+    into a :class:`PackedWeight` of this kernel build (``nthreads`` pack it).
+    ``alloc(n, dtype)``, if given, provides the panels' memory: a 1-D,
+    64-byte-aligned array of ``n`` elements of ``w``'s dtype (e.g.
+    ``fastattn._memory.WeightArena().empty``, huge pages); the default is a
+    fresh NumPy array."""
     cdef int dt = _dtype_code(w)
     cdef PackedWeight p
     cdef Py_ssize_t it, size, off
@@ -274,7 +278,8 @@ def pack_weight(cnp.ndarray w not None, int nthreads=1):
     if cnp.PyArray_NDIM(w) != 2:
         raise ValueError(f"pack_weight: w must be 2-D (N, K), got shape {(<object>w).shape}")
     it = 4 if dt == 0 else 8
-    if w.shape[1] > 1 and w.strides[1] != it:
+    # (an empty w has no layout to check: NumPy gives it strides 0)
+    if w.shape[0] > 0 and w.shape[1] > 1 and w.strides[1] != it:
         raise ValueError("pack_weight: w's last axis must be contiguous")
     if w.strides[0] % it != 0:
         raise ValueError("pack_weight: w's row stride must be a multiple of its itemsize")
@@ -284,8 +289,12 @@ def pack_weight(cnp.ndarray w not None, int nthreads=1):
     p.N = w.shape[0]; p.K = w.shape[1]; p.dt = dt
     p.panel_width = _panel_width(dt)
     size = _packed_size(p.N, p.K, dt)
-    p.storage = np.empty(size + 64 // it, dtype=w.dtype)
-    off = <Py_ssize_t>((64 - <size_t>cnp.PyArray_DATA(p.storage) % 64) % 64) // it
+    if alloc is None:
+        p.storage = np.empty(size + 64 // it, dtype=w.dtype)
+        off = <Py_ssize_t>((64 - <size_t>cnp.PyArray_DATA(p.storage) % 64) % 64) // it
+    else:
+        p.storage = _alloc_out(alloc, size, w.dtype, "pack_weight")
+        off = 0
     p.data = _ptr(p.storage) + off * it
     if p.N > 0:
         _pack_run(_ptr(w), w.strides[0] // it, p.N, p.K, dt, <char *>p.data, nthreads)

@@ -149,9 +149,12 @@ class PackedWeight:
         return f"PackedWeight(shape={self.shape}, layout={self.layout!r}, nbytes={self.nbytes})"
 
 
-def pack_weight(w):
+def pack_weight(w, alloc=None):
     """Pack ``w`` (N, K) float32 or bf16, torch layout [out, in], for
-    :func:`linear`.  float32 is rounded to bf16 (nearest even) first."""
+    :func:`linear`.  float32 is rounded to bf16 (nearest even) first.
+    ``alloc(n, dtype)``, if given, provides the packed memory: a 1-D,
+    64-byte-aligned array of ``n`` elements (e.g. a
+    ``fastattn._memory.WeightArena``'s ``empty``: huge pages)."""
     if isinstance(w, PackedWeight):
         return w
     w = np.asarray(w)
@@ -167,7 +170,7 @@ def pack_weight(w):
         raise TypeError(f"pack_weight: w must be float32 or bfloat16, got {w.dtype}")
     if wb.size == 0:
         wb = np.zeros(w.shape, np.uint16)      # (empty arrays may have strides 0)
-    data = _k.bf16_pack(wb)
+    data = _k.bf16_pack(wb, alloc)
     return PackedWeight(data, w.shape, f"{_k.ISA}:vnni16")
 
 

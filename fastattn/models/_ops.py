@@ -64,13 +64,14 @@ ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
 # the ones the float32 GEMM applies in its store (kernels.LinearCall act codes)
 _LIN_ACT = {"gelu": "LIN_GELU", "gelu_tanh": "LIN_GELU_TANH", "silu": "LIN_SILU"}
 
-def pack(w):
+def pack(w, alloc=None):
     """``w`` (M, K) float32/float64 packed into the GEMM's weight panels
     (``kernels.pack_weight``), for :func:`dense`; anything else (another
     dtype, an already packed weight) is returned as it is.  The packed
-    object replaces the array (same memory, plus at most one panel)."""
+    object replaces the array (same memory, plus at most one panel).
+    ``alloc``: where the panels go (a ``WeightArena``'s ``empty``)."""
     if isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype in (np.float32, np.float64):
-        return _kern.pack_weight(w)
+        return _kern.pack_weight(w, alloc=alloc)
     return w
 
 
@@ -277,10 +278,11 @@ def is_bf16(dt):
     return dt is not None and np.dtype(dt).name == "bfloat16"
 
 
-def pack_bf16(w):
+def pack_bf16(w, alloc=None):
     """A float32 (or bf16) ``(N, K)`` weight in torch layout, rounded to
-    bfloat16 and packed once for this build's bf16 GEMM."""
-    return bf16().pack_weight(w)
+    bfloat16 and packed once for this build's bf16 GEMM (``alloc``: as for
+    :func:`pack`)."""
+    return bf16().pack_weight(w, alloc)
 
 
 def dense_bf16(x, w, b=None, act=None, out=None, out_dtype=np.float32):
