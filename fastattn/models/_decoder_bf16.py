@@ -34,13 +34,14 @@ __all__ = ["convert", "run"]
 _MATRICES = ("w_qkv", "w_o", "w_up", "w_down")
 
 
-def convert(m, dtype):
-    """Pack a float32-loaded model's GEMM weights as bf16, in place."""
+def convert(m, dtype, alloc=None):
+    """Pack a float32-loaded model's GEMM weights as bf16, in place
+    (``alloc``: where the packed weights go, as for ``_ops.pack_bf16``)."""
     tied = m.lm_head is m.embed
     for b in m.blocks:
         for s in _MATRICES:
-            setattr(b, s, _ops.pack_bf16(getattr(b, s)))
-    m.lm_head = _ops.pack_bf16(m.lm_head)
+            setattr(b, s, _ops.pack_bf16(getattr(b, s), alloc))
+    m.lm_head = _ops.pack_bf16(m.lm_head, alloc)
     m._lm_head_tied = tied
     m.dtype = dtype.type
     m._float_dtype = np.float32

@@ -23,6 +23,7 @@ import numbers
 
 import numpy as np
 
+from .._memory import WeightArena
 from ..functional import scaled_dot_product_attention
 from ..nn import _ops
 from ..threads import for_attention, for_stream, get_num_threads
@@ -30,6 +31,7 @@ from ..nn.cache import KVCache
 from ..nn.layers import gemm, gemm_via, gemv, GEMV_MAX_ROWS
 from ._ops import qkv_heads as _heads
 from ._decode_plan import DecodePlan
+from ._decoder_bf16 import _MATRICES
 
 __all__ = ["CausalLM"]
 
@@ -152,11 +154,15 @@ class CausalLM:
     @classmethod
     def _load_as(cls, path, config, gen, dt):
         """``_load`` in ``dt``; bfloat16: loaded in float32, then the GEMM
-        weights packed as bf16 (fastattn/models/_decoder_bf16.py)."""
+        weights packed as bf16 (fastattn/models/_decoder_bf16.py).  Either
+        way the weights every step reads end in huge pages
+        (fastattn/_memory.py)."""
+        arena = WeightArena()
         if np.dtype(dt).name != "bfloat16":
-            return cls._load(path, config, gen, dt)
+            return _resident(cls._load(path, config, gen, dt), arena)
         from . import _decoder_bf16
-        return _decoder_bf16.convert(cls._load(path, config, gen, np.float32), np.dtype(dt))
+        return _decoder_bf16.convert(cls._load(path, config, gen, np.float32), np.dtype(dt),
+                                     alloc=arena.empty)
 
     def __repr__(self):
         return (f"{type(self).__name__}(model_type={self.model_type!r}, layers="
@@ -596,6 +602,23 @@ class CausalLM:
             j = int(np.searchsorted(cdf[i], u[i], side="right"))
             tok[i] = j if j < V else int(np.flatnonzero(e[i])[-1])   # u rounded up
         return tok
+
+
+def _resident(m, arena):
+    """The block matrices and the output head (the arrays a decode step
+    streams) copied into ``arena``'s huge pages, one at a time; a tied head
+    stays the embedding."""
+    for b in m.blocks:
+        for s in _MATRICES:
+            w = getattr(b, s)
+            if w is not None:
+                setattr(b, s, arena.copy(w))
+    if m.lm_head is not None:
+        tied = m.lm_head is m.embed
+        m.lm_head = arena.copy(m.lm_head)
+        if tied:
+            m.embed = m.lm_head
+    return m
 
 
 def _drain(gen):

@@ -47,11 +47,13 @@ Position ids (as in ``transformers``)
   ``pad_token_id`` (what tokenizers produce) or come after the real tokens.
 """
 import dataclasses
+import functools
 import numbers
 import os
 
 import numpy as np
 
+from .._memory import WeightArena
 from . import _ops
 from ._encoder_files import Checkpoint, ConfigReader, read_config
 from ._validate import check_weight_budget
@@ -643,8 +645,10 @@ def _read_blocks(cls, ck, c):
     pass unpacks them; Q, K and V concatenated into one projection."""
     dt, E, I = c.out_dtype, c.hidden_size, c.intermediate_size
     # the GEMM weights packed once, each as soon as it is read: into the
-    # fp32 GEMM's panels, or rounded to bf16 for the bf16 GEMM
-    pk = _ops.pack_bf16 if c.bf16 else _ops.pack
+    # fp32 GEMM's panels, or rounded to bf16 for the bf16 GEMM; the panels
+    # in huge pages (fastattn/_memory.py: a short query reads them all once)
+    alloc = WeightArena().empty
+    pk = functools.partial(_ops.pack_bf16 if c.bf16 else _ops.pack, alloc=alloc)
     p = cls._prefix(ck)
     word, pos, tt, lnw, lnb = cls._read_embeddings(ck, c, p)
     nm = cls._names
