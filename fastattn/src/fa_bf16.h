@@ -216,7 +216,16 @@ static void fa_bf16_store(float *acc, ptrdiff_t lda, int nr, int nc, const float
  * x (bf16, row stride xs) times the packed weight, K features.  scratch:
  * FA_BF16_SCRATCH(K) bytes, 64-byte aligned. */
 #if !defined(FA_BF16_WIDEN)
-#define FA_BF16_SCRATCH(K) ((size_t)(FA_BF16_MB * (fa_bf16_kp(K) + 32)) * 4 + 8192)
+/* A task's scratch: the 32 x 32 fp32 store tile at 0, the amx path's 32 x 32
+ * bf16 K-tail tile at FA__BF16_TAIL_OFF, then from FA__BF16_BLK_OFF its packed
+ * rows of x (amx: 32 x Kp bf16; dp: nr x npair feature pairs).  An amx task of
+ * fewer than FA__AMX_SHORT_ROWS rows loads x in place and needs only the first
+ * two. */
+#define FA__BF16_TAIL_OFF 4096
+#define FA__BF16_BLK_OFF 8192
+#define FA__AMX_SHORT_ROWS 16
+#define FA_BF16_SCRATCH(K) \
+    ((size_t)(FA_BF16_MB * (fa_bf16_kp(K) + 32)) * 4 + FA__BF16_BLK_OFF)
 #define FA_BF16_PANELS 0
 #define FA_BF16_PW 32
 #define FA_BF16_MR 32
@@ -225,8 +234,8 @@ static inline size_t fa_bf16_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
 {
     (void)out_bf16;
 #if defined(FA_BF16_AMX)
-    if (rows < 16)          /* short A tiles load x in place: cs and tail only */
-        return 8192;
+    if (rows < FA__AMX_SHORT_ROWS)  /* short A tiles load x in place */
+        return FA__BF16_BLK_OFF;
 #else
     (void)rows;
 #endif
@@ -327,14 +336,14 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
 {
     ptrdiff_t Kp = fa_bf16_kp(K), nck = Kp / 32, nfull;
     float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
-    uint16_t *tail = (uint16_t *)((char *)scratch + 4096);  /* 32 x 32 bf16 */
-    uint16_t *blk = (uint16_t *)((char *)scratch + 8192);   /* 32 x Kp bf16 */
+    uint16_t *tail = (uint16_t *)((char *)scratch + FA__BF16_TAIL_OFF);
+    uint16_t *blk = (uint16_t *)((char *)scratch + FA__BF16_BLK_OFF);
     const uint16_t *ax;
     ptrdiff_t axs;
     int na = nr > 16 ? 2 : 1;
     /* fewer than 16 rows (decoding): one A tile of nr rows, loaded in place
      * (a zero-padded copy of 16 rows per task wrote 16x the x it read) */
-    const int short_a = nr < 16;
+    const int short_a = nr < FA__AMX_SHORT_ROWS;
     if (nr == FA_BF16_MB || short_a) {
         const int rr = short_a ? nr : 32;
         ax = x; axs = xs; nfull = K / 32;
@@ -440,7 +449,7 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
 {
     ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
     float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
-    uint32_t *pa = (uint32_t *)((char *)scratch + 8192);    /* nr x npair pairs */
+    uint32_t *pa = (uint32_t *)((char *)scratch + FA__BF16_BLK_OFF);  /* nr x npair */
     for (int r0 = 0; r0 < nr; r0 += fa__dp_chunk(nr - r0)) {
         int mr = fa__dp_chunk(nr - r0);
         uint32_t *pc = pa + (ptrdiff_t)r0 * npair;
