@@ -9,9 +9,9 @@ mappings, 2 MiB-aligned and advised ``MADV_HUGEPAGE``, so the kernel backs
 them with transparent huge pages where the system allows it
 (``/sys/kernel/mm/transparent_hugepage/enabled`` ``always`` or ``madvise``).
 
-Measured on a 2-core Sapphire Rapids VM (benchmarks/RESULTS.md): the 24 dense
-calls of a 12-token MiniLM query 2.1 -> 1.6 ms warm, 7.2 -> 3.5 ms after
-0.2 s of idle.
+Measured on a 2-core Sapphire Rapids VM, arena on against off in one process
+(benchmarks/RESULTS.md): a 13-token MiniLM query 1.03-1.11x faster warm and
+1.63-1.78x after 0.2 s of idle; GPT-2 decode 1.04-1.13x.
 
 Nothing else changes: the bytes, their layout and the results are the same.
 Where huge pages are unavailable (another OS, THP ``never``, the advice
@@ -23,7 +23,9 @@ long as any array cut from them.  Unused tails of a chunk are address space
 only (never touched, never resident), except the partly used last 2 MiB page
 of each chunk, so at most 2 MiB per chunk is resident beyond the weights;
 chunk sizes double from 16 MiB (to 256 MiB), so a 42 MiB model has 2 chunks
-and a 500 MiB one 5.
+and a 500 MiB one 5.  The first chunk opens with the first request of 1 MiB
+or more; smaller ones before it are NumPy arrays.  KV caches stay NumPy memory
+(measured: docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = ["WeightArena", "hugepages_enabled"]
 
 HUGE_PAGE = 2 << 20
 ALIGN = 64              # what the GEMM panels ask for
+_MIN_BYTES = 1 << 20        # a smaller first request stays NumPy memory: a
+                            # 2 MiB page for a tiny model would be mostly empty
 _FIRST_CHUNK = 16 << 20     # chunk sizes double from here (a larger tensor
 _MAX_CHUNK = 256 << 20      # gets a chunk of its own size)
 
@@ -79,7 +83,8 @@ class WeightArena:
     """Allocator of resident weight arrays in huge-page-advised memory.
 
     ``empty(n, dtype)`` gives a 1-D, 64-byte-aligned, zero-filled, writable
-    array (the ``alloc`` that ``kernels.pack_weight`` and
+    array (NumPy memory while no chunk is open and the request is under
+    1 MiB: tiny models and caches stay in small pages) (the ``alloc`` that ``kernels.pack_weight`` and
     ``kernels.bf16_pack`` accept); ``copy(a)`` an aligned C-contiguous copy
     of ``a``.  Use one arena while loading a model and drop it after: the
     arrays keep their memory alive.  Not thread-safe (loading is one thread).
@@ -106,7 +111,7 @@ class WeightArena:
         if n < 0:
             raise ValueError(f"WeightArena.empty: n must be >= 0, got {n}")
         nbytes = n * dtype.itemsize
-        if not self.enabled or nbytes == 0:
+        if not self.enabled or nbytes == 0 or (self._chunk is None and nbytes < _MIN_BYTES):
             raw = np.zeros(nbytes + ALIGN, np.uint8)
             off = (-raw.ctypes.data) % ALIGN
             return raw[off:off + nbytes].view(dtype)

@@ -17,6 +17,12 @@ import _tiny_models as tm
 LINUX_THP = hasattr(mmap, "MADV_HUGEPAGE")
 
 
+@pytest.fixture
+def any_size(monkeypatch):
+    """Arenas take small first requests too (the tiny test models)."""
+    monkeypatch.setattr(_memory, "_MIN_BYTES", 0)
+
+
 def _in_mapping(a):
     """Whether ``a``'s memory is one of the arena's mmap chunks."""
     base = a
@@ -33,7 +39,7 @@ def _thp_mode():
         return None
 
 
-def test_arena_arrays_are_aligned_zeroed_and_independent():
+def test_arena_arrays_are_aligned_zeroed_and_independent(any_size):
     ar = WeightArena(enabled=True)
     got = [ar.empty(n, dt) for n, dt in ((1, np.float32), (1000, np.float64), (0, np.uint16),
                                           (33, np.uint16), (5 << 20, np.float32))]
@@ -69,12 +75,23 @@ def test_chunks_grow_and_large_tensors_get_their_own():
     assert all(not np.shares_memory(nxt, s) for s in small)
 
 
-def test_arrays_outlive_the_arena():
+def test_arrays_outlive_the_arena(any_size):
     ar = WeightArena(enabled=True)
     a = ar.copy(np.arange(12, dtype=np.float32).reshape(3, 4))
     del ar
     gc.collect()
     assert a.shape == (3, 4) and np.array_equal(a, np.arange(12).reshape(3, 4))
+
+
+def test_small_first_requests_stay_numpy_memory():
+    ar = WeightArena(enabled=True)
+    small = ar.empty(1000, np.float32)              # 4 kB: no chunk for it
+    assert not _in_mapping(small) and ar.chunks == 0
+    assert small.ctypes.data % 64 == 0 and not small.any()
+    big = ar.empty((1 << 20) // 4, np.float32)      # 1 MiB opens the first chunk
+    after = ar.empty(1000, np.float32)              # and later small ones share it
+    if LINUX_THP:
+        assert ar.chunks == 1 and _in_mapping(big) and _in_mapping(after)
 
 
 def test_disabled_arena_is_numpy_memory(monkeypatch):
@@ -111,7 +128,7 @@ def test_advised_memory_gets_huge_pages():
 
 @pytest.mark.parametrize("build", available_builds())
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_pack_weight_into_the_arena_is_the_same_weight(build, dt):
+def test_pack_weight_into_the_arena_is_the_same_weight(build, dt, any_size):
     mod = load_build(build)
     rng = np.random.default_rng(3)
     w = rng.standard_normal((77, 130)).astype(dt)
@@ -142,7 +159,7 @@ def test_pack_weight_checks_what_alloc_returns():
             mod.pack_weight(w, alloc=alloc)
 
 
-def test_bf16_pack_into_the_arena_is_the_same_weight():
+def test_bf16_pack_into_the_arena_is_the_same_weight(any_size):
     B = pytest.importorskip("fastattn.bf16")
     pytest.importorskip("ml_dtypes")
     rng = np.random.default_rng(4)
@@ -159,7 +176,7 @@ def test_bf16_pack_into_the_arena_is_the_same_weight():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_models_stream_their_weights_from_the_arena(tmp_path, monkeypatch, dtype):
+def test_models_stream_their_weights_from_the_arena(tmp_path, monkeypatch, dtype, any_size):
     """An encoder's packed GEMM weights and a decoder's block matrices and
     head are arena arrays; with FASTATTN_HUGEPAGES=0 they are not, and the
     outputs are bit-identical either way."""
