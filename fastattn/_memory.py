@@ -79,6 +79,13 @@ class _Chunk:
         return self.buf[p:p + nbytes]
 
 
+def _numpy_empty(nbytes, dtype):
+    """Zero-filled, 64-byte-aligned NumPy memory (a MemoryError if none)."""
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + nbytes].view(dtype)
+
+
 class WeightArena:
     """Allocator of resident weight arrays in huge-page-advised memory.
 
@@ -98,9 +105,19 @@ class WeightArena:
         self.advised = 0         # of them, advised huge pages
 
     def _new_chunk(self, nbytes):
-        size = max(self._next, -(-nbytes // HUGE_PAGE) * HUGE_PAGE)
+        """A chunk for a request of ``nbytes``; None when no mapping of its
+        size can be made (strict overcommit, an address-space limit): the
+        request is retried at its own size, then served by NumPy."""
+        need = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+        for size in dict.fromkeys((max(self._next, need), need)):
+            try:
+                c = _Chunk(size)
+                break
+            except (OSError, ValueError, OverflowError):
+                continue
+        else:
+            return None
         self._next = min(2 * self._next, _MAX_CHUNK)
-        c = _Chunk(size)
         self.chunks += 1
         self.advised += c.advised
         return c
@@ -112,12 +129,12 @@ class WeightArena:
             raise ValueError(f"WeightArena.empty: n must be >= 0, got {n}")
         nbytes = n * dtype.itemsize
         if not self.enabled or nbytes == 0 or (self._chunk is None and nbytes < _MIN_BYTES):
-            raw = np.zeros(nbytes + ALIGN, np.uint8)
-            off = (-raw.ctypes.data) % ALIGN
-            return raw[off:off + nbytes].view(dtype)
+            return _numpy_empty(nbytes, dtype)
         got = self._chunk.take(nbytes) if self._chunk is not None else None
         if got is None:
             c = self._new_chunk(nbytes)
+            if c is None:
+                return _numpy_empty(nbytes, dtype)
             got = c.take(nbytes)
             # keep filling whichever chunk has more room left
             if self._chunk is None or c.end - c.pos > self._chunk.end - self._chunk.pos:

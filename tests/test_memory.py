@@ -15,6 +15,7 @@ from fastattn._memory import HUGE_PAGE, WeightArena
 import _tiny_models as tm
 
 LINUX_THP = hasattr(mmap, "MADV_HUGEPAGE")
+MMAP = mmap.mmap            # the type (a test replaces the module's function)
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def _in_mapping(a):
     base = a
     while isinstance(base, np.ndarray):
         base = base.base
-    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+    return isinstance(base, memoryview) and isinstance(base.obj, MMAP)
 
 
 def _thp_mode():
@@ -212,3 +213,31 @@ def test_empty_weights_pack_through_an_arena():
     for N, K in ((0, 5), (5, 0), (0, 0)):
         p = B.pack_weight(np.zeros((N, K), np.float32), alloc=ar.empty)
         assert p.shape == (N, K) and p.unpack().shape == (N, K)
+
+
+def test_a_refused_mapping_falls_back_to_smaller_then_numpy(monkeypatch, any_size):
+    """Strict overcommit or an address-space limit refuses a large mapping:
+    the arena retries at the request's own size, then uses NumPy memory."""
+    if not LINUX_THP:
+        pytest.skip("no MADV_HUGEPAGE on this platform: the arena is NumPy memory")
+    real = mmap.mmap
+    sizes = []
+
+    def limited(fileno, length, *a, **k):
+        sizes.append(length)
+        if length > limit[0]:
+            raise OSError(12, "Cannot allocate memory")
+        return real(fileno, length, *a, **k)
+    monkeypatch.setattr(mmap, "mmap", limited)
+    limit = [8 << 20]                                # a 16 MiB chunk is refused
+    ar = WeightArena(enabled=True)
+    a = ar.empty(1 << 20, np.uint8)                  # 2 MiB chunk at its own size
+    assert _in_mapping(a) and ar.chunks == 1
+    assert sizes == [(16 << 20) + HUGE_PAGE, (2 << 20) + HUGE_PAGE]
+    limit[0] = 0                                     # nothing maps any more
+    b = ar.empty(3 << 20, np.uint8)
+    assert not _in_mapping(b) and b.size == 3 << 20 and not b.any()
+    assert b.ctypes.data % 64 == 0 and ar.chunks == 1
+    a[...] = 1
+    b[...] = 2
+    assert np.all(a == 1) and np.all(b == 2)
