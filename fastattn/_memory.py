@@ -90,10 +90,10 @@ class WeightArena:
     """Allocator of resident weight arrays in huge-page-advised memory.
 
     ``empty(n, dtype)`` gives a 1-D, 64-byte-aligned, zero-filled, writable
-    array (NumPy memory while no chunk is open and the request is under
-    1 MiB: tiny models and caches stay in small pages) (the ``alloc`` that ``kernels.pack_weight`` and
-    ``kernels.bf16_pack`` accept); ``copy(a)`` an aligned C-contiguous copy
-    of ``a``.  Use one arena while loading a model and drop it after: the
+    array: the ``alloc`` that ``kernels.pack_weight`` and ``kernels.bf16_pack``
+    accept (NumPy memory while no chunk is open and the request is under
+    1 MiB, so tiny models stay in small pages); ``copy(a)`` an aligned
+    C-contiguous copy of ``a``.  Use one arena while loading a model and drop it after: the
     arrays keep their memory alive.  Not thread-safe (loading is one thread).
     """
 

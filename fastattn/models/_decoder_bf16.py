@@ -34,15 +34,25 @@ __all__ = ["convert", "run"]
 _MATRICES = ("w_qkv", "w_o", "w_up", "w_down")
 
 
-def convert(m, dtype, alloc=None):
-    """Pack a float32-loaded model's GEMM weights as bf16, in place
-    (``alloc``: where the packed weights go, as for ``_ops.pack_bf16``)."""
+def map_matrices(m, fn):
+    """Replace every block matrix and the output head (the arrays a decode
+    step streams) by ``fn`` of it, one at a time; returns whether the head
+    was the embedding (tied) before."""
     tied = m.lm_head is m.embed
     for b in m.blocks:
         for s in _MATRICES:
-            setattr(b, s, _ops.pack_bf16(getattr(b, s), alloc))
-    m.lm_head = _ops.pack_bf16(m.lm_head, alloc)
-    m._lm_head_tied = tied
+            w = getattr(b, s)
+            if w is not None:
+                setattr(b, s, fn(w))
+    if m.lm_head is not None:
+        m.lm_head = fn(m.lm_head)
+    return tied
+
+
+def convert(m, dtype, alloc=None):
+    """Pack a float32-loaded model's GEMM weights as bf16, in place
+    (``alloc``: where the packed weights go, as for ``_ops.pack_bf16``)."""
+    m._lm_head_tied = map_matrices(m, lambda w: _ops.pack_bf16(w, alloc))
     m.dtype = dtype.type
     m._float_dtype = np.float32
     m._cache_dtype = dtype.type

@@ -31,7 +31,7 @@ from ..nn.cache import KVCache
 from ..nn.layers import gemm, gemm_via, gemv, GEMV_MAX_ROWS
 from ._ops import qkv_heads as _heads
 from ._decode_plan import DecodePlan
-from ._decoder_bf16 import _MATRICES
+from ._decoder_bf16 import map_matrices
 
 __all__ = ["CausalLM"]
 
@@ -608,16 +608,8 @@ def _resident(m, arena):
     """The block matrices and the output head (the arrays a decode step
     streams) copied into ``arena``'s huge pages, one at a time; a tied head
     stays the embedding."""
-    for b in m.blocks:
-        for s in _MATRICES:
-            w = getattr(b, s)
-            if w is not None:
-                setattr(b, s, arena.copy(w))
-    if m.lm_head is not None:
-        tied = m.lm_head is m.embed
-        m.lm_head = arena.copy(m.lm_head)
-        if tied:
-            m.embed = m.lm_head
+    if map_matrices(m, arena.copy):
+        m.embed = m.lm_head
     return m
 
 
