@@ -424,6 +424,58 @@ FA__AI double fa__hsum_f64(fa__vd v)
 #endif
 }
 #endif /* !FA__HSUM_X86 */
+
+/* fa__hsumv_f32(v): FA__VWS vectors reduced at once into one vector whose lane
+ * i is fa__hsum_f32(v[i]), bit for bit: the same additions in the same tree
+ * (w = VW/2, ..., 1), done on pairs of vectors with shuffles, so that the
+ * row-layout dot products pay ~3 shuffle/add operations per (row, key)
+ * instead of ~8.  Inputs are fed in a transposed order so the lanes come out
+ * in natural order.  Defined where FA__HAS_HSUMV_S is. */
+/* the last two levels (w = 2, 1), inside each 128-bit block, on the four
+ * vectors x[0..3] left by the cross-block levels */
+#define FA__HV_PAIR(ADD, SHUF, a, b, lo, hi) ADD(SHUF(a, b, lo), SHUF(a, b, hi))
+#define FA__HSUMV_INLANE(ADD, SHUF, x) \
+    FA__HV_PAIR(ADD, SHUF, \
+                FA__HV_PAIR(ADD, SHUF, x[0], x[1], _MM_SHUFFLE(1, 0, 1, 0), _MM_SHUFFLE(3, 2, 3, 2)), \
+                FA__HV_PAIR(ADD, SHUF, x[2], x[3], _MM_SHUFFLE(1, 0, 1, 0), _MM_SHUFFLE(3, 2, 3, 2)), \
+                _MM_SHUFFLE(2, 0, 2, 0), _MM_SHUFFLE(3, 1, 3, 1))
+#if defined(FA__ISA_AVX512)
+#  define FA__HAS_HSUMV_S 1
+FA__AI fa__vs fa__hsumv_f32(const fa__vs *v)
+{
+    __m512 t[8], u[4];
+    int k;
+    /* level w = 8: [a0..7 + a8..15 | b0..7 + b8..15]; lane 4k + j of the
+     * result comes from input 4j + k, so input n takes v[(n % 4) * 4 + n / 4] */
+#define FA__HV_IN(n) v[((n) % 4) * 4 + (n) / 4]
+    FA__UNROLL for (k = 0; k < 8; k++) {
+        __m512 a = FA__HV_IN(2 * k), b = FA__HV_IN(2 * k + 1);
+        t[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+#undef FA__HV_IN
+    /* w = 4: 128-bit blocks [q(a), q(b), q(c), q(d)] */
+    FA__UNROLL for (k = 0; k < 4; k++)
+        u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * k], t[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * k], t[2 * k + 1], 0xDD));
+    return FA__HSUMV_INLANE(_mm512_add_ps, _mm512_shuffle_ps, u);
+}
+#elif defined(FA__ISA_AVX2)
+#  define FA__HAS_HSUMV_S 1
+FA__AI fa__vs fa__hsumv_f32(const fa__vs *v)
+{
+    __m256 t[4];
+    int k;
+    /* w = 4: [a0..3 + a4..7 | b0..3 + b4..7]; lane 4b + j of the result comes
+     * from input 2j + b, so input n takes v[(n % 2) * 4 + n / 2] */
+#define FA__HV_IN(n) v[((n) % 2) * 4 + (n) / 2]
+    FA__UNROLL for (k = 0; k < 4; k++) {
+        __m256 a = FA__HV_IN(2 * k), b = FA__HV_IN(2 * k + 1);
+        t[k] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    }
+#undef FA__HV_IN
+    return FA__HSUMV_INLANE(_mm256_add_ps, _mm256_shuffle_ps, t);
+}
+#endif
 FA__AI float fa__hmax_f32(fa__vs v)
 {
 #if FA__VWS == 1

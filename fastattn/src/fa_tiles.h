@@ -694,14 +694,56 @@ FA__AI void FA__N(fa__dotr_micro)(const FA__T *Q, ptrdiff_t D, const FA__T *K,
         }
 }
 
+#if !FA__F64 && defined(FA__HAS_HSUMV_S)
+/* The same RC x KB dot products as fa__dotr_micro with RC * KB = VW, and the
+ * same bits: the VW accumulators are reduced together by fa__hsumv (lane
+ * r * KB + b = the fixed-tree sum of accumulator (r, b)), and each row's KB
+ * sums are stored as one piece of the vector; the d tail is then added in
+ * increasing d, as there.  At head_dim 32 the per-(row, key) reductions were
+ * the rows path's cost (two FMAs per accumulator against ~8 shuffle/adds). */
+FA__AI void FA__N(fa__dotr_microv)(const FA__T *Q, ptrdiff_t D, const FA__T *K,
+                                   ptrdiff_t ks, FA__T *s, ptrdiff_t lds,
+                                   const int RC, ptrdiff_t pfo)
+{
+    const int KB = FA__VW / RC;
+    FA__V acc[FA__VW];
+    int r, b;
+    FA__UNROLL for (r = 0; r < FA__VW; r++) acc[r] = fa__zero();
+    const ptrdiff_t Dvec = D - D % FA__VW;
+    for (ptrdiff_t d = 0; d < Dvec; d += FA__VW) {
+        FA__UNROLL for (b = 0; b < KB; b++) FA__PREFETCH(K + b * ks + pfo + d);
+        FA__UNROLL for (b = 0; b < KB; b++) {
+            FA__V kv = fa__ldu(K + b * ks + d);
+            FA__UNROLL for (r = 0; r < RC; r++)
+                acc[r * KB + b] = fa__fma(fa__ldu(Q + r * D + d), kv, acc[r * KB + b]);
+        }
+    }
+    FA__V t = fa__hsumv_f32(acc);
+    FA__T tv[FA__VW] __attribute__((aligned(64)));
+    fa__st(tv, t);
+    FA__UNROLL for (r = 0; r < RC; r++)
+        FA__UNROLL for (b = 0; b < KB; b++) {
+            FA__T x = tv[r * KB + b];
+            for (ptrdiff_t dd = Dvec; dd < D; dd++) x += Q[r * D + dd] * K[b * ks + dd];
+            s[r * lds + b] = x;
+        }
+}
+#endif
+
 /* RC rows against keys [j0, j1) of nk, KB keys at a time, then 4/2/1 for the
- * rest; K rows FA__PF_KEYS keys ahead are prefetched (while they exist). */
+ * rest; K rows FA__PF_KEYS keys ahead are prefetched (while they exist).
+ * Where fa__hsumv exists, VW / RC keys at a time first (the same bits). */
 FA__AI void FA__N(fa__dotr_rows)(const FA__T *Q, ptrdiff_t D, const FA__T *K,
                                  ptrdiff_t ks, int j0, int j1, int nk, FA__T *s,
                                  ptrdiff_t lds, const int RC, const int KB)
 {
     int j = j0;
 #define FA__PFO(kb) (j + (kb) + FA__PF_KEYS <= nk ? FA__PF_KEYS * ks : 0)
+#if !FA__F64 && defined(FA__HAS_HSUMV_S)
+    if (D >= FA__VW)
+        for (; j + FA__VW / RC <= j1; j += FA__VW / RC)
+            FA__N(fa__dotr_microv)(Q, D, K + j * ks, ks, s + j, lds, RC, FA__PFO(FA__VW / RC));
+#endif
     for (; j + KB <= j1; j += KB)
         FA__N(fa__dotr_micro)(Q, D, K + j * ks, ks, s + j, lds, RC, KB, FA__PFO(KB));
     if (KB > 4 && j + 4 <= j1) {

@@ -33,7 +33,7 @@ static int F(is_denormal)(T x) { return x != 0 && fabsl((long double)x) < TMIN; 
         }                                                                  \
     } while (0)
 
-static const int F(dims)[] = {1, 3, 7, 17, 63, 64, 65, 80, 96, 128, 129, 256};
+static const int F(dims)[] = {1, 3, 7, 16, 17, 32, 63, 64, 65, 80, 96, 128, 129, 256};
 #define NDIMS ((int)(sizeof(F(dims)) / sizeof(int)))
 static const int F(nks)[] = {0, 1, 2, 3, 5, 6, 7, 8, 9, 13, 17, 31, 33, 48, 63, 64};
 #define NNKS ((int)(sizeof(F(nks)) / sizeof(int)))
@@ -332,6 +332,13 @@ static int F(test_rows)(void)
                         CHECK(F(close)(s[r * lds + j], acc, (D + 4) * TEPS * aa + TMIN),
                               "dot_rows R=%d D=%d nk=%d r=%d j=%d got %.9g ref %.9Lg", R, D, nk, r, j,
                               (double)s[r * lds + j], (long double)acc);
+                        /* bit for bit the one-(row, key) micro: the blocked and
+                         * the many-vector reductions (fa__hsumv) change no bits */
+                        T one = (T)0;
+                        F(fa__dotr_micro)(Q + (ptrdiff_t)r * D, D, K + (ptrdiff_t)j * ks, ks, &one, 1, 1, 1, 0);
+                        CHECK(memcmp(&one, &s[r * lds + j], sizeof(T)) == 0,
+                              "dot_rows R=%d D=%d nk=%d r=%d j=%d: %.9g, one-key micro %.9g", R, D, nk, r, j,
+                              (double)s[r * lds + j], (double)one);
                     }
                 /* axpy_rows: P = s (as R x ldp), V = K with Dv = D */
                 int Dv = D, ldp = lds;
