@@ -707,6 +707,27 @@ cdef class FlashCall:
         self.slopes = slopes; self.nthreads = nthreads; self.path = path
         self.cu_q = cu_q; self.cu_k = cu_k; self.bottom_right = bottom_right
 
+    def rebind(self, cnp.ndarray q not None, cnp.ndarray k not None,
+               cnp.ndarray v not None, cnp.ndarray out not None, int nthreads):
+        """A new call with every field of this one but the four operands
+        and the thread count: for arrays of the same shapes, strides and
+        dtypes as the ones this call was built for (the caller checks that;
+        the offsets and row strides are reused as they are).  The original
+        is not changed, so one template may serve many threads at once."""
+        cdef FlashCall c = FlashCall.__new__(FlashCall)
+        c.q = q; c.qoff = self.qoff; c.qs = self.qs
+        c.k = k; c.koff = self.koff; c.ks = self.ks
+        c.v = v; c.voff = self.voff; c.vs = self.vs
+        c.out = out; c.ooff = self.ooff; c.os = self.os
+        c.L = self.L; c.S = self.S; c.D = self.D; c.Dv = self.Dv
+        c.nb = self.nb; c.Hq = self.Hq; c.Hkv = self.Hkv; c.scale = self.scale
+        c.mask_kind = self.mask_kind; c.mask = self.mask; c.moff = self.moff
+        c.msq = self.msq; c.msk = self.msk; c.tab = self.tab; c.tidx = self.tidx
+        c.left = self.left; c.right = self.right; c.off = self.off
+        c.slopes = self.slopes; c.nthreads = nthreads; c.path = self.path
+        c.cu_q = self.cu_q; c.cu_k = self.cu_k; c.bottom_right = self.bottom_right
+        return c
+
 
 cdef int _set(bint ok, str field) except -1:
     if not ok:

@@ -574,6 +574,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     ndarray, shape (..., L, Ev)
         A query row that sees no key (fully masked) is all zeros, never NaN.
     """
+    sig = None
+    if attn_mask is None and window is None and alibi_slopes is None and out_dtype is None:
+        sig = _sdpa_sig(query, key, value, dropout_p, is_causal, scale, enable_gqa,
+                        causal_alignment, out)
+        if sig is not None:
+            done = _sdpa_memo(sig, query, key, value, out, num_threads)
+            if done is not None:
+                return done
     p = _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
               enable_gqa, causal_alignment, window, alibi_slopes, bf16=True)
     L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
@@ -594,14 +602,83 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     q, k, v = _readable(p.q), _readable(p.k), _readable(p.v)
     nb = math.prod(p.prefix)
     flops = 4 * nb * Hout * L * S * max(E, Ev)
+    kv_bytes = nb * Hkv * S * (E + Ev) * q.itemsize
     call = _dense_call(p, q, k, v, out, S, p.slopes,
-                       _attn_threads(num_threads, flops, nb * Hkv * S * (E + Ev) * q.itemsize))
+                       _attn_threads(num_threads, flops, kv_bytes))
     if p.mask is not None:
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
-    if _is_bf16(p.dtype):
+    bf16 = _is_bf16(p.dtype)
+    if sig is not None and q is p.q and k is p.k and v is p.v:
+        _sdpa_remember(sig, call, out_shape, odt, flops, kv_bytes, bf16)
+    if bf16:
         _k.flash_bf16(call)
     else:
         _k.flash(call)
+    return out
+
+
+# Calls of the same shapes, strides and options (the common case: a model's
+# layers, a server's requests) are validated once.  The memo's key holds
+# everything the validation above reads except the arrays' addresses and the
+# out= array's writeability, which are checked again at every call (an out=
+# that may overlap an input takes the full path, which says so); a call whose
+# operands would need the readable copy, or with a mask, a window, ALiBi or
+# out_dtype, is never memoised.  The entries hold no operand: the kernel call
+# template is rebound to each call's arrays (FlashCall.rebind).
+_SDPA_MEMO = {}
+_SDPA_MEMO_MAX = 256
+_NO_ARRAY = np.empty(0, dtype=np.float32)
+
+
+def _sdpa_sig(query, key, value, dropout_p, is_causal, scale, enable_gqa,
+              causal_alignment, out):
+    """The memo key of a scaled_dot_product_attention call, or None when its
+    arguments are not of the plain kinds the memo takes."""
+    if not (type(query) is np.ndarray and type(key) is np.ndarray
+            and type(value) is np.ndarray and type(is_causal) is bool
+            and type(enable_gqa) is bool and type(causal_alignment) is str
+            and (scale is None or type(scale) is float)
+            and type(dropout_p) in (float, int) and dropout_p == 0):
+        return None
+    if out is None:
+        o = None
+    elif type(out) is np.ndarray:
+        o = (out.shape, out.strides, out.dtype)
+    else:
+        return None
+    return (query.shape, query.strides, query.dtype, key.shape, key.strides, key.dtype,
+            value.shape, value.strides, value.dtype, is_causal, scale, enable_gqa,
+            causal_alignment, o)
+
+
+def _sdpa_remember(sig, call, out_shape, odt, flops, kv_bytes, bf16):
+    if call.S <= 0:
+        return
+    if len(_SDPA_MEMO) >= _SDPA_MEMO_MAX:
+        _SDPA_MEMO.clear()
+    _SDPA_MEMO[sig] = (call.rebind(_NO_ARRAY, _NO_ARRAY, _NO_ARRAY, _NO_ARRAY, 0),
+                       out_shape, odt, flops, kv_bytes, bf16, _is_bf16(odt), _k)
+
+
+def _sdpa_memo(sig, q, k, v, out, num_threads):
+    """The call through the memo (None: not memoised, or an out= that needs
+    the full checks)."""
+    ent = _SDPA_MEMO.get(sig)
+    if ent is None:
+        return None
+    tmpl, out_shape, odt, flops, kv_bytes, bf16, out16, kmod = ent
+    if kmod is not _k:          # the kernel build was switched (tests pin builds)
+        return None
+    if out is None:
+        out = np.empty(out_shape, dtype=odt)
+    elif (not out.flags.writeable or np.may_share_memory(out, q)
+          or np.may_share_memory(out, k) or np.may_share_memory(out, v)):
+        return None
+    nt = _attn_threads(num_threads, flops, kv_bytes)
+    if bf16:
+        _k.flash_bf16(tmpl.rebind(_u16(q), _u16(k), _u16(v), _u16(out) if out16 else out, nt))
+    else:
+        _k.flash(tmpl.rebind(q, k, v, out, nt))
     return out
 
 
