@@ -143,8 +143,12 @@ cdef inline void _rescale_pv_n(const floating *V, Py_ssize_t vs, int nk, int Dv,
 # every R > FA_BR, the lanes.  Chosen from L, G and D alone (never the batch,
 # the key count or the threads), so a sequence's result never depends on them.
 cdef inline Py_ssize_t _rows_max_l(Py_ssize_t D, Py_ssize_t G) noexcept nogil:
-    cdef Py_ssize_t t = 8 if D < 64 else (11 if D < 128 else 13)
-    return t + 2 if G > 1 else t
+    # re-measured once the scores' lane sums were done a vector at a time
+    # (fa__hsumv_f32): 8 / 12 / 14 rows at D < 64 / < 128 / from 128 for
+    # MHA (were 8 / 11 / 13), 12 / 13 / 16 for GQA groups (were 10 / 13 / 15)
+    if G > 1:
+        return 12 if D < 64 else (13 if D < 128 else 16)
+    return 8 if D < 64 else (12 if D < 128 else 14)
 
 
 cdef inline bint _auto_rows(Py_ssize_t L, Py_ssize_t G, Py_ssize_t D) noexcept nogil:
