@@ -573,6 +573,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     -------
     ndarray, shape (..., L, Ev)
         A query row that sees no key (fully masked) is all zeros, never NaN.
+
+    Notes
+    -----
+    The checks of a call without a mask, window, ALiBi or ``out_dtype`` are
+    remembered per layout (the operands' shapes, strides and dtypes, ``out``'s
+    layout and the options; at most 256 layouts, holding no operand): a later
+    call of the same layout skips them, except those on ``out``'s
+    writeability and overlap and on ``num_threads``, which run every time.
+    The result is the same bits either way.
     """
     sig = None
     if attn_mask is None and window is None and alibi_slopes is None and out_dtype is None:
