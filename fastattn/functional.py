@@ -131,17 +131,23 @@ def _u16(x):
     return x.view(np.uint16)
 
 
-def _readable(x):
-    """A view whose last axis is contiguous and whose strides are whole
-    elements; copies once (C order) only when that is impossible."""
+def _needs_copy(x):
+    """True when the kernels cannot read ``x`` in place: a last axis that is
+    not contiguous, or strides that are not whole elements."""
     its = x.itemsize
     st = x.strides
     if x.ndim and x.shape[-1] > 1 and st[-1] != its:
-        return np.ascontiguousarray(x)
+        return True
     for s in st:
         if s % its:
-            return np.ascontiguousarray(x)
-    return x
+            return True
+    return False
+
+
+def _readable(x):
+    """A view whose last axis is contiguous and whose strides are whole
+    elements; copies once (C order) only when that is impossible."""
+    return np.ascontiguousarray(x) if _needs_copy(x) else x
 
 
 def _check_threads(num_threads):
@@ -587,10 +593,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
     if attn_mask is None and window is None and alibi_slopes is None and out_dtype is None:
         sig = _sdpa_sig(query, key, value, dropout_p, is_causal, scale, enable_gqa,
                         causal_alignment, out)
-        if sig is not None:
-            done = _sdpa_memo(sig, query, key, value, out, num_threads)
-            if done is not None:
-                return done
+    done = _SDPA_MEMO.run(sig, query, key, value, out, num_threads)
+    if done is not None:
+        return done
     p = _plan(query, key, value, attn_mask, dropout_p, is_causal, scale,
               enable_gqa, causal_alignment, window, alibi_slopes, bf16=True)
     L, S, E, Ev, Hout, Hkv = p.L, p.S, p.E, p.Ev, p.Hout, p.Hkv
@@ -618,7 +623,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
         _mask_tiles(call, p.mask, p.batch_out or (1,), num_threads)
     bf16 = _is_bf16(p.dtype)
     if sig is not None and q is p.q and k is p.k and v is p.v:
-        _sdpa_remember(sig, call, out_shape, odt, flops, kv_bytes, bf16)
+        _SDPA_MEMO.put(sig, call, out_shape, odt, flops, kv_bytes, bf16)
     if bf16:
         _k.flash_bf16(call)
     else:
@@ -627,68 +632,119 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None,
 
 
 # Calls of the same shapes, strides and options (the common case: a model's
-# layers, a server's requests) are validated once.  The memo's key holds
-# everything the validation above reads except the arrays' addresses and the
-# out= array's writeability, which are checked again at every call (an out=
-# that may overlap an input takes the full path, which says so); a call whose
+# layers, a server's requests) are validated once.  A memo's key holds
+# everything the validation reads except the arrays' addresses and the out=
+# array's writeability, which are checked again at every call (an out= that
+# may overlap an input takes the full path, which says so); a call whose
 # operands would need the readable copy, or with a mask, a window, ALiBi or
 # out_dtype, is never memoised.  The entries hold no operand: the kernel call
 # template is rebound to each call's arrays (FlashCall.rebind).
-_SDPA_MEMO = {}
-_SDPA_MEMO_MAX = 256
 _NO_ARRAY = np.empty(0, dtype=np.float32)
+
+
+class _CallMemo:
+    """Kernel call templates by call layout, at most ``maxsize`` (then
+    emptied).  An entry remembers the kernel module that built it (the tests
+    switch builds) and the call's flops and K/V bytes (for the thread
+    choice, made at every call)."""
+    __slots__ = ("entries", "maxsize")
+
+    def __init__(self, maxsize=256):
+        self.entries = {}
+        self.maxsize = maxsize
+
+    def __len__(self):
+        return len(self.entries)
+
+    def clear(self):
+        self.entries.clear()
+
+    def put(self, key, call, out_shape, odt, flops, kv_bytes, bf16):
+        if len(self.entries) >= self.maxsize:
+            self.entries.clear()
+        tmpl = call.rebind(_NO_ARRAY, _NO_ARRAY, _NO_ARRAY, _NO_ARRAY, 0)
+        # varlen offsets may be the caller's own arrays: the entry keeps a
+        # private, read-only copy of what its key says they held
+        for name in ("cu_q", "cu_k"):
+            cu = getattr(tmpl, name)
+            if cu is not None:
+                cu = cu.copy()
+                cu.setflags(write=False)
+                setattr(tmpl, name, cu)
+        self.entries[key] = (_k, tmpl, out_shape, odt, flops, kv_bytes, bf16, _is_bf16(odt))
+
+    def run(self, key, q, k, v, out, num_threads):
+        """The call through the memo: ``out`` (allocated when None), or None
+        when ``key`` is None or not memoised, or ``out`` needs the full
+        checks."""
+        if key is None:
+            return None
+        ent = self.entries.get(key)
+        if ent is None or ent[0] is not _k:
+            return None
+        _, tmpl, out_shape, odt, flops, kv_bytes, bf16, out16 = ent
+        if out is None:
+            out = np.empty(out_shape, dtype=odt)
+        elif (not out.flags.writeable or np.may_share_memory(out, q)
+              or np.may_share_memory(out, k) or np.may_share_memory(out, v)):
+            return None
+        nt = _attn_threads(num_threads, flops, kv_bytes)
+        if bf16:
+            _k.flash_bf16(tmpl.rebind(_u16(q), _u16(k), _u16(v), _u16(out) if out16 else out, nt))
+        else:
+            _k.flash(tmpl.rebind(q, k, v, out, nt))
+        return out
+
+
+_SDPA_MEMO = _CallMemo()
+_VARLEN_MEMO = _CallMemo()
+_VARLEN_MEMO_MAX_SEQS = 4096     # longer offset arrays are not keyed
+
+
+def _plain(is_causal, scale, causal_alignment, out, *arrays):
+    """``out``'s layout key (``()`` for None), or None when an argument is
+    not of the plain kinds the memos take."""
+    if not (type(is_causal) is bool and type(causal_alignment) is str
+            and (scale is None or type(scale) is float)
+            and all(type(a) is np.ndarray for a in arrays)):
+        return None
+    if out is None:
+        return ()
+    if type(out) is np.ndarray:
+        return (out.shape, out.strides, out.dtype)
+    return None
+
+
+def _layout(x):
+    return (x.shape, x.strides, x.dtype)
 
 
 def _sdpa_sig(query, key, value, dropout_p, is_causal, scale, enable_gqa,
               causal_alignment, out):
     """The memo key of a scaled_dot_product_attention call, or None when its
     arguments are not of the plain kinds the memo takes."""
-    if not (type(query) is np.ndarray and type(key) is np.ndarray
-            and type(value) is np.ndarray and type(is_causal) is bool
-            and type(enable_gqa) is bool and type(causal_alignment) is str
-            and (scale is None or type(scale) is float)
-            and type(dropout_p) in (float, int) and dropout_p == 0):
+    o = _plain(is_causal, scale, causal_alignment, out, query, key, value)
+    if (o is None or type(enable_gqa) is not bool
+            or type(dropout_p) not in (float, int) or dropout_p != 0):
         return None
-    if out is None:
-        o = None
-    elif type(out) is np.ndarray:
-        o = (out.shape, out.strides, out.dtype)
-    else:
-        return None
-    return (query.shape, query.strides, query.dtype, key.shape, key.strides, key.dtype,
-            value.shape, value.strides, value.dtype, is_causal, scale, enable_gqa,
+    return (_layout(query), _layout(key), _layout(value), is_causal, scale, enable_gqa,
             causal_alignment, o)
 
 
-def _sdpa_remember(sig, call, out_shape, odt, flops, kv_bytes, bf16):
-    if call.S <= 0:
-        return
-    if len(_SDPA_MEMO) >= _SDPA_MEMO_MAX:
-        _SDPA_MEMO.clear()
-    _SDPA_MEMO[sig] = (call.rebind(_NO_ARRAY, _NO_ARRAY, _NO_ARRAY, _NO_ARRAY, 0),
-                       out_shape, odt, flops, kv_bytes, bf16, _is_bf16(odt), _k)
-
-
-def _sdpa_memo(sig, q, k, v, out, num_threads):
-    """The call through the memo (None: not memoised, or an out= that needs
-    the full checks)."""
-    ent = _SDPA_MEMO.get(sig)
-    if ent is None:
+def _varlen_sig(q, k, v, cu_q, cu_k, is_causal, scale, causal_alignment, out):
+    """The memo key of a varlen_attention call (the offsets by value), or
+    None."""
+    o = _plain(is_causal, scale, causal_alignment, out, q, k, v, cu_q)
+    if o is None or cu_q.size > _VARLEN_MEMO_MAX_SEQS:
         return None
-    tmpl, out_shape, odt, flops, kv_bytes, bf16, out16, kmod = ent
-    if kmod is not _k:          # the kernel build was switched (tests pin builds)
-        return None
-    if out is None:
-        out = np.empty(out_shape, dtype=odt)
-    elif (not out.flags.writeable or np.may_share_memory(out, q)
-          or np.may_share_memory(out, k) or np.may_share_memory(out, v)):
-        return None
-    nt = _attn_threads(num_threads, flops, kv_bytes)
-    if bf16:
-        _k.flash_bf16(tmpl.rebind(_u16(q), _u16(k), _u16(v), _u16(out) if out16 else out, nt))
+    if cu_k is None:
+        ck = None
+    elif type(cu_k) is np.ndarray and cu_k.size <= _VARLEN_MEMO_MAX_SEQS:
+        ck = (cu_k.dtype, cu_k.shape, cu_k.tobytes())
     else:
-        _k.flash(tmpl.rebind(q, k, v, out, nt))
-    return out
+        return None
+    return (_layout(q), _layout(k), _layout(v), cu_q.dtype, cu_q.shape, cu_q.tobytes(), ck,
+            is_causal, scale, causal_alignment, o)
 
 
 # ---------------------------------------------------------------------------
@@ -891,6 +947,15 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
         A query row that sees no key (fully masked, or a sequence with no
         keys) is all zeros.
 
+    Notes
+    -----
+    As in :func:`scaled_dot_product_attention`, the checks of a call without
+    a window, ALiBi or ``out_dtype`` are remembered per layout, here with the
+    offsets' values (up to 4096 sequences; the memo keeps its own copy, so
+    refilling an offsets array is safe): a later call with the same layout and
+    offsets (the next layer of a model) skips them, except those on ``out``
+    and ``num_threads``.  The result is the same bits either way.
+
     Examples
     --------
     >>> import numpy as np, fastattn
@@ -901,10 +966,21 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k=None, *,
     >>> o.shape
     (8, 2, 4)
     """
+    sig = None
+    if window is None and alibi_slopes is None and out_dtype is None:
+        sig = _varlen_sig(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal, scale,
+                          causal_alignment, out)
+    done = _VARLEN_MEMO.run(sig, q, k, v, out, num_threads)
+    if done is not None:
+        return done
     out, call, entry = _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal,
                                        scale, window, alibi_slopes, causal_alignment,
                                        out, out_dtype, num_threads)
     if call is not None:
+        if sig is not None and not (_needs_copy(q) or _needs_copy(k) or _needs_copy(v)):
+            _VARLEN_MEMO.put(sig, call, out.shape, out.dtype,
+                             *_varlen_cost(call.cu_q, call.cu_k, call.Hq, call.Hkv, call.D,
+                                           call.Dv, q.itemsize), _is_bf16(q.dtype))
         entry(call)
     return out
 
@@ -967,8 +1043,7 @@ def _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal, scale, windo
     q, k, v = _readable(q), _readable(k), _readable(v)
     nseq = cu_q.size - 1
     it, ito = q.itemsize, out.itemsize
-    lq, lk = np.diff(cu_q), np.diff(cu_k)
-    flops = 4 * Hq * int(np.dot(lq, lk)) * max(D, Dv)
+    flops, kv_bytes = _varlen_cost(cu_q, cu_k, Hq, Hkv, D, Dv, it)
     bf16 = _is_bf16(dtype)
     call = _k.FlashCall(
         q=_u16(q) if bf16 else q, qoff=np.arange(Hq, dtype=np.int64) * (q.strides[1] // it),
@@ -982,8 +1057,15 @@ def _varlen_prepare(q, k, v, cu_seqlens_q, cu_seqlens_k, is_causal, scale, windo
         os=out.strides[0] // ito, D=D, Dv=Dv, nb=nseq, Hq=Hq, Hkv=Hkv, scale=scale,
         left=left, right=right, slopes=slopes, cu_q=cu_q, cu_k=cu_k,
         bottom_right=causal_alignment == "bottom_right",
-        nthreads=_attn_threads(num_threads, flops, total_k * Hkv * (D + Dv) * it))
+        nthreads=_attn_threads(num_threads, flops, kv_bytes))
     return out, call, (_k.flash_bf16 if bf16 else _k.flash)
+
+
+def _varlen_cost(cu_q, cu_k, Hq, Hkv, D, Dv, itemsize):
+    """``(flops, K/V bytes)`` of a packed batch, for the thread choice."""
+    lq, lk = np.diff(cu_q), np.diff(cu_k)
+    return (4 * Hq * int(np.dot(lq, lk)) * max(D, Dv),
+            int(cu_k[-1]) * Hkv * (D + Dv) * itemsize)
 
 
 # ---------------------------------------------------------------------------

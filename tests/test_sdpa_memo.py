@@ -152,8 +152,102 @@ def test_memo_key_separates_layouts_and_options(rng):
 
 
 def test_memo_is_bounded(rng, monkeypatch):
-    monkeypatch.setattr(F, "_SDPA_MEMO_MAX", 4)
+    monkeypatch.setattr(F._SDPA_MEMO, "maxsize", 4)
     for S in range(1, 11):
         q, k, v = _qkv(rng, 1, 1, 1, 2, S, 8)
         F.scaled_dot_product_attention(q, k, v)
         assert len(F._SDPA_MEMO) <= 4
+
+
+# -- varlen_attention: the same memo, the offsets keyed by value -------------
+
+@pytest.fixture
+def _empty_varlen_memo():
+    F._VARLEN_MEMO.clear()
+    yield
+    F._VARLEN_MEMO.clear()
+
+
+def _packed(rng, lens, Hq, Hkv, D, dtype=np.float32, klens=None):
+    klens = lens if klens is None else klens
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    cuk = np.concatenate([[0], np.cumsum(klens)]).astype(np.int64)
+    q = rng.standard_normal((int(cu[-1]), Hq, D)).astype(dtype)
+    k = rng.standard_normal((int(cuk[-1]), Hkv, D)).astype(dtype)
+    v = rng.standard_normal((int(cuk[-1]), Hkv, D)).astype(dtype)
+    return q, k, v, cu, cuk
+
+
+VARLEN_CASES = [
+    ([5, 0, 9, 1], [5, 0, 9, 1], 4, 4, 32, {}),
+    ([3, 7], [10, 20], 8, 2, 64, {"is_causal": True, "causal_alignment": "bottom_right"}),
+    ([64, 65], None, 2, 1, 80, {"is_causal": True, "scale": 0.2}),
+]
+
+
+@pytest.mark.usefixtures("_empty_varlen_memo")
+@pytest.mark.parametrize("case", VARLEN_CASES)
+def test_memoised_varlen_is_bit_identical(rng, case):
+    lens, klens, Hq, Hkv, D, kw = case
+    q, k, v, cu, cuk = _packed(rng, lens, Hq, Hkv, D, klens=klens)
+    cuk_arg = None if klens is None else cuk
+    F.varlen_attention(q, k, v, cu, cuk_arg, **kw)
+    assert len(F._VARLEN_MEMO) == 1
+    q2, k2, v2, _, _ = _packed(rng, lens, Hq, Hkv, D, klens=klens)
+    memo = F.varlen_attention(q2, k2, v2, cu.copy(), None if cuk_arg is None else cuk.copy(), **kw)
+    F._VARLEN_MEMO.clear()
+    full = F.varlen_attention(q2, k2, v2, cu, cuk_arg, **kw)
+    np.testing.assert_array_equal(memo, full)
+    # views of a fused projection, out= given
+    qkv = np.stack([q2, q2, q2], axis=1) if klens is None else None
+    if qkv is not None:
+        out = np.empty_like(full)
+        F.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, **kw, out=out)
+        out2 = np.empty_like(full)
+        F.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, **kw, out=out2)
+        np.testing.assert_array_equal(out, out2)
+
+
+@pytest.mark.usefixtures("_empty_varlen_memo")
+def test_varlen_memo_owns_its_offsets(rng):
+    """A caller that reuses one offsets buffer for the next batch must not
+    change what a remembered entry computes."""
+    q, k, v, cu, _ = _packed(rng, [6, 10], 2, 2, 16)
+    buf = cu.astype(np.int64)                     # int64: the checks keep this very array
+    a = F.varlen_attention(q, k, v, buf)
+    buf[1] = 12                                   # the next batch: [12, 4]
+    b = F.varlen_attention(q, k, v, buf)
+    assert not np.array_equal(a, b)
+    # [6, 10] again, by value, in a new int64 array: a hit on the first entry
+    # (still 2 entries), which must not read the mutated buffer
+    again = F.varlen_attention(q, k, v, np.array([0, 6, 16], dtype=np.int64))
+    assert len(F._VARLEN_MEMO) == 2
+    np.testing.assert_array_equal(again, a)
+    # the int32 offsets of the same lengths are a key of their own
+    np.testing.assert_array_equal(F.varlen_attention(q, k, v, cu), a)
+    assert len(F._VARLEN_MEMO) == 3
+
+
+@pytest.mark.usefixtures("_empty_varlen_memo")
+def test_varlen_memo_still_checks_out(rng):
+    q, k, v, cu, _ = _packed(rng, [4, 4], 2, 2, 16)
+    out = np.empty_like(q)
+    F.varlen_attention(q, k, v, cu, out=out)
+    with pytest.raises(ValueError, match="out overlaps q"):
+        F.varlen_attention(q, k, v, cu, out=q)
+    with pytest.raises((ValueError, TypeError), match="num_threads"):
+        F.varlen_attention(q, k, v, cu, out=out, num_threads=-1)
+    # bad offsets never hit the memo
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        F.varlen_attention(q, k, v, np.array([0, 5, 4], np.int32))
+
+
+@pytest.mark.usefixtures("_empty_varlen_memo")
+def test_varlen_memo_skips_long_offset_arrays(rng, monkeypatch):
+    monkeypatch.setattr(F, "_VARLEN_MEMO_MAX_SEQS", 3)
+    q, k, v, cu, _ = _packed(rng, [1, 2, 3], 1, 1, 8)
+    F.varlen_attention(q, k, v, cu)
+    assert len(F._VARLEN_MEMO) == 0
+    q, k, v, cu, _ = _packed(rng, [1, 2], 1, 1, 8)
+    F.varlen_attention(q, k, v, cu)
+    assert len(F._VARLEN_MEMO) == 1
