@@ -251,3 +251,33 @@ def test_varlen_memo_skips_long_offset_arrays(rng, monkeypatch):
     q, k, v, cu, _ = _packed(rng, [1, 2], 1, 1, 8)
     F.varlen_attention(q, k, v, cu)
     assert len(F._VARLEN_MEMO) == 1
+
+
+def test_rebind_copies_every_other_field():
+    """FlashCall.rebind lists the call's fields a second time (beside
+    __init__): every public field but the four operands and the thread
+    count must come over unchanged, so a field added later cannot be lost."""
+    K = F._k
+    arr = lambda *v: np.array(v, dtype=np.int64)
+    c = K.FlashCall(q=np.ones(4, np.float32), qoff=arr(0), qs=3,
+                    k=np.ones(4, np.float32), koff=arr(1), ks=5,
+                    v=np.ones(4, np.float32), voff=arr(2), vs=7,
+                    out=np.ones(4, np.float32), ooff=arr(3), os=9,
+                    L=2, S=11, D=13, Dv=15, nb=1, Hq=17, Hkv=19, scale=0.25,
+                    mask_kind=1, mask=np.ones(2, np.uint8), moff=arr(4), msq=21, msk=23,
+                    tab=np.ones(3, np.int8), tidx=arr(5), left=2, right=3, off=29,
+                    slopes=np.ones(1), nthreads=2, path=1, cu_q=arr(0, 2), cu_k=arr(0, 3),
+                    bottom_right=True)
+    ops = {name: np.zeros(1, np.float32) for name in ("q", "k", "v", "out")}
+    r = c.rebind(ops["q"], ops["k"], ops["v"], ops["out"], 7)
+    fields = [n for n in dir(type(c)) if not n.startswith("_")
+              and type(getattr(type(c), n)).__name__ == "getset_descriptor"]
+    assert len(fields) >= 36
+    for n in fields:
+        if n in ops:
+            assert getattr(r, n) is ops[n], n
+        elif n == "nthreads":
+            assert r.nthreads == 7
+        else:
+            assert getattr(r, n) is getattr(c, n) or getattr(r, n) == getattr(c, n), n
+    assert c.nthreads == 2 and c.q is not ops["q"]        # the original is untouched
