@@ -33,31 +33,35 @@ cdef extern from "fa_bf16_attn.h" nogil:
                            int D, float *s, int lds)
     void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint16_t *V, Py_ssize_t vs,
                             int nk, int Dv, float *O)
-    # the amx build's lanes layout (stubs elsewhere, never called there)
+    # the lanes layout on bf16 products: AMX tiles (amx build) or vdpbf16ps
+    # (avx512bf16 build); stubs elsewhere, never called there
     int FA_BF16_ATTN_AMX
-    enum: FA_AMX_SB
-    size_t fa_amx_head_floats(int D, int Dv)
-    size_t fa_amx_shared_floats(int D, int Dv)
-    size_t fa_amx_st_floats()
-    size_t fa_amx_kp_floats(int D)
-    size_t fa_amx_vt_floats(int Dv)
-    void fa_amx_begin()
-    void fa_amx_end()
-    void fa_amx_pack_q(const uint16_t *q, Py_ssize_t qs, int nr, int D, uint32_t *Qp)
-    void fa_amx_pack_k(const uint16_t *K, Py_ssize_t ks, int nk, int D, uint16_t *Kp)
-    void fa_amx_pack_vt(const uint16_t *V, Py_ssize_t vs, int nk, int Dv, uint16_t *Vt)
-    void fa_amx_qk(const uint16_t *Kb, Py_ssize_t kstride, int nkt, int D, const uint32_t *Qp,
-                   float *St)
-    void fa_amx_scale(float *St, int nk, float scale)
-    void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m, float *l,
-                          float *Ot, int Dv, uint32_t *Pv)
-    void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv, int Dv,
-                    float *Ot)
+    int FA_BF16_ATTN_DP
+    int FA_BF16_ATTN_TILES
+    int fa_bt_k_in_place(int D, int nk, Py_ssize_t ks)
+    enum: FA_BT_SB
+    size_t fa_bt_head_floats(int D, int Dv)
+    size_t fa_bt_shared_floats(int D, int Dv)
+    size_t fa_bt_st_floats()
+    size_t fa_bt_kp_floats(int D)
+    size_t fa_bt_vt_floats(int Dv)
+    void fa_bt_begin()
+    void fa_bt_end()
+    void fa_bt_pack_q(const uint16_t *q, Py_ssize_t qs, int nr, int D, uint32_t *Qp)
+    void fa_bt_pack_k(const uint16_t *K, Py_ssize_t ks, int nk, int D, uint16_t *Kp)
+    void fa_bt_pack_vt(const uint16_t *V, Py_ssize_t vs, int nk, int Dv, uint16_t *Vt)
+    void fa_bt_qk(const uint16_t *Kb, Py_ssize_t kstride, int nk, int D, const uint32_t *Qp,
+                  int nr, float *St)
+    void fa_bt_scale(float *St, int nk, float scale, int nr)
+    void fa_bt_softmax_p(const float *St, const int *nks, float scale, float *m, float *l,
+                         float *Ot, int Dv, int nr, uint32_t *Pv)
+    void fa_bt_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv, int Dv,
+                   int nr, float *Ot)
 
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
-    if FA_BF16_ATTN_AMX:
-        return (a.G * fa_amx_head_floats(<int>a.D, <int>a.Dv)
-                + fa_amx_shared_floats(<int>a.D, <int>a.Dv))
+    if FA_BF16_ATTN_TILES:
+        return (a.G * fa_bt_head_floats(<int>a.D, <int>a.Dv)
+                + fa_bt_shared_floats(<int>a.D, <int>a.Dv))
     return _lanes_buf(a) + FA_BC * a.D + 16 + FA_BC * a.Dv + 16
 
 
@@ -164,15 +168,16 @@ cdef void _bf16_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                             (<float *>a.o) + a.ooff[n] + q0 * a.os, a.os)
 
 
-cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
+cdef void _bt_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                            Py_ssize_t qb, float *buf, bint o16,
                            const uint16_t *vth) noexcept nogil:
-    """The amx build's lanes block (fa_bf16_attn.h): super blocks of up to
-    FA_AMX_SB visible 64-key tiles; S^T and P.V on AMX tiles, bounds/masks/
+    """The amx and avx512bf16 builds' lanes block (fa_bf16_attn.h): super
+    blocks of up to FA_BT_SB visible 64-key tiles; S^T and P.V on AMX tiles
+    or vdpbf16ps (only the 16-query vectors holding rows of the block), bounds/masks/
     ALiBi on the fp32 lanes tile exactly as the widening path, the online
     softmax (lazy running max) in fp32, P rounded to bf16 for the product.
     vth: this kv head's V^T, every key tile packed once per call by
-    _amx_vt_task (dense calls), or NULL: each task packs the tiles it uses
+    _bt_vt_task (dense calls), or NULL: each task packs the tiles it uses
     (varlen); the packed bits are the same either way."""
     cdef Py_ssize_t q0 = qb * FA_BR
     cdef Py_ssize_t nr = a.L - q0
@@ -182,12 +187,12 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef Py_ssize_t D = a.D, Dv = a.Dv, G = a.G
     cdef Py_ssize_t Dp = (D + 31) // 32 * 32, Dvp = (Dv + 15) // 16 * 16
     cdef Py_ssize_t qp_sz = Dp // 2 * FA_BR, o_sz = FA_BR * Dvp
-    cdef Py_ssize_t hstride = fa_amx_head_floats(<int>D, <int>Dv)
+    cdef Py_ssize_t hstride = fa_bt_head_floats(<int>D, <int>Dv)
     cdef float *hbase = buf
     cdef float *St = hbase + G * hstride
-    cdef uint16_t *Kp = <uint16_t *>(St + fa_amx_st_floats())
-    cdef uint16_t *Vt = <uint16_t *>((<float *>Kp) + fa_amx_kp_floats(<int>D))
-    cdef uint32_t *Pv = <uint32_t *>((<float *>Vt) + fa_amx_vt_floats(<int>Dv))
+    cdef uint16_t *Kp = <uint16_t *>(St + fa_bt_st_floats())
+    cdef uint16_t *Vt = <uint16_t *>((<float *>Kp) + fa_bt_kp_floats(<int>D))
+    cdef uint32_t *Pv = <uint32_t *>((<float *>Vt) + fa_bt_vt_floats(<int>Dv))
     cdef uint32_t *Qp
     cdef float *O
     cdef float *m
@@ -198,24 +203,24 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef Py_ssize_t kstr
     cdef Py_ssize_t g, n, i, s, kb, k0, nk, kb_lo, kb_hi, lo, hi, nsb
     cdef int geo, mcls, anyk
-    cdef int nks[FA_AMX_SB]
-    cdef Py_ssize_t sbk[FA_AMX_SB]
-    cdef int sbgeo[FA_AMX_SB]
-    cdef bint vpacked[FA_AMX_SB]
-    cdef const uint16_t *vts[FA_AMX_SB]
-    cdef bint kpacked[FA_AMX_SB]
+    cdef int nks[FA_BT_SB]
+    cdef Py_ssize_t sbk[FA_BT_SB]
+    cdef int sbgeo[FA_BT_SB]
+    cdef bint vpacked[FA_BT_SB]
+    cdef const uint16_t *vts[FA_BT_SB]
+    cdef bint kpacked[FA_BT_SB]
     cdef bint bias
     cdef float qscale = <float>a.qscale
     cdef float sscale
 
-    fa_amx_begin()
+    fa_bt_begin()
     for g in range(G):
         n = bn * a.Hq + hkv * G + g
         Qp = <uint32_t *>(hbase + g * hstride)
         O = (<float *>Qp) + qp_sz
         m = O + o_sz
         l = m + FA_BR
-        fa_amx_pack_q((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
+        fa_bt_pack_q((<const uint16_t *>a.q) + a.qoff[n] + q0 * a.qs, a.qs,
                       <int>nr, <int>D, Qp)
         for i in range(o_sz):
             O[i] = 0
@@ -236,9 +241,9 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     vp = (<const uint16_t *>a.v) + a.voff[bn * a.Hkv + hkv]
     kb = kb_lo
     while kb < kb_hi:
-        # the next super block: up to FA_AMX_SB key tiles the bounds do not hide
+        # the next super block: up to FA_BT_SB key tiles the bounds do not hide
         nsb = 0
-        while kb < kb_hi and nsb < FA_AMX_SB:
+        while kb < kb_hi and nsb < FA_BT_SB:
             geo = _geo_class(a, q0, q1, kb * FA_BC, min(kb * FA_BC + FA_BC, a.S) - 1)
             if geo != T_HIDDEN:
                 sbk[nsb] = kb
@@ -257,7 +262,7 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
             l = m + FA_BR
             anyk = 0
             bias = False
-            for s in range(FA_AMX_SB):
+            for s in range(FA_BT_SB):
                 nks[s] = 0
             for s in range(nsb):
                 mcls = _mask_class(a, n, qb, sbk[s])
@@ -272,20 +277,20 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                 if vth != NULL:
                     vts[s] = vth + sbk[s] * FA_BC * Dvp
                 elif not vpacked[s]:    # once per key tile for the whole GQA group
-                    fa_amx_pack_vt(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv,
+                    fa_bt_pack_vt(vp + k0 * a.vs, a.vs, <int>nk, <int>Dv,
                                    Vt + s * FA_BC * Dvp)
                     vts[s] = Vt + s * FA_BC * Dvp
                     vpacked[s] = True
-                if D % 32 == 0 and nk == FA_BC and a.ks > 0:
+                if fa_bt_k_in_place(<int>D, <int>nk, a.ks):
                     Kb = kp + k0 * a.ks
                     kstr = a.ks
                 else:
                     if not kpacked[s]:
-                        fa_amx_pack_k(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kp + s * FA_BC * Dp)
+                        fa_bt_pack_k(kp + k0 * a.ks, a.ks, <int>nk, <int>D, Kp + s * FA_BC * Dp)
                         kpacked[s] = True
                     Kb = Kp + s * FA_BC * Dp
                     kstr = Dp
-                fa_amx_qk(Kb, kstr, <int>((nk + 15) // 16), <int>D, Qp, St + s * FA_BC * FA_BR)
+                fa_bt_qk(Kb, kstr, <int>nk, <int>D, Qp, <int>nr, St + s * FA_BC * FA_BR)
                 if sbgeo[s] == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
                     bias = True
             if not anyk:
@@ -297,16 +302,16 @@ cdef void _amx_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
                     if nks[s] == 0:
                         continue
                     k0 = sbk[s] * FA_BC
-                    fa_amx_scale(St + s * FA_BC * FA_BR, nks[s], qscale)
+                    fa_bt_scale(St + s * FA_BC * FA_BR, nks[s], qscale, <int>nr)
                     mcls = _mask_class(a, n, qb, sbk[s])
                     if sbgeo[s] == T_PARTIAL or mcls == T_PARTIAL or a.slopes != NULL:
                         _bias_tile(a, St + s * FA_BC * FA_BR, n, hkv * G + g, q0, nr, k0,
                                    nks[s], sbgeo[s], mcls)
             else:
                 sscale = qscale
-            fa_amx_softmax_p(St, nks, sscale, m, l, O, <int>Dv, Pv)
-            fa_amx_pvt(vts, nks, Pv, <int>Dv, O)
-    fa_amx_end()
+            fa_bt_softmax_p(St, nks, sscale, m, l, O, <int>Dv, <int>nr, Pv)
+            fa_bt_pvt(vts, nks, Pv, <int>Dv, <int>nr, O)
+    fa_bt_end()
 
     for g in range(G):
         n = bn * a.Hq + hkv * G + g
@@ -479,17 +484,17 @@ cdef void _bl_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     _bf16_lanes_task(<const FlashArgs *>c, t, <float *>b, True)
 
 
-# the amx build's dense lanes calls: V^T of every (batch, kv head, key tile)
+# the amx and avx512bf16 builds' dense lanes calls: V^T of every (batch, kv head, key tile)
 # packed once by a parallel pass, then read by all the query blocks' tasks
 # (instead of each task packing the tiles again)
-cdef struct AmxCall:
+cdef struct BtCall:
     FlashArgs a
     uint16_t *vt        # nb * Hkv * nkb tiles of FA_BC * Dvp bf16
     Py_ssize_t nkb      # key tiles per kv head
 
 
-cdef void _amx_vt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
-    cdef const AmxCall *x = <const AmxCall *>c
+cdef void _bt_vt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
+    cdef const BtCall *x = <const BtCall *>c
     cdef const FlashArgs *a = &x.a
     cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
     cdef Py_ssize_t bh = t // x.nkb, kb = t % x.nkb
@@ -497,25 +502,25 @@ cdef void _amx_vt_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
     cdef Py_ssize_t nk = a.S - k0
     if nk > FA_BC:
         nk = FA_BC
-    fa_amx_pack_vt((<const uint16_t *>a.v) + a.voff[bh] + k0 * a.vs, a.vs, <int>nk,
+    fa_bt_pack_vt((<const uint16_t *>a.v) + a.voff[bh] + k0 * a.vs, a.vs, <int>nk,
                    <int>a.Dv, x.vt + t * FA_BC * Dvp)
 
 
-cdef inline void _amx_lanes_task(const AmxCall *x, Py_ssize_t t, float *buf,
+cdef inline void _bt_lanes_task(const BtCall *x, Py_ssize_t t, float *buf,
                                  bint o16) noexcept nogil:
     cdef const FlashArgs *a = &x.a
     cdef Py_ssize_t nqb = (a.L + FA_BR - 1) // FA_BR
     cdef Py_ssize_t qb = nqb - 1 - (t % nqb)
     cdef Py_ssize_t bh = t // nqb
     cdef Py_ssize_t Dvp = (a.Dv + 15) // 16 * 16
-    _amx_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16,
+    _bt_lanes_block(a, bh // a.Hkv, bh % a.Hkv, qb, buf, o16,
                      x.vt + bh * x.nkb * FA_BC * Dvp)
 
 
 cdef void _al_o32(const void *c, Py_ssize_t t, void *b) noexcept nogil:
-    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, False)
+    _bt_lanes_task(<const BtCall *>c, t, <float *>b, False)
 cdef void _al_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
-    _amx_lanes_task(<const AmxCall *>c, t, <float *>b, True)
+    _bt_lanes_task(<const BtCall *>c, t, <float *>b, True)
 
 
 cdef void _br_task(const void *c, Py_ssize_t t, void *b) noexcept nogil:
@@ -564,8 +569,8 @@ cdef inline void _bf16_varlen_task(const FlashArgs *a, Py_ssize_t t, float *buf,
     cdef FlashArgs s
     _bf16_seq_view(a, e[0], &s, o16)
     if e[3] == P_LANES:
-        if FA_BF16_ATTN_AMX:
-            _amx_lanes_block(&s, 0, e[1], e[2], buf, o16, NULL)
+        if FA_BF16_ATTN_TILES:
+            _bt_lanes_block(&s, 0, e[1], e[2], buf, o16, NULL)
         else:
             _bf16_lanes_block(&s, 0, e[1], e[2], buf, o16)
     else:
@@ -597,9 +602,10 @@ cdef void _bvm_o16(const void *c, Py_ssize_t t, void *b) noexcept nogil:
 # entry point
 # ---------------------------------------------------------------------------
 
-# how this build computes bf16 attention: "amx" (prefill on AMX tiles,
-# decode widening) or "widen" (both layouts widening to the fp32 tiles)
-ATTN_BF16_PATH = "amx" if FA_BF16_ATTN_AMX else "widen"
+# how this build computes bf16 attention: "amx" (prefill on AMX tiles),
+# "dp" (prefill on vdpbf16ps), decode widening in both; or "widen" (both
+# layouts widening to the fp32 tiles)
+ATTN_BF16_PATH = "amx" if FA_BF16_ATTN_AMX else ("dp" if FA_BF16_ATTN_DP else "widen")
 
 
 def flash_bf16(FlashCall call not None):
@@ -608,7 +614,7 @@ def flash_bf16(FlashCall call not None):
     view: the result rounded once); float masks are float32.  Same fields
     and semantics as :func:`flash`.  Writes and returns ``call.out``."""
     cdef FlashArgs a
-    cdef AmxCall amx
+    cdef BtCall bt
     cdef int dt
     cdef bint rows, o16
     for name, arr in (("q", call.q), ("k", call.k), ("v", call.v), ("out", call.out)):
@@ -648,15 +654,15 @@ def flash_bf16(FlashCall call not None):
                    &a, call.nthreads, True)
         _run_tasks(a.nb * a.Hkv, (a.Dv + 16) * 4, _bm_o16 if o16 else _bm_o32,
                    &a, call.nthreads, False)
-    elif FA_BF16_ATTN_AMX:
-        amx.a = a
-        amx.nkb = (a.S + FA_BC - 1) // FA_BC
-        vt = np.empty(max(a.nb * a.Hkv * amx.nkb * FA_BC * ((a.Dv + 15) // 16 * 16), 1),
+    elif FA_BF16_ATTN_TILES:
+        bt.a = a
+        bt.nkb = (a.S + FA_BC - 1) // FA_BC
+        vt = np.empty(max(a.nb * a.Hkv * bt.nkb * FA_BC * ((a.Dv + 15) // 16 * 16), 1),
                       dtype=np.uint16)
-        amx.vt = <uint16_t *>cnp.PyArray_DATA(vt)
-        _run_tasks(a.nb * a.Hkv * amx.nkb, 0, _amx_vt_task, &amx, call.nthreads, False)
+        bt.vt = <uint16_t *>cnp.PyArray_DATA(vt)
+        _run_tasks(a.nb * a.Hkv * bt.nkb, 0, _bt_vt_task, &bt, call.nthreads, False)
         _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
-                   _al_o16 if o16 else _al_o32, &amx, call.nthreads, True)
+                   _al_o16 if o16 else _al_o32, &bt, call.nthreads, True)
     else:
         _run_tasks(a.nb * a.Hkv * ((a.L + FA_BR - 1) // FA_BR), _bf16_lanes_buf(&a) * 4,
                    _bl_o16 if o16 else _bl_o32, &a, call.nthreads, True)

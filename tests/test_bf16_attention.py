@@ -82,13 +82,16 @@ def test_every_build_exposes_the_bf16_entry():
     for name in BUILDS:
         mod = _dispatch.load_build(name)
         assert callable(mod.flash_bf16)
-        assert mod.ATTN_BF16_PATH in ("widen", "amx")
+        assert mod.ATTN_BF16_PATH in ("widen", "amx", "dp")
 
 
 # (Hq, Hkv, L, S, E, Ev): 1-sized, odd, not a vector multiple, several split-K
-# chunks on the rows layout, query blocks with a ragged end, head dims of models
+# chunks on the rows layout, query blocks with a ragged end, head dims of models;
+# on the dp lanes path query blocks of 1-16, 17-32, 33-48 and 49-64 rows (1 to 4
+# query vectors) and an odd key count (a half-filled last key pair)
 CASES = [(1, 1, 1, 1, 1, 1), (2, 1, 1, 2500, 64, 64), (4, 2, 3, 130, 80, 80),
-         (2, 2, 17, 63, 7, 5), (4, 1, 65, 129, 128, 33), (2, 2, 130, 200, 32, 32)]
+         (2, 2, 17, 63, 7, 5), (4, 1, 65, 129, 128, 33), (2, 2, 130, 200, 32, 32),
+         (2, 1, 40, 101, 48, 96)]
 
 
 def _options(rng, Hq, L, S, E):

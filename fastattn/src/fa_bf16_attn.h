@@ -272,12 +272,12 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
  * amx build: the lanes layout (prefill) on AMX tiles (tdpbf16ps).
  *
  * A task is 64 query rows of one kv head and its G query heads.  Keys are
- * taken in super blocks of up to FA_AMX_SB = 2 visible 64-key blocks (the
+ * taken in super blocks of up to FA_BT_SB = 2 visible 64-key blocks (the
  * tiles the bounds and mask classification are made for; hidden ones are
  * skipped, a block hidden for one head only is left out of that head's
  * products).  Per super block:
  *   Vt = V^T             the blocks' values transposed (value rows x keys,
- *                        chunks of 32 keys, fa_amx_pack_vt): in dense calls
+ *                        chunks of 32 keys, fa_bt_pack_vt): in dense calls
  *                        every key tile once per call by a parallel pass
  *                        before the tasks, in varlen calls once per task
  *                        for the whole GQA group (the same bits)
@@ -290,10 +290,10 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
  *   bounds, masks, ALiBi the fp32 lanes code (_bias_tile) on St scaled by
  *                        scale*log2(e), only on blocks that need them;
  *                        otherwise the scaling is fused into the softmax
- *   softmax              fa_amx_softmax_p, lane-wise over the queries: the
+ *   softmax              fa_bt_softmax_p, lane-wise over the queries: the
  *                        block max, a LAZY running max m (it moves only
  *                        when the new max exceeds it by more than
- *                        FA_AMX_TAU = 8, log2 units; then l and that lane
+ *                        FA_BT_TAU = 8, log2 units; then l and that lane
  *                        group of O are rescaled), P = exp2(s - m) <= 2^8 in
  *                        fp32, l += P (fp32), and P rounded to bf16 (nearest
  *                        even) straight into the VNNI layout the product
@@ -322,30 +322,61 @@ static inline void fa_axpy_rows_bf16v(const float *P, int R, int ldp, const uint
 #else
 #  define FA_BF16_ATTN_AMX 0
 #endif
+/* the avx512bf16 build: the same layouts with the two products on vdpbf16ps */
+#if !defined(FA_BF16_ATTN_FORCE_WIDEN) && !FA_BF16_ATTN_AMX && defined(FA__ISA_AVX512) \
+    && defined(__AVX512BF16__)
+#  define FA_BF16_ATTN_DP 1
+#else
+#  define FA_BF16_ATTN_DP 0
+#endif
+#define FA_BF16_ATTN_TILES (FA_BF16_ATTN_AMX || FA_BF16_ATTN_DP)
 
-#define FA_AMX_DP(D) (((D) + 31) / 32 * 32)     /* features padded for QK */
-#define FA_AMX_DVP(Dv) (((Dv) + 15) / 16 * 16)  /* values padded for PV */
-#define FA_AMX_SB 2                             /* 64-key blocks per super block */
-#define FA_AMX_TAU 8.0f                         /* lazy max threshold (log2) */
+#define FA_BT_DP(D) (((D) + 31) / 32 * 32)     /* features padded for QK */
+#define FA_BT_DVP(Dv) (((Dv) + 15) / 16 * 16)  /* values padded for PV */
+#define FA_BT_SB 2                             /* 64-key blocks per super block */
+#define FA_BT_TAU 8.0f                         /* lazy max threshold (log2) */
 
 /* floats of per-thread scratch per head: Qp, Ot, m, l */
-static inline size_t fa_amx_head_floats(int D, int Dv)
+static inline size_t fa_bt_head_floats(int D, int Dv)
 {
-    return (size_t)FA_AMX_DP(D) / 2 * FA_BR + (size_t)FA_BR * FA_AMX_DVP(Dv) + 2 * FA_BR;
+    return (size_t)FA_BT_DP(D) / 2 * FA_BR + (size_t)FA_BR * FA_BT_DVP(Dv) + 2 * FA_BR;
 }
 /* and shared by the group: St, Kp, Vt, Pv (each a multiple of 16 floats) */
-static inline size_t fa_amx_st_floats(void) { return (size_t)FA_AMX_SB * FA_BC * FA_BR; }
-static inline size_t fa_amx_kp_floats(int D) { return (size_t)FA_AMX_SB * FA_BC * FA_AMX_DP(D) / 2; }
-static inline size_t fa_amx_vt_floats(int Dv) { return (size_t)FA_AMX_SB * FA_BC * FA_AMX_DVP(Dv) / 2; }
-static inline size_t fa_amx_pv_floats(void) { return (size_t)FA_AMX_SB * FA_BC / 2 * FA_BR; }
-static inline size_t fa_amx_shared_floats(int D, int Dv)
+static inline size_t fa_bt_st_floats(void) { return (size_t)FA_BT_SB * FA_BC * FA_BR; }
+static inline size_t fa_bt_kp_floats(int D) { return (size_t)FA_BT_SB * FA_BC * FA_BT_DP(D) / 2; }
+static inline size_t fa_bt_vt_floats(int Dv) { return (size_t)FA_BT_SB * FA_BC * FA_BT_DVP(Dv) / 2; }
+static inline size_t fa_bt_pv_floats(void) { return (size_t)FA_BT_SB * FA_BC / 2 * FA_BR; }
+static inline size_t fa_bt_shared_floats(int D, int Dv)
 {
-    return fa_amx_st_floats() + fa_amx_kp_floats(D) + fa_amx_vt_floats(Dv) + fa_amx_pv_floats();
+    return fa_bt_st_floats() + fa_bt_kp_floats(D) + fa_bt_vt_floats(Dv) + fa_bt_pv_floats();
 }
 
+/* query lanes a task computes: AMX tiles always take all 64 (16-query tiles
+ * in pairs); vdpbf16ps only the 16-lane vectors holding one of the nr rows */
 #if FA_BF16_ATTN_AMX
+#  define FA_BT_NQ(nr) ((void)(nr), FA_BR)
+#else
+#  define FA_BT_NQ(nr) (((nr) + 15) / 16 * 16)
+#endif
+
+/* whether fa_bt_qk can read a block's K rows in place (else fa_bt_pack_k's
+ * zero-padded copy): AMX tiles need whole 32-feature chunks of a whole block
+ * with a positive stride; vdpbf16ps reads feature pairs of the nk rows it
+ * uses, any stride, so only an odd D needs the copy */
+static inline int fa_bt_k_in_place(int D, int nk, ptrdiff_t ks)
+{
+#if FA_BF16_ATTN_AMX
+    return D % 32 == 0 && nk == FA_BC && ks > 0;
+#else
+    (void)nk; (void)ks;
+    return D % 2 == 0;
+#endif
+}
+
+#if FA_BF16_ATTN_TILES
 #include <immintrin.h>
 
+#if FA_BF16_ATTN_AMX
 typedef struct {
     uint8_t palette;
     uint8_t start_row;
@@ -354,7 +385,7 @@ typedef struct {
     uint8_t rows[16];
 } fa__attn_tilecfg;
 
-static inline void fa_amx_begin(void)
+static inline void fa_bt_begin(void)
 {
     fa__attn_tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -366,15 +397,19 @@ static inline void fa_amx_begin(void)
     _tile_loadconfig(&cfg);
 }
 
-static inline void fa_amx_end(void) { _tile_release(); }
+static inline void fa_bt_end(void) { _tile_release(); }
+#else
+static inline void fa_bt_begin(void) {}
+static inline void fa_bt_end(void) {}
+#endif
 
 static inline void fa__tr16x16_ps(__m512 r[16]);
 
 /* Qp[p*FA_BR + i] = (q[i][2p], q[i][2p+1]) as a 32-bit pair; 0 past nr / D:
  * 16 x 16 transposes of the rows read as 32-bit pairs */
-static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
+static inline void fa_bt_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
 {
-    const int np = FA_AMX_DP(D) / 2;
+    const int np = FA_BT_DP(D) / 2;
     for (int i0 = 0; i0 < FA_BR; i0 += 16)
         for (int p0 = 0; p0 < np; p0 += 16) {
             __m512 r[16];
@@ -391,9 +426,9 @@ static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D,
 }
 
 /* Kp[j*Dp + d] = K[j*ks + d], zeros past nk keys (up to FA_BC) and D */
-static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
+static inline void fa_bt_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
 {
-    const int Dp = FA_AMX_DP(D);
+    const int Dp = FA_BT_DP(D);
     for (int j = 0; j < FA_BC; j++) {
         uint16_t *dst = Kp + (size_t)j * Dp;
         for (int d0 = 0; d0 < Dp; d0 += 32) {
@@ -437,9 +472,9 @@ static inline void fa__tr16x16_ps(__m512 r[16])
  * Vt[c*Dvp*32 + d*32 + jj] = V[(32c + jj)*vs + d] (bf16), zeros for keys
  * >= nk and Dv <= d < Dvp.  Key pairs interleaved (unpack), then 16 x 16
  * transposes of the 32-bit pairs. */
-static inline void fa_amx_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
+static inline void fa_bt_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
 {
-    const int Dvp = FA_AMX_DVP(Dv);
+    const int Dvp = FA_BT_DVP(Dv);
     for (int c = 0; c < FA_BC / 32; c++) {
         uint16_t *dst = Vt + (size_t)c * Dvp * 32;
         const int j0 = 32 * c;
@@ -468,12 +503,13 @@ static inline void fa_amx_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int D
     }
 }
 
+#if FA_BF16_ATTN_AMX
 /* St[j*FA_BR + i] = sum_d K[j][d] q[i][d] for the nkt key tiles of 16 (all
  * 64 query lanes).  Kb: A rows (bf16) with row stride kstride elements. */
-static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
-                             const uint32_t *Qp, float *St)
+static inline void fa__amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
+                              const uint32_t *Qp, float *St)
 {
-    const int nc = FA_AMX_DP(D) / 32;
+    const int nc = FA_BT_DP(D) / 32;
     const size_t kbytes = (size_t)kstride * 2;
     for (int kt = 0; kt < nkt; kt += 2) {
         const int two = kt + 1 < nkt;
@@ -508,12 +544,141 @@ static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int
     }
 }
 
-/* St[j][:] *= scale, j < nk */
-static inline void fa_amx_scale(float *St, int nk, float scale)
+#endif /* FA_BF16_ATTN_AMX */
+
+#if FA_BF16_ATTN_DP
+/* ---- the same products on vdpbf16ps (avx512bf16 build) ------------------
+ * Lane i of a 16-float vector is query i (the lanes layout); a 32-bit element
+ * is a bf16 pair, the even feature (or key) in its low half, which is how
+ * fa_bt_pack_q, fa_bt_pack_vt and fa_bt_softmax_p lay them out, and how a
+ * row of K read as 32-bit words already is.  vdpbf16ps adds both products of
+ * a pair to the fp32 accumulator of its lane; every lane's chain runs over the
+ * pairs in a fixed order, so a query's bits depend on its own row only. */
+FA__AI __m512 fa__bt_dp(__m512 acc, __m512i a, __m512i b)
+{
+    return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+/* the pair at p (two bf16) in every lane */
+FA__AI __m512i fa__bt_pair(const uint16_t *p)
+{
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return _mm512_set1_epi32((int)u);
+}
+
+/* St[(j)*FA_BR + 16v + lane] = sum over np pairs, keys j < KB, vectors v < QV */
+FA__AI void fa__dp_qk_micro(const uint16_t *K, ptrdiff_t ks, int np, const uint32_t *Qp,
+                            float *St, const int QV, const int KB)
+{
+    __m512 acc[16][4];
+    int b, v;
+    FA__UNROLL for (b = 0; b < KB; b++)
+        FA__UNROLL for (v = 0; v < QV; v++) acc[b][v] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        __m512i qv[4];
+        FA__UNROLL for (v = 0; v < QV; v++)
+            qv[v] = _mm512_loadu_si512((const void *)(Qp + (size_t)p * FA_BR + 16 * v));
+        FA__UNROLL for (b = 0; b < KB; b++) {
+            __m512i kp = fa__bt_pair(K + b * ks + 2 * p);
+            FA__UNROLL for (v = 0; v < QV; v++) acc[b][v] = fa__bt_dp(acc[b][v], qv[v], kp);
+        }
+    }
+    FA__UNROLL for (b = 0; b < KB; b++)
+        FA__UNROLL for (v = 0; v < QV; v++) _mm512_storeu_ps(St + (size_t)b * FA_BR + 16 * v, acc[b][v]);
+}
+
+/* keys 0..nk-1 in groups of KB (24 accumulators), the tail by 4, 2, 1 */
+FA__AI void fa__dp_qk_keys(const uint16_t *K, ptrdiff_t ks, int nk, int np, const uint32_t *Qp,
+                           float *St, const int QV, const int KB)
+{
+    int j = 0;
+    for (; j + KB <= nk; j += KB)
+        fa__dp_qk_micro(K + j * ks, ks, np, Qp, St + (size_t)j * FA_BR, QV, KB);
+    if (KB > 4 && j + 4 <= nk) {
+        fa__dp_qk_micro(K + j * ks, ks, np, Qp, St + (size_t)j * FA_BR, QV, 4);
+        j += 4;
+    }
+    if (KB > 2 && j + 2 <= nk) {
+        fa__dp_qk_micro(K + j * ks, ks, np, Qp, St + (size_t)j * FA_BR, QV, 2);
+        j += 2;
+    }
+    for (; j < nk; j++) fa__dp_qk_micro(K + j * ks, ks, np, Qp, St + (size_t)j * FA_BR, QV, 1);
+}
+
+/* Ot[(d0+b)*FA_BR + 16v] += the chunks' key pairs, value rows b < DB: the
+ * accumulators loaded once and stored once per super block */
+FA__AI void fa__dp_pv_micro(const uint16_t *const *va, const uint32_t *const *pb, const int *npr,
+                            int nch, float *Ot, const int QV, const int DB)
+{
+    __m512 acc[16][4];
+    int b, v;
+    FA__UNROLL for (b = 0; b < DB; b++)
+        FA__UNROLL for (v = 0; v < QV; v++) acc[b][v] = _mm512_loadu_ps(Ot + (size_t)b * FA_BR + 16 * v);
+    for (int t = 0; t < nch; t++) {
+        const uint16_t *vt = va[t];
+        const uint32_t *pp = pb[t];
+        for (int jp = 0; jp < npr[t]; jp++) {
+            __m512i pv[4];
+            FA__UNROLL for (v = 0; v < QV; v++)
+                pv[v] = _mm512_loadu_si512((const void *)(pp + (size_t)jp * FA_BR + 16 * v));
+            FA__UNROLL for (b = 0; b < DB; b++) {
+                __m512i x = fa__bt_pair(vt + b * 32 + 2 * jp);
+                FA__UNROLL for (v = 0; v < QV; v++) acc[b][v] = fa__bt_dp(acc[b][v], pv[v], x);
+            }
+        }
+    }
+    FA__UNROLL for (b = 0; b < DB; b++)
+        FA__UNROLL for (v = 0; v < QV; v++) _mm512_storeu_ps(Ot + (size_t)b * FA_BR + 16 * v, acc[b][v]);
+}
+
+FA__AI void fa__dp_pv_rows(const uint16_t *const *va, const uint32_t *const *pb, const int *npr,
+                           int nch, int Dvp, float *Ot, const int QV, const int DB)
+{
+    const uint16_t *vd[FA_BT_SB * FA_BC / 32];
+    int d = 0, t;
+#define FA__PVD(db)                                                                    \
+    do {                                                                               \
+        for (t = 0; t < nch; t++) vd[t] = va[t] + (size_t)d * 32;                      \
+        fa__dp_pv_micro(vd, pb, npr, nch, Ot + (size_t)d * FA_BR, QV, db);             \
+    } while (0)
+    for (; d + DB <= Dvp; d += DB) FA__PVD(DB);
+    if (DB > 8 && d + 8 <= Dvp) { FA__PVD(8); d += 8; }
+    if (DB > 4 && d + 4 <= Dvp) { FA__PVD(4); d += 4; }
+    if (DB > 2 && d + 2 <= Dvp) { FA__PVD(2); d += 2; }
+    for (; d < Dvp; d++) FA__PVD(1);
+#undef FA__PVD
+}
+#endif /* FA_BF16_ATTN_DP */
+
+/* St[j*FA_BR + i] = sum_d K[j][d] q[i][d] for keys j < nk (AMX: every
+ * 16-key tile up to nk, Kb zero-padded there) and the query lanes
+ * i < FA_BT_NQ(nr).  Kb: the rows (bf16) with row stride kstride, in place
+ * when fa_bt_k_in_place, else fa_bt_pack_k's copy (kstride FA_BT_DP(D)). */
+static inline void fa_bt_qk(const uint16_t *Kb, ptrdiff_t kstride, int nk, int D,
+                            const uint32_t *Qp, int nr, float *St)
+{
+#if FA_BF16_ATTN_AMX
+    (void)nr;
+    fa__amx_qk(Kb, kstride, (nk + 15) / 16, D, Qp, St);
+#else
+    const int np = (D + 1) / 2;    /* an odd D: the copy's zero makes the last pair */
+    switch (FA_BT_NQ(nr) / 16) {
+    case 1: fa__dp_qk_keys(Kb, kstride, nk, np, Qp, St, 1, 16); break;
+    case 2: fa__dp_qk_keys(Kb, kstride, nk, np, Qp, St, 2, 12); break;
+    case 3: fa__dp_qk_keys(Kb, kstride, nk, np, Qp, St, 3, 8); break;
+    default: fa__dp_qk_keys(Kb, kstride, nk, np, Qp, St, 4, 6); break;
+    }
+#endif
+}
+
+/* St[j][i] *= scale, j < nk, i < FA_BT_NQ(nr) */
+static inline void fa_bt_scale(float *St, int nk, float scale, int nr)
 {
     const __m512 s = _mm512_set1_ps(scale);
+    const int nq = FA_BT_NQ(nr);
     for (int j = 0; j < nk; j++)
-        for (int i = 0; i < FA_BR; i += 16) {
+        for (int i = 0; i < nq; i += 16) {
             float *p = St + (size_t)j * FA_BR + i;
             _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), s));
         }
@@ -523,7 +688,7 @@ static inline void fa_amx_scale(float *St, int nk, float scale)
  * degree-5 fit of 2^f on [-1/2, 1/2], relative error 2.4e-7 evaluated in
  * fp32 (fa_tiles.h's degree 6: 1.1e-7), one FMA less per vector on the
  * kernel's vector-bound phase; 0 below -125 (no denormals), NaN stays NaN */
-static inline __m512 fa__amx_exp2(__m512 x)
+static inline __m512 fa__bt_exp2(__m512 x)
 {
     const __m512 lo = _mm512_set1_ps(-125.0f);
     __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
@@ -542,23 +707,23 @@ static inline __m512 fa__amx_exp2(__m512 x)
 /* The online softmax step of one super block.  nks[s]: keys of block s
  * (rows s*FA_BC.. of St, pairs s*FA_BC/2.. of Pv), 0 = not in this head's
  * products.  St holds raw scores times `scale` (scale > 0; or 1 after
- * fa_amx_scale and the bias).  Per group of 16 query lanes: mx = the block
+ * fa_bt_scale and the bias).  Per group of 16 query lanes: mx = the block
  * max, m moves to mx where mx > m + TAU (l and Ot's lanes times
  * exp2(m_old - m)), P = exp2(scale*s - m) (the masked -inf -> 0; an all
  * -inf lane subtracts 0), l += sum P in fp32, and
  * Pv[jp*FA_BR + i] = (bf16 P[2jp][i], bf16 P[2jp+1][i]), zeros past nk up to
  * the block's last 32-key chunk. */
-static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m,
-                                    float *l, float *Ot, int Dv, uint32_t *Pv)
+static inline void fa_bt_softmax_p(const float *St, const int *nks, float scale, float *m,
+                                   float *l, float *Ot, int Dv, int nr, uint32_t *Pv)
 {
     const __m512 ninf = _mm512_set1_ps(-INFINITY), vsc = _mm512_set1_ps(scale);
     const __m512i perm = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                           24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                           16, 0);
-    const int Dvp = FA_AMX_DVP(Dv);
-    for (int g = 0; g < FA_BR; g += 16) {
+    const int Dvp = FA_BT_DVP(Dv), nq = FA_BT_NQ(nr);
+    for (int g = 0; g < nq; g += 16) {
         __m512 x0 = ninf, x1 = ninf, x2 = ninf, x3 = ninf;
-        for (int s = 0; s < FA_AMX_SB; s++) {
+        for (int s = 0; s < FA_BT_SB; s++) {
             const float *Sb = St + (size_t)s * FA_BC * FA_BR + g;
             const int nk = nks[s];
             int j = 0;
@@ -573,14 +738,14 @@ static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale
         /* scale > 0: max(scale * s) == scale * max(s), rounding is monotone */
         __m512 mx = _mm512_mul_ps(_mm512_max_ps(_mm512_max_ps(x0, x1), _mm512_max_ps(x2, x3)), vsc);
         __m512 mo = _mm512_loadu_ps(m + g);
-        __mmask16 up = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mo, _mm512_set1_ps(FA_AMX_TAU)),
+        __mmask16 up = _mm512_cmp_ps_mask(mx, _mm512_add_ps(mo, _mm512_set1_ps(FA_BT_TAU)),
                                           _CMP_GT_OQ);
         __m512 mn = _mm512_mask_blend_ps(up, mo, mx);
         __m512 lv = _mm512_loadu_ps(l + g);
         if (up) {
             _mm512_storeu_ps(m + g, mn);
             __m512 a = _mm512_mask_blend_ps(up, _mm512_set1_ps(1.0f),
-                                            fa__amx_exp2(_mm512_sub_ps(mo, mn)));
+                                            fa__bt_exp2(_mm512_sub_ps(mo, mn)));
             lv = _mm512_mul_ps(lv, a);
             for (int d = 0; d < Dvp; d++) {
                 float *o = Ot + (size_t)d * FA_BR + g;
@@ -591,7 +756,7 @@ static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale
         __m512 nme = _mm512_sub_ps(_mm512_setzero_ps(),
                                    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn, ninf, _CMP_NEQ_UQ), mn));
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-        for (int s = 0; s < FA_AMX_SB; s++) {
+        for (int s = 0; s < FA_BT_SB; s++) {
             const float *Sb = St + (size_t)s * FA_BC * FA_BR + g;
             uint32_t *Pb = Pv + (size_t)s * FA_BC / 2 * FA_BR + g;
             const int nk = nks[s], np = (nk + 31) / 32 * 16;
@@ -599,10 +764,10 @@ static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale
                 const int ja = 2 * jp;
                 __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
                 if (ja + 1 < nk) {
-                    p0 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
-                    p1 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)(ja + 1) * FA_BR), vsc, nme));
+                    p0 = fa__bt_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
+                    p1 = fa__bt_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)(ja + 1) * FA_BR), vsc, nme));
                 } else if (ja < nk) {
-                    p0 = fa__amx_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
+                    p0 = fa__bt_exp2(_mm512_fmadd_ps(_mm512_loadu_ps(Sb + (size_t)ja * FA_BR), vsc, nme));
                 }
                 s0 = _mm512_add_ps(s0, p0);
                 s1 = _mm512_add_ps(s1, p1);
@@ -614,18 +779,19 @@ static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale
     }
 }
 
+#if FA_BF16_ATTN_AMX
 /* Ot (Dvp x FA_BR, fp32) += Vt . Pv over the chunks of 32 keys of the blocks
- * with nks[s] > 0, in order: A = block s's V^T (vts[s], as fa_amx_pack_vt
+ * with nks[s] > 0, in order: A = block s's V^T (vts[s], as fa_bt_pack_vt
  * writes it: 16 value rows x 32 keys), B = Pv (16 key pairs x 16 queries);
  * each 2 x 2 group of C tiles is loaded once and stored once per super
  * block. */
-static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
-                              int Dv, float *Ot)
+static inline void fa__amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                               int Dv, float *Ot)
 {
-    const int Dvp = FA_AMX_DVP(Dv), ndt = Dvp / 16;
-    int nch = 0, ch[FA_AMX_SB * FA_BC / 32];
-    const uint16_t *va0[FA_AMX_SB * FA_BC / 32];
-    for (int s = 0; s < FA_AMX_SB; s++)
+    const int Dvp = FA_BT_DVP(Dv), ndt = Dvp / 16;
+    int nch = 0, ch[FA_BT_SB * FA_BC / 32];
+    const uint16_t *va0[FA_BT_SB * FA_BC / 32];
+    for (int s = 0; s < FA_BT_SB; s++)
         for (int c = 0; c < (nks[s] + 31) / 32; c++) {
             va0[nch] = vts[s] + (size_t)c * Dvp * 32;
             ch[nch++] = s * (FA_BC / 32) + c;
@@ -665,25 +831,60 @@ static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const 
     }
 }
 
-#else  /* not the amx build: never called (the kernels test FA_BF16_ATTN_AMX) */
-static inline void fa_amx_begin(void) {}
-static inline void fa_amx_end(void) {}
-static inline void fa_amx_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
-{ (void)q; (void)qs; (void)nr; (void)D; (void)Qp; }
-static inline void fa_amx_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
-{ (void)K; (void)ks; (void)nk; (void)D; (void)Kp; }
-static inline void fa_amx_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
-{ (void)V; (void)vs; (void)nk; (void)Dv; (void)Vt; }
-static inline void fa_amx_qk(const uint16_t *Kb, ptrdiff_t kstride, int nkt, int D,
-                             const uint32_t *Qp, float *St)
-{ (void)Kb; (void)kstride; (void)nkt; (void)D; (void)Qp; (void)St; }
-static inline void fa_amx_scale(float *St, int nk, float scale) { (void)St; (void)nk; (void)scale; }
-static inline void fa_amx_softmax_p(const float *St, const int *nks, float scale, float *m,
-                                    float *l, float *Ot, int Dv, uint32_t *Pv)
-{ (void)St; (void)nks; (void)scale; (void)m; (void)l; (void)Ot; (void)Dv; (void)Pv; }
-static inline void fa_amx_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
-                              int Dv, float *Ot)
-{ (void)vts; (void)nks; (void)Pv; (void)Dv; (void)Ot; }
 #endif /* FA_BF16_ATTN_AMX */
+
+/* Ot (Dvp x FA_BR, fp32) += Vt . Pv over the 32-key chunks of the super
+ * block's blocks with nks[s] > 0, in order, for the query lanes
+ * i < FA_BT_NQ(nr): AMX tiles, or vdpbf16ps over the chunks' key pairs up to
+ * the last key (the zero pairs past it would add nothing) */
+static inline void fa_bt_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                             int Dv, int nr, float *Ot)
+{
+#if FA_BF16_ATTN_AMX
+    (void)nr;
+    fa__amx_pvt(vts, nks, Pv, Dv, Ot);
+#else
+    const int Dvp = FA_BT_DVP(Dv);
+    int nch = 0, npr[FA_BT_SB * FA_BC / 32];
+    const uint16_t *va[FA_BT_SB * FA_BC / 32];
+    const uint32_t *pb[FA_BT_SB * FA_BC / 32];
+    for (int s = 0; s < FA_BT_SB; s++)
+        for (int c = 0; c < (nks[s] + 31) / 32; c++) {
+            int left = nks[s] - 32 * c;
+            va[nch] = vts[s] + (size_t)c * Dvp * 32;
+            pb[nch] = Pv + (size_t)(s * (FA_BC / 32) + c) * 16 * FA_BR;
+            npr[nch++] = left >= 32 ? 16 : (left + 1) / 2;
+        }
+    switch (FA_BT_NQ(nr) / 16) {
+    case 1: fa__dp_pv_rows(va, pb, npr, nch, Dvp, Ot, 1, 16); break;
+    case 2: fa__dp_pv_rows(va, pb, npr, nch, Dvp, Ot, 2, 12); break;
+    case 3: fa__dp_pv_rows(va, pb, npr, nch, Dvp, Ot, 3, 8); break;
+    default: fa__dp_pv_rows(va, pb, npr, nch, Dvp, Ot, 4, 6); break;
+    }
+#endif
+}
+
+#else  /* the widening builds: never called (the kernels test FA_BF16_ATTN_TILES) */
+static inline void fa_bt_begin(void) {}
+static inline void fa_bt_end(void) {}
+static inline void fa_bt_pack_q(const uint16_t *q, ptrdiff_t qs, int nr, int D, uint32_t *Qp)
+{ (void)q; (void)qs; (void)nr; (void)D; (void)Qp; }
+static inline void fa_bt_pack_k(const uint16_t *K, ptrdiff_t ks, int nk, int D, uint16_t *Kp)
+{ (void)K; (void)ks; (void)nk; (void)D; (void)Kp; }
+static inline void fa_bt_pack_vt(const uint16_t *V, ptrdiff_t vs, int nk, int Dv, uint16_t *Vt)
+{ (void)V; (void)vs; (void)nk; (void)Dv; (void)Vt; }
+static inline void fa_bt_qk(const uint16_t *Kb, ptrdiff_t kstride, int nk, int D,
+                            const uint32_t *Qp, int nr, float *St)
+{ (void)Kb; (void)kstride; (void)nk; (void)D; (void)Qp; (void)nr; (void)St; }
+static inline void fa_bt_scale(float *St, int nk, float scale, int nr)
+{ (void)St; (void)nk; (void)scale; (void)nr; }
+static inline void fa_bt_softmax_p(const float *St, const int *nks, float scale, float *m,
+                                   float *l, float *Ot, int Dv, int nr, uint32_t *Pv)
+{ (void)St; (void)nks; (void)scale; (void)m; (void)l; (void)Ot; (void)Dv; (void)nr; (void)Pv; }
+static inline void fa_bt_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv,
+                             int Dv, int nr, float *Ot)
+{ (void)vts; (void)nks; (void)Pv; (void)Dv; (void)nr; (void)Ot; }
+#endif /* FA_BF16_ATTN_TILES */
+
 
 #endif /* FASTATTN_FA_BF16_ATTN_H */

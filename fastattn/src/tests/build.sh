@@ -142,10 +142,11 @@ one bf16_emul_dp bf16emuldp 1 --src $B "$CC" -DFA_BF16_EMUL_DP
 # The bf16 operands of the fused attention (fa_bf16_attn_test.c): rounding and
 # widening against an independent reference, the rows tiles reading bf16 K/V
 # bit for bit against the fp32 tiles on every vector layer, the lanes packs
-# and stores, and (amx) the tile products against float64 with the
+# and stores, and (amx, dp) the tile products against float64 with the
 # fp32-accumulation bound.
 A=fa_bf16_attn_test.c
 one attn_amx attnamx $HAVE_AMX --src $A "$CC" $AVX512 -mavx512bf16 -mamx-tile -mamx-bf16
+one attn_dp attndp $HAVE_BF16 --src $A "$CC" $AVX512 -mavx512bf16
 one attn_widen512 attnwiden $HAVE_AVX512 --src $A "$CC" $AVX512
 one attn_widen2 attnwiden $HAVE_AVX2 --src $A "$CC" -mavx2 -mfma
 one attn_widensse2 attnwiden 1 --src $A "$CC"

@@ -8,6 +8,10 @@
  *   attnamx    the amx build: additionally the AMX tile products S^T = K.Qp
  *              (the P.V product: tests/test_bf16_attention.py) against a float64 reference within the
  *              fp32-accumulation bound (products of bf16 values are exact)
+ *   attndp     the avx512bf16 build: the same product on vdpbf16ps, K read in
+ *              place (even D) or from the zero-padded copy (odd D), every
+ *              number of 16-query vectors (1-4) and the lanes past them
+ *              left untouched
  *
  *   ./fa_bf16_attn_test   prints "fa_bf16_attn.h ISA: <name>" first and
  *                         "<name>: N passed, N failed" last
@@ -25,6 +29,8 @@
 #if FA_BF16_ATTN_AMX
 #  include "fa_bf16_cpu.h"
 #  define NAME "attnamx"
+#elif FA_BF16_ATTN_DP
+#  define NAME "attndp"
 #else
 #  define NAME "attnwiden"
 #endif
@@ -159,28 +165,36 @@ static void test_lanes_io(void)
     free(q); free(qw); free(tmp); free(Qt1); free(Qt2); free(o32); free(o16);
 }
 
-#if FA_BF16_ATTN_AMX
+#if FA_BF16_ATTN_TILES
 /* S^T = K Q^T on tiles against float64 */
-static void test_amx(void)
+static void test_tiles(void)
 {
-    const int Ds[] = {32, 64, 80, 128, 7};
-    const int nks[] = {64, 37};
-    char msg[160];
+    const int Ds[] = {32, 64, 80, 128, 7, 40};
+    const int nks[] = {64, 37, 1};
+    const int nrs[] = {50, 64, 16, 33, 1};
+    char msg[200];
     for (size_t a = 0; a < sizeof Ds / sizeof Ds[0]; a++)
-        for (size_t b = 0; b < sizeof nks / sizeof nks[0]; b++) {
-            int D = Ds[a], nk = nks[b], nr = 50, ks = D + 3;
-            int Dp = FA_AMX_DP(D), nkt = (nk + 15) / 16;
+        for (size_t b = 0; b < sizeof nks / sizeof nks[0]; b++)
+        for (size_t c = 0; c < sizeof nrs / sizeof nrs[0]; c++) {
+            int D = Ds[a], nk = nks[b], nr = nrs[c], ks = D + 3;
+            int Dp = FA_BT_DP(D), nq = FA_BT_NQ(nr);
             uint16_t *q = xalloc((size_t)nr * ks * 2), *K = xalloc((size_t)nk * ks * 2);
             uint32_t *Qp = xalloc((size_t)Dp / 2 * FA_BR * 4);
             uint16_t *Kp = xalloc((size_t)FA_BC * Dp * 2);
             float *St = xalloc((size_t)FA_BC * FA_BR * 4);
             for (int i = 0; i < nr * ks; i++) q[i] = brand();
             for (int i = 0; i < nk * ks; i++) K[i] = brand();
-            fa_amx_begin();
-            fa_amx_pack_q(q, ks, nr, D, Qp);
-            fa_amx_pack_k(K, ks, nk, D, Kp);
-            fa_amx_qk(Kp, Dp, nkt, D, Qp, St);
-            int bad = 0;
+            fa_bt_begin();
+            fa_bt_pack_q(q, ks, nr, D, Qp);
+            fa_bt_pack_k(K, ks, nk, D, Kp);
+            for (int i = 0; i < FA_BC * FA_BR; i++) St[i] = -7.0f;     /* a sentinel */
+            if (fa_bt_k_in_place(D, nk, ks))    /* the rows themselves (stride ks) */
+                fa_bt_qk(K, ks, nk, D, Qp, nr, St);
+            else
+                fa_bt_qk(Kp, Dp, nk, D, Qp, nr, St);
+            int bad = 0, touched = 0;
+            for (int j = 0; j < FA_BC; j++)
+                for (int i = nq; i < FA_BR; i++) touched += St[j * FA_BR + i] != -7.0f;
             for (int j = 0; j < nk; j++)
                 for (int i = 0; i < nr; i++) {
                     double s = 0, sa = 0;
@@ -191,11 +205,12 @@ static void test_amx(void)
                     }
                     bad += fabs(St[j * FA_BR + i] - s) > 2.0 * D * ldexp(1.0, -24) * sa + 1e-30;
                 }
-            snprintf(msg, sizeof msg, "amx S^T = K.Q^T (D=%d, nk=%d) within the fp32 bound (%d bad)",
-                     D, nk, bad);
-            check(bad == 0, msg);
-            fa_amx_end();
-            /* the P.V product (fa_amx_softmax_p + fa_amx_pvt) is checked end to end against
+            snprintf(msg, sizeof msg, NAME " S^T = K.Q^T (D=%d, nk=%d, nr=%d) within the fp32 "
+                     "bound (%d bad), lanes past %d untouched (%d written)", D, nk, nr, bad, nq,
+                     touched);
+            check(bad == 0 && touched == 0, msg);
+            fa_bt_end();
+            /* the P.V product (fa_bt_softmax_p + fa_bt_pvt) is checked end to end against
              * the float64 reference by tests/test_bf16_attention.py on this build */
             free(q); free(K); free(Qp); free(Kp); free(St);
         }
@@ -215,8 +230,8 @@ int main(void)
     test_round();
     test_rows();
     test_lanes_io();
-#if FA_BF16_ATTN_AMX
-    test_amx();
+#if FA_BF16_ATTN_TILES
+    test_tiles();
 #endif
     printf(NAME ": %d passed, %d failed\n", npass, nfail);
     return nfail != 0;
