@@ -14,8 +14,8 @@ same vector width (``fp32 fastattn`` is the selected build's, ``fp32 avx2``
 the avx2 build's).  Prints a Markdown table; writes nothing into
 RESULTS.md/README.md (``--json PATH`` saves the raw cells).
 
-Shapes: MiniLM (all-MiniLM-L6-v2: d=384, FFN 1536) M = 1, 8, 64, 256, 1024,
-4096 for (N, K) = (1536, 384), (384, 1536), (384, 384); decode: M = 1 and 8
+Shapes: MiniLM (all-MiniLM-L6-v2: d=384, FFN 1536) M = 1, 8, 12 (a short
+query), 32, 64, 256, 1024, 4096 for (N, K) = (1536, 384), (384, 1536), (384, 384); decode: M = 1 and 8
 with N = 50257, K = 768 (GPT-2's LM head) and N = K = 2048.
 """
 import argparse
@@ -32,7 +32,7 @@ import _timing  # noqa: E402,F401  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 
 MINILM = [(M, N, K) for (N, K) in ((1536, 384), (384, 1536), (384, 384))
-          for M in (1, 8, 64, 256, 1024, 4096)]
+          for M in (1, 8, 12, 32, 64, 256, 1024, 4096)]
 DECODE = [(M, N, K) for (N, K) in ((50257, 768), (2048, 2048)) for M in (1, 8)]
 
 

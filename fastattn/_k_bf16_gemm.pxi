@@ -35,6 +35,13 @@ cdef extern from "fa_bf16.h" nogil:
     void fa_bf16_gemm_task(const unsigned short *x, Py_ssize_t xs, int nr, const unsigned short *P,
                            Py_ssize_t K, Py_ssize_t n0, int nn, const float *bias, int act,
                            void *y, Py_ssize_t ys, int out_bf16, void *scratch)
+    int FA_BF16_PREPACK
+    size_t FA_BF16_PREPACK_BYTES(Py_ssize_t M, Py_ssize_t K)
+    void fa_bf16_prepack(const unsigned short *x, Py_ssize_t xs, int nr, Py_ssize_t K, void *dst)
+    void fa_bf16_gemm_task_pre(const void *pre, int nr, const unsigned short *P, Py_ssize_t K,
+                               Py_ssize_t n0, int nn, const float *bias, int act, void *y,
+                               Py_ssize_t ys, int out_bf16, void *scratch)
+    size_t fa_bf16_pre_scratch(Py_ssize_t rows, int out_bf16, Py_ssize_t K)
 
 BF16_PATH = (<bytes>FA_BF16_PATH).decode()
 BF16_ROWS_PER_TASK = FA_BF16_MB
@@ -58,6 +65,8 @@ def amx_request():
 cdef enum:
     CVT_CHUNK = 65536       # elements per conversion task
 
+cdef enum:
+    FA_BF16_NB_TASK = 256      # features per GEMM task unless few row blocks narrow it
 cdef Py_ssize_t BF16_MMAJOR_BYTES = 3 << 19   # packed weights up to 1.5 MiB: row-block-major tasks
 
 
@@ -165,6 +174,8 @@ ctypedef struct Bf16LinArgs:
     Py_ssize_t M, N, K, nmb, nb, nnb
     int mmajor
     Py_ssize_t ng, nrb, ncb, npan      # the panel split (widening builds)
+    char *pre                          # x packed once per call (or NULL)
+    size_t preb                        # bytes per row block of pre
 
 
 cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
@@ -179,9 +190,22 @@ cdef void _bf16_lin_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
     cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BF16_MB else FA_BF16_MB
     cdef int nn = <int>(a.N - n0) if a.N - n0 < a.nb else <int>a.nb
     cdef size_t esz = 2 if a.out_bf16 else 4
+    if a.pre != NULL:
+        fa_bf16_gemm_task_pre(a.pre + (m0 // FA_BF16_MB) * a.preb, nr, a.P, a.K, n0, nn,
+                              (a.bias + n0) if a.bias != NULL else NULL, a.act,
+                              <void *>(a.y + (m0 * a.ys + n0) * esz), a.ys, a.out_bf16, buf)
+        return
     fa_bf16_gemm_task(a.x + m0 * a.xs, a.xs, nr, a.P, a.K, n0, nn,
                       (a.bias + n0) if a.bias != NULL else NULL, a.act,
                       <void *>(a.y + (m0 * a.ys + n0) * esz), a.ys, a.out_bf16, buf)
+
+
+cdef void _bf16_prepack_task(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
+    # row block t of x into its slot of a.pre
+    cdef const Bf16LinArgs *a = <const Bf16LinArgs *>c
+    cdef Py_ssize_t m0 = t * FA_BF16_MB
+    cdef int nr = <int>(a.M - m0) if a.M - m0 < FA_BF16_MB else FA_BF16_MB
+    fa_bf16_prepack(a.x + m0 * a.xs, a.xs, nr, a.K, a.pre + t * a.preb)
 
 
 cdef void _bf16_lin_ptask(const void *c, Py_ssize_t t, void *buf) noexcept nogil:
@@ -235,7 +259,7 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
     P = bf16_pack(W), bias float32 (N,) contiguous or None, out float32 or
     uint16 (bf16 bits) with a contiguous last axis; returns ``out``."""
     cdef Bf16LinArgs a
-    cdef Py_ssize_t nb = 256, nnb
+    cdef Py_ssize_t nb = FA_BF16_NB_TASK, nnb
     _u16_2d(x, "x")
     _set(cnp.PyArray_NDIM(out) == 2 and out.strides[1] == out.itemsize
          and out.strides[0] % out.itemsize == 0, "out (2-D, contiguous last axis)")
@@ -273,8 +297,28 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
     # (row-block-major); a bigger one is streamed once, each panel reused by
     # consecutive tasks over the row blocks (feature-block-major)
     a.mmajor = cnp.PyArray_NBYTES(P) <= BF16_MMAJOR_BYTES
-    # (a call of fewer rows than an AMX tile needs only a small scratch)
-    _run_tasks(a.nmb * nnb, fa_bf16_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
-                                            a.out_bf16, a.K),
-               _bf16_lin_task, &a, nthreads, False)
+    a.pre = NULL
+    a.preb = 0
+    if FA_BF16_PREPACK and nb < FA_BF16_NB_TASK:
+        # few row blocks cut into narrow feature blocks: every task would pack
+        # the same rows of x again; pack them once (in parallel by row block)
+        a.preb = FA_BF16_PREPACK_BYTES(FA_BF16_MB, a.K)
+        a.pre = <char *>fa_aligned_calloc(a.preb * a.nmb)
+        if a.pre == NULL:
+            raise MemoryError("fastattn: could not allocate the packed rows of x")
+    try:
+        if a.pre != NULL:
+            _run_tasks(a.nmb, 0, _bf16_prepack_task, &a, nthreads, False)
+            _run_tasks(a.nmb * nnb,
+                       fa_bf16_pre_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
+                                           a.out_bf16, a.K),
+                       _bf16_lin_task, &a, nthreads, False)
+        else:
+            # (a call of fewer rows than an AMX tile needs only a small scratch)
+            _run_tasks(a.nmb * nnb, fa_bf16_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
+                                                    a.out_bf16, a.K),
+                       _bf16_lin_task, &a, nthreads, False)
+    finally:
+        if a.pre != NULL:
+            fa_aligned_free(a.pre)
     return out

@@ -236,10 +236,14 @@ static inline size_t fa_bf16_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
 #if defined(FA_BF16_AMX)
     if (rows < FA__AMX_SHORT_ROWS)  /* short A tiles load x in place */
         return FA__BF16_BLK_OFF;
-#else
-    (void)rows;
-#endif
     return FA_BF16_SCRATCH(K);
+#else
+    /* dp: the store tile and the task's rows of x, pair-major (a few-row
+     * call's per-thread buffer is cleared on every call: keep it small) */
+    if (rows > FA_BF16_MB)
+        rows = FA_BF16_MB;
+    return FA__BF16_BLK_OFF + (size_t)rows * (size_t)((K + 1) / 2) * 4;
+#endif
 }
 #endif
 
@@ -443,13 +447,12 @@ FA__AI void fa__dp_tile(const uint32_t *pa, const int mr, const int nv, const ui
 
 FA__AI int fa__dp_chunk(int left) { return left >= 12 ? 12 : left >= 4 ? 4 : 1; }
 
-static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
-                              ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
-                              void *y, ptrdiff_t ys, int out_bf16, void *scratch)
+/* x's rows [0, nr) (nr <= FA_BF16_MB) packed pair-major per row chunk into
+ * pa (nr x npair 32-bit pairs) */
+static inline void fa_bf16_dp_pack(const uint16_t *x, ptrdiff_t xs, int nr, ptrdiff_t K,
+                                   uint32_t *pa)
 {
-    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
-    float *cs = (float *)scratch;                           /* 32 x 32 fp32 */
-    uint32_t *pa = (uint32_t *)((char *)scratch + FA__BF16_BLK_OFF);  /* nr x npair */
+    ptrdiff_t npair = (K + 1) / 2;
     for (int r0 = 0; r0 < nr; r0 += fa__dp_chunk(nr - r0)) {
         int mr = fa__dp_chunk(nr - r0);
         uint32_t *pc = pa + (ptrdiff_t)r0 * npair;
@@ -464,6 +467,15 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
                 pc[(K / 2) * mr + r] = xr[K - 1];
         }
     }
+}
+
+/* the task on rows already packed by fa_bf16_dp_pack; scratch: the 32 x 32
+ * fp32 store tile */
+static void fa__dp_gemm(const uint32_t *pa, int nr, const uint16_t *P, ptrdiff_t K,
+                        ptrdiff_t n0, int nn, const float *bias, int act, void *y,
+                        ptrdiff_t ys, int out_bf16, float *cs)
+{
+    ptrdiff_t Kp = fa_bf16_kp(K), npair = (K + 1) / 2;
     for (int c0 = 0; c0 < nn; c0 += 32) {
         int nc = nn - c0 < 32 ? nn - c0 : 32;
         ptrdiff_t g = (n0 + c0) / 16;
@@ -496,6 +508,45 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
                           ys, out_bf16);
         }
     }
+}
+
+static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uint16_t *P,
+                              ptrdiff_t K, ptrdiff_t n0, int nn, const float *bias, int act,
+                              void *y, ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    uint32_t *pa = (uint32_t *)((char *)scratch + FA__BF16_BLK_OFF);  /* nr x npair */
+    fa_bf16_dp_pack(x, xs, nr, K, pa);
+    fa__dp_gemm(pa, nr, P, K, n0, nn, bias, act, y, ys, out_bf16, (float *)scratch);
+}
+
+/* A few-row call splits the features into many narrow tasks over the same
+ * rows: there the rows are packed once per call (fa_bf16_prepack, per row
+ * block of FA_BF16_MB, FA_BF16_PREPACK_BYTES(M, K) in all) and every task
+ * reads them (fa_bf16_gemm_task_pre, scratch FA__BF16_BLK_OFF bytes), instead
+ * of each packing them again.  The same microkernel on the same pairs: the
+ * bits do not change. */
+#define FA_BF16_PREPACK 1
+static inline size_t FA_BF16_PREPACK_BYTES(ptrdiff_t M, ptrdiff_t K)
+{
+    ptrdiff_t nmb = (M + FA_BF16_MB - 1) / FA_BF16_MB;
+    return (size_t)nmb * FA_BF16_MB * (size_t)((K + 1) / 2) * 4;
+}
+static inline void fa_bf16_prepack(const uint16_t *x, ptrdiff_t xs, int nr, ptrdiff_t K,
+                                   void *dst)
+{
+    fa_bf16_dp_pack(x, xs, nr, K, (uint32_t *)dst);
+}
+static inline size_t fa_bf16_pre_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
+{
+    (void)rows; (void)out_bf16; (void)K;
+    return FA__BF16_BLK_OFF;                 /* the store tile only */
+}
+static void fa_bf16_gemm_task_pre(const void *pre, int nr, const uint16_t *P, ptrdiff_t K,
+                                  ptrdiff_t n0, int nn, const float *bias, int act, void *y,
+                                  ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    fa__dp_gemm((const uint32_t *)pre, nr, P, K, n0, nn, bias, act, y, ys, out_bf16,
+                (float *)scratch);
 }
 
 #else
@@ -807,6 +858,36 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
     }
 }
 #undef FA__BW_RUN
+#endif
+
+#if !defined(FA_BF16_PREPACK)
+/* amx and widen load (or widen) x inside the task: the packed-once rows of a
+ * few-row call are plain contiguous copies (row stride K), and the prepacked
+ * task is the ordinary one on them (the Cython driver uses this only where
+ * FA_BF16_PREPACK is 1; these keep every build's interface the same). */
+#define FA_BF16_PREPACK 0
+static inline size_t FA_BF16_PREPACK_BYTES(ptrdiff_t M, ptrdiff_t K)
+{
+    ptrdiff_t nmb = (M + FA_BF16_MB - 1) / FA_BF16_MB;
+    return (size_t)nmb * FA_BF16_MB * (size_t)K * 2;
+}
+static inline void fa_bf16_prepack(const uint16_t *x, ptrdiff_t xs, int nr, ptrdiff_t K,
+                                   void *dst)
+{
+    for (int r = 0; r < nr; r++)
+        memcpy((uint16_t *)dst + (ptrdiff_t)r * K, x + (ptrdiff_t)r * xs, (size_t)K * 2);
+}
+static inline size_t fa_bf16_pre_scratch(ptrdiff_t rows, int out_bf16, ptrdiff_t K)
+{
+    return fa_bf16_scratch(rows, out_bf16, K);
+}
+static void fa_bf16_gemm_task_pre(const void *pre, int nr, const uint16_t *P, ptrdiff_t K,
+                                  ptrdiff_t n0, int nn, const float *bias, int act, void *y,
+                                  ptrdiff_t ys, int out_bf16, void *scratch)
+{
+    fa_bf16_gemm_task((const uint16_t *)pre, K, nr, P, K, n0, nn, bias, act, y, ys, out_bf16,
+                      scratch);
+}
 #endif
 
 #endif /* FASTATTN_FA_BF16_H */

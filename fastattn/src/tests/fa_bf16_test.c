@@ -121,12 +121,36 @@ static void run_gemm(const uint16_t *x, ptrdiff_t xs, int M, const uint16_t *P, 
         }
 }
 
+/* the same through rows packed once per row block (fa_bf16_prepack) and
+ * fa_bf16_gemm_task_pre, as the Cython driver runs a few-row call */
+static void run_gemm_pre(const uint16_t *x, ptrdiff_t xs, int M, const uint16_t *P, int K, int N,
+                         const float *bias, int act, void *y, ptrdiff_t ys, int out_bf16, int nb,
+                         void *scratch)
+{
+    size_t blk = FA_BF16_PREPACK_BYTES(FA_BF16_MB, K);
+    char *pre = xalloc(blk * (size_t)((M + FA_BF16_MB - 1) / FA_BF16_MB) + 64);
+    for (int m0 = 0; m0 < M; m0 += FA_BF16_MB)
+        fa_bf16_prepack(x + (ptrdiff_t)m0 * xs, xs, M - m0 < FA_BF16_MB ? M - m0 : FA_BF16_MB,
+                        K, pre + (size_t)(m0 / FA_BF16_MB) * blk);
+    for (int n0 = 0; n0 < N; n0 += nb)
+        for (int m0 = 0; m0 < M; m0 += FA_BF16_MB) {
+            int nr = M - m0 < FA_BF16_MB ? M - m0 : FA_BF16_MB;
+            int nn = N - n0 < nb ? N - n0 : nb;
+            size_t esz = out_bf16 ? 2 : 4;
+            fa_bf16_gemm_task_pre(pre + (size_t)(m0 / FA_BF16_MB) * blk, nr, P, K, n0, nn,
+                                  bias ? bias + n0 : NULL, act,
+                                  (char *)y + ((ptrdiff_t)m0 * ys + n0) * esz, ys, out_bf16,
+                                  scratch);
+        }
+    free(pre);
+}
+
 static void test_gemm(void)
 {
     static const int Ms[] = {1, 2, 15, 16, 17, 32, 33, 70};
     static const int Ns[] = {1, 15, 16, 17, 33, 64, 100};
     static const int Ks[] = {0, 1, 2, 15, 17, 31, 32, 33, 64, 100, 300};
-    int nbad_acc = 0, nbad_inv = 0, nbad_pack = 0, nbad_bf = 0, ncase = 0;
+    int nbad_acc = 0, nbad_inv = 0, nbad_pack = 0, nbad_bf = 0, nbad_pre = 0, ncase = 0;
     for (unsigned a = 0; a < sizeof Ms / sizeof *Ms; a++)
     for (unsigned b = 0; b < sizeof Ns / sizeof *Ns; b++)
     for (unsigned c = 0; c < sizeof Ks / sizeof *Ks; c++) {
@@ -188,6 +212,16 @@ static void test_gemm(void)
             if (memcmp(y1, y + (ptrdiff_t)m * N, (size_t)N * 4))
                 nbad_inv++;
         }
+        /* rows packed once per call: the same bits, fp32 and bf16 stores */
+        {
+            float *yp = xalloc((size_t)M * N * 4 + 4);
+            uint16_t *ybp = xalloc((size_t)M * N * 2 + 2);
+            run_gemm_pre(x, xs, M, P, K, N, bias, act, yp, N, 0, 32, scratch);
+            run_gemm_pre(x, xs, M, P, K, N, bias, act, ybp, N, 1, 64, scratch);
+            if (memcmp(yp, y, (size_t)M * N * 4) || memcmp(ybp, yb, (size_t)M * N * 2))
+                nbad_pre++;
+            free(yp); free(ybp);
+        }
         free(x); free(w); free(P); free(wu); free(bias); free(y); free(y1); free(yb); free(scratch);
     }
     char msg[160];
@@ -199,6 +233,9 @@ static void test_gemm(void)
     check(nbad_bf == 0, msg);
     snprintf(msg, sizeof msg, "row alone == row in a batch, bit for bit (%d bad rows)", nbad_inv);
     check(nbad_inv == 0, msg);
+    snprintf(msg, sizeof msg, "rows packed once per call == per task, bit for bit (%d bad cases)",
+             nbad_pre);
+    check(nbad_pre == 0, msg);
 }
 
 int main(void)
