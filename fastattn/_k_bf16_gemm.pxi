@@ -36,7 +36,7 @@ cdef extern from "fa_bf16.h" nogil:
                            Py_ssize_t K, Py_ssize_t n0, int nn, const float *bias, int act,
                            void *y, Py_ssize_t ys, int out_bf16, void *scratch)
     int FA_BF16_PREPACK
-    size_t FA_BF16_PREPACK_BYTES(Py_ssize_t M, Py_ssize_t K)
+    size_t fa_bf16_prepack_bytes(Py_ssize_t K)
     void fa_bf16_prepack(const unsigned short *x, Py_ssize_t xs, int nr, Py_ssize_t K, void *dst)
     void fa_bf16_gemm_task_pre(const void *pre, int nr, const unsigned short *P, Py_ssize_t K,
                                Py_ssize_t n0, int nn, const float *bias, int act, void *y,
@@ -64,9 +64,8 @@ def amx_request():
 
 cdef enum:
     CVT_CHUNK = 65536       # elements per conversion task
+    FA_BF16_NB_TASK = 256   # features per GEMM task unless few row blocks narrow it
 
-cdef enum:
-    FA_BF16_NB_TASK = 256      # features per GEMM task unless few row blocks narrow it
 cdef Py_ssize_t BF16_MMAJOR_BYTES = 3 << 19   # packed weights up to 1.5 MiB: row-block-major tasks
 
 
@@ -299,25 +298,21 @@ def bf16_linear(cnp.ndarray x not None, cnp.ndarray P not None, cnp.ndarray bias
     a.mmajor = cnp.PyArray_NBYTES(P) <= BF16_MMAJOR_BYTES
     a.pre = NULL
     a.preb = 0
+    cdef Py_ssize_t rows = a.M if a.M < FA_BF16_MB else FA_BF16_MB
+    # (a call of fewer rows than an AMX tile needs only a small scratch)
+    cdef size_t scratch = fa_bf16_scratch(rows, a.out_bf16, a.K)
     if FA_BF16_PREPACK and nb < FA_BF16_NB_TASK:
         # few row blocks cut into narrow feature blocks: every task would pack
         # the same rows of x again; pack them once (in parallel by row block)
-        a.preb = FA_BF16_PREPACK_BYTES(FA_BF16_MB, a.K)
+        a.preb = fa_bf16_prepack_bytes(a.K)
         a.pre = <char *>fa_aligned_calloc(a.preb * a.nmb)
         if a.pre == NULL:
             raise MemoryError("fastattn: could not allocate the packed rows of x")
+        scratch = fa_bf16_pre_scratch(rows, a.out_bf16, a.K)
     try:
         if a.pre != NULL:
             _run_tasks(a.nmb, 0, _bf16_prepack_task, &a, nthreads, False)
-            _run_tasks(a.nmb * nnb,
-                       fa_bf16_pre_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
-                                           a.out_bf16, a.K),
-                       _bf16_lin_task, &a, nthreads, False)
-        else:
-            # (a call of fewer rows than an AMX tile needs only a small scratch)
-            _run_tasks(a.nmb * nnb, fa_bf16_scratch(a.M if a.M < FA_BF16_MB else FA_BF16_MB,
-                                                    a.out_bf16, a.K),
-                       _bf16_lin_task, &a, nthreads, False)
+        _run_tasks(a.nmb * nnb, scratch, _bf16_lin_task, &a, nthreads, False)
     finally:
         if a.pre != NULL:
             fa_aligned_free(a.pre)

@@ -521,15 +521,14 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
 
 /* A few-row call splits the features into many narrow tasks over the same
  * rows: there the rows are packed once per call (fa_bf16_prepack, per row
- * block of FA_BF16_MB, FA_BF16_PREPACK_BYTES(M, K) in all) and every task
+ * block of FA_BF16_MB, fa_bf16_prepack_bytes(K) each) and every task
  * reads them (fa_bf16_gemm_task_pre, scratch FA__BF16_BLK_OFF bytes), instead
  * of each packing them again.  The same microkernel on the same pairs: the
  * bits do not change. */
 #define FA_BF16_PREPACK 1
-static inline size_t FA_BF16_PREPACK_BYTES(ptrdiff_t M, ptrdiff_t K)
+static inline size_t fa_bf16_prepack_bytes(ptrdiff_t K)   /* per row block */
 {
-    ptrdiff_t nmb = (M + FA_BF16_MB - 1) / FA_BF16_MB;
-    return (size_t)nmb * FA_BF16_MB * (size_t)((K + 1) / 2) * 4;
+    return (size_t)FA_BF16_MB * (size_t)((K + 1) / 2) * 4;
 }
 static inline void fa_bf16_prepack(const uint16_t *x, ptrdiff_t xs, int nr, ptrdiff_t K,
                                    void *dst)
@@ -866,10 +865,9 @@ static void fa_bf16_gemm_task(const uint16_t *x, ptrdiff_t xs, int nr, const uin
  * task is the ordinary one on them (the Cython driver uses this only where
  * FA_BF16_PREPACK is 1; these keep every build's interface the same). */
 #define FA_BF16_PREPACK 0
-static inline size_t FA_BF16_PREPACK_BYTES(ptrdiff_t M, ptrdiff_t K)
+static inline size_t fa_bf16_prepack_bytes(ptrdiff_t K)   /* per row block */
 {
-    ptrdiff_t nmb = (M + FA_BF16_MB - 1) / FA_BF16_MB;
-    return (size_t)nmb * FA_BF16_MB * (size_t)K * 2;
+    return (size_t)FA_BF16_MB * (size_t)K * 2;
 }
 static inline void fa_bf16_prepack(const uint16_t *x, ptrdiff_t xs, int nr, ptrdiff_t K,
                                    void *dst)

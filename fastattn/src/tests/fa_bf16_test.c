@@ -127,7 +127,7 @@ static void run_gemm_pre(const uint16_t *x, ptrdiff_t xs, int M, const uint16_t 
                          const float *bias, int act, void *y, ptrdiff_t ys, int out_bf16, int nb,
                          void *scratch)
 {
-    size_t blk = FA_BF16_PREPACK_BYTES(FA_BF16_MB, K);
+    size_t blk = fa_bf16_prepack_bytes(K);
     char *pre = xalloc(blk * (size_t)((M + FA_BF16_MB - 1) / FA_BF16_MB) + 64);
     for (int m0 = 0; m0 < M; m0 += FA_BF16_MB)
         fa_bf16_prepack(x + (ptrdiff_t)m0 * xs, xs, M - m0 < FA_BF16_MB ? M - m0 : FA_BF16_MB,
