@@ -270,3 +270,39 @@ def linear(x, w, bias=None, *, activation=None, out_dtype=None, out=None, num_th
         final[...] = out
         return final
     return out
+
+
+def _linear_plan(x, w, activation, out):
+    """``run(w, bias)``: :func:`linear` ``(x, w, bias, activation=,
+    out=out)`` for weights packed like ``w``, with the checks, views, thread
+    count and activation code worked out once (a short query's projection
+    costs more in this function's checks than in the kernel).  For the
+    models' own scratch: ``x`` a C-contiguous bf16 (M, K) array, ``out`` a
+    C-contiguous float32 or bf16 (M, N) array not overlapping ``x``; each
+    ``bias`` float32 contiguous (N,) or None.  The kernel call still checks
+    the shapes against the packed weight it is given; the bits are
+    :func:`linear`'s (the thread count never changes them)."""
+    M, K = x.shape
+    N = w.shape[0]
+    if not (_is_bf16(x.dtype) and x.flags.c_contiguous and out.flags.c_contiguous
+            and out.shape == (M, N) and (out.dtype == np.float32 or _is_bf16(out.dtype))):
+        raise ValueError(f"_linear_plan: x {x.dtype} {x.shape} and out {out.dtype} {out.shape} "
+                         f"must be contiguous bf16 rows and ({M}, {N}) float32/bf16")
+    if activation not in _ACT_CODE:
+        raise ValueError(f"_linear_plan: activation must be None or one of {ACTIVATIONS}, "
+                         f"got {activation!r}")
+    if M == 0 or N == 0:
+        return lambda w, bias: None
+    xu = _u16(x)
+    ou = _u16(out) if _is_bf16(out.dtype) else out
+    nt = max(_nthreads(None, 2 * M * N * max(K, 1)), _for_stream(None, w.nbytes))
+    code = getattr(_k, _ACT_CODE[activation])
+    kern = _k.bf16_linear
+    shape = (N, K)
+
+    def run(w, bias):
+        if w.shape != shape:    # (the packed array alone cannot tell K from K+1)
+            raise ValueError(f"_linear_plan: planned for weights of shape {shape}, "
+                             f"got {w.shape}")
+        kern(xu, w._data, bias, code, ou, nt)
+    return run

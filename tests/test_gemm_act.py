@@ -134,3 +134,48 @@ def test_small_calls_take_the_threads_streaming_the_weight_needs(monkeypatch):
     with fastattn.threads(3):
         _ops.dense(x[:, :8], _ops.pack(np.ones((4, 8), np.float32)))
     assert seen == [1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("act", [None, "relu", "gelu", "silu", "quick_gelu"])
+@pytest.mark.parametrize("M", [1, 13, 130])
+def test_dense_plan_is_dense(dtype, act, M):
+    """The encoders' per-forward GEMM plans (``_ops.dense_plan``, built once
+    for four shapes and run once per layer) give dense()'s bits for every
+    weight they are run with, packed or not, fused activation or row pass,
+    float32 / float64 / bfloat16, and fit no other shape."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(M + 11)
+    N, K = 77, 50
+    x32 = rng.standard_normal((M, K), dtype=np.float32)
+    ws = [(rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32) for _ in range(3)]
+    bs = [rng.standard_normal(N).astype(np.float32) for _ in range(3)] + [None]
+    if dtype == "bfloat16":
+        bf = _ops.bf16()
+        x = bf.to_bfloat16(x32)
+        packs = [[_ops.pack_bf16(w) for w in ws]]
+        outs = [np.empty((M, N), np.float32), np.empty((M, N), x.dtype)]
+        ref = lambda w, b, out: _ops.dense_bf16(x, w, b, act=act, out=out.copy())  # noqa: E731
+    else:
+        x = x32.astype(dtype)
+        ws = [w.astype(dtype) for w in ws]
+        bs = [b.astype(dtype) if b is not None else None for b in bs]
+        packs = [[_ops.pack(w) for w in ws], ws]        # packed and plain weights
+        outs = [np.empty((M, N), dtype)]
+        ref = lambda w, b, out: _ops.dense(x, w, b, act=act)  # noqa: E731
+    for weights in packs:
+        for out in outs:
+            run = _ops.dense_plan(x, weights[0], act, out)
+            for i, w in enumerate(weights):
+                for b in (bs[i], None):
+                    want = ref(w, b, out)
+                    out[...] = 0
+                    run(w, b)
+                    assert np.array_equal(out.view(np.uint8), np.asarray(want, out.dtype)
+                                          .view(np.uint8)), (i, b is None)
+    # a weight of another shape is refused by the kernel, not misread
+    run = _ops.dense_plan(x, packs[0][0], act, outs[0])
+    pack = _ops.pack_bf16 if dtype == "bfloat16" else _ops.pack
+    with pytest.raises(ValueError):
+        run(pack(np.ascontiguousarray(ws[0][:, :K - 1])), None)

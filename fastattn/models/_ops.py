@@ -55,7 +55,7 @@ from ..threads import for_flops, for_stream
 from ..nn import _ops as _row
 from ..positional import apply_rotary as _rotary
 
-__all__ = ["dense", "pack", "add_norm", "bias_act", "attention", "attention_plan", "ACTIVATIONS",
+__all__ = ["dense", "dense_plan", "pack", "add_norm", "bias_act", "attention", "attention_plan", "ACTIVATIONS",
            "resolve_dtype", "is_bf16", "bf16", "pack_bf16", "dense_bf16",
            "decoder_attention_bf16"]
 
@@ -92,13 +92,31 @@ def dense(x, w, b=None, act=None, out=None):
         (:func:`bias_act`) over the result.
     out : ndarray, shape (N, M), optional; must not overlap ``x`` or ``w``.
     """
+    N = x.shape[0]
+    M = w.N if isinstance(w, _kern.PackedWeight) else w.shape[0]
+    if out is None:
+        out = np.empty((N, M), dtype=x.dtype)
+    dense_plan(x, w, act, out)(w, b)
+    return out
+
+
+def dense_plan(x, w, act=None, out=None):
+    """``run(w, b)``, doing :func:`dense` ``(x, w, b, act, out=out)`` (or,
+    for bf16 ``x``, :func:`dense_bf16`) for any weight of ``w``'s shape and
+    kind: the thread count, activation code and kernel call object are
+    worked out once.  An encoder's layers all run the same four GEMM shapes
+    over the same scratch arrays, so a forward pass builds four plans and
+    runs each once per layer; a short query's projection costs more in
+    the per-call set-up than in the kernel.  ``out`` is required (rows
+    with a contiguous last axis, not overlapping ``x``).  :func:`dense` is
+    a plan run once: the same bits."""
+    if is_bf16(x.dtype):
+        return bf16()._linear_plan(x, w, None if act == "identity" else act, out)
     N, K = x.shape
     packed = isinstance(w, _kern.PackedWeight)
     M = w.N if packed else w.shape[0]
-    if out is None:
-        out = np.empty((N, M), dtype=x.dtype)
     if N == 0:
-        return out
+        return lambda w, b: None
     code = 0
     if act is None or act == "identity" or act == "relu":
         fused = True
@@ -113,25 +131,42 @@ def dense(x, w, b=None, act=None, out=None):
     # features, never K)
     nt = max(for_flops(None, 2 * N * M * K), for_stream(None, M * K * x.itemsize))
     it = x.itemsize
+    relu = act == "relu"
     if packed:
-        call = _kern.LinearCall(x=x, xs=x.strides[0] // it, wp=w, bias=b if fused else None,
-                                relu=act == "relu", out=out, ys=out.strides[0] // it,
-                                nthreads=nt, act=code)
+        call = _kern.LinearCall(x=x, xs=x.strides[0] // it, wp=w, relu=relu, out=out,
+                                ys=out.strides[0] // it, nthreads=nt, act=code)
     else:
         call = _kern.LinearCall(x=x, xs=x.strides[0] // it, w=w, ws=w.strides[0] // it,
-                                bias=b if fused else None, relu=act == "relu",
-                                out=out, ys=out.strides[0] // it, nthreads=nt, act=code)
-    _kern.linear(call)
-    if not fused:
-        bias_act(out, b, act, out=out)
-    return out
+                                relu=relu, out=out, ys=out.strides[0] // it, nthreads=nt,
+                                act=code)
+    lin = _kern.linear
+
+    if packed and fused:
+        def run(w, b):
+            call.wp = w
+            call.bias = b
+            lin(call)
+    else:
+        def run(w, b):
+            if packed:
+                call.wp = w
+            else:
+                call.w = w
+                call.ws = w.strides[0] // it
+            call.bias = b if fused else None
+            lin(call)
+            if not fused:
+                bias_act(out, b, act, out=out)
+    return run
 
 
-def add_norm(a, a_bias, r, w, b, eps, n, nb=None):
+def add_norm(a, a_bias, r, w, b, eps, n, nb=None, nthreads=None):
     """``n = LayerNorm(a + a_bias + r) * w + b`` in one fused row pass;
     ``a_bias`` and ``r`` may be None; ``n`` may be ``a`` or ``r``.  ``nb``
-    (bfloat16, optional): ``n`` rounded to bf16 in the same pass."""
-    _row.add_norm(a, a_bias, r, "layer", w, b, eps, n=n, nb=nb)
+    (bfloat16, optional): ``n`` rounded to bf16 in the same pass.
+    ``nthreads``: the row kernels' thread count (default: its policy for
+    this call; a forward pass works it out once for all its norms)."""
+    _row.add_norm(a, a_bias, r, "layer", w, b, eps, n=n, nb=nb, nthreads=nthreads)
     return n
 
 

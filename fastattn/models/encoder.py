@@ -54,6 +54,7 @@ import os
 import numpy as np
 
 from .._memory import WeightArena
+from ..threads import for_rows as _for_rows
 from . import _ops
 from ._encoder_files import Checkpoint, ConfigReader, read_config
 from ._validate import check_weight_budget
@@ -541,16 +542,27 @@ class _Encoder:
         y = np.empty((T, E), dtype=dt)
         hid = np.empty((T, c.intermediate_size), dtype=dt)
         act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
-        dense, add_norm, attention = _ops.dense, _ops.add_norm, _ops.attention
-        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)      # one for all layers
+        add_norm, attention = _ops.add_norm, _ops.attention
+        if not self._layers:
+            return x
+        # every kernel call's set-up, once for all layers (the same calls,
+        # so the same bits; a short query's layers cost more in per-call
+        # Python than in the kernels)
+        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)
+        l0 = self._layers[0]
+        p_qkv = _ops.dense_plan(x, l0[0], None, qkv)
+        p_o = _ops.dense_plan(ctx, l0[2], None, y)
+        p_up = _ops.dense_plan(y, l0[6], act, hid)
+        p_down = _ops.dense_plan(hid, l0[8], None, ctx)
+        nt = _for_rows(T * E, 3)
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
-            dense(x, wqkv, bqkv, out=qkv)
+            p_qkv(wqkv, bqkv)
             attention(qkv, cu, H, scale, ctx, plan=plan)
-            dense(ctx, wo, None, out=y)
-            add_norm(y, bo, x, n1w, n1b, eps, n=y)          # y = X1
-            dense(y, w1, b1, act=act, out=hid)
-            dense(hid, w2, None, out=ctx)
-            add_norm(ctx, b2, y, n2w, n2b, eps, n=x)        # x = next X
+            p_o(wo, None)
+            add_norm(y, bo, x, n1w, n1b, eps, n=y, nthreads=nt)     # y = X1
+            p_up(w1, b1)
+            p_down(w2, None)
+            add_norm(ctx, b2, y, n2w, n2b, eps, n=x, nthreads=nt)   # x = next X
         return x
 
     def _embed(self, ids, tt, pos, x, xb=None):
@@ -588,16 +600,25 @@ class _Encoder:
         hid = np.empty((T, c.intermediate_size), dtype=b16)
         z = np.empty((T, E), dtype=f32)
         act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
-        dense, add_norm, attention = _ops.dense_bf16, _ops.add_norm, _ops.attention
-        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)      # one for all layers
+        add_norm, attention = _ops.add_norm, _ops.attention
+        if not self._layers:
+            return x
+        # the kernel calls' set-up once for all layers, as in _run
+        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)
+        l0 = self._layers[0]
+        p_qkv = _ops.dense_plan(xb, l0[0], None, qkv)
+        p_o = _ops.dense_plan(ctx, l0[2], None, y)
+        p_up = _ops.dense_plan(yb, l0[6], act, hid)
+        p_down = _ops.dense_plan(hid, l0[8], None, z)
+        nt = _for_rows(T * E, 3)
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
-            dense(xb, wqkv, bqkv, out=qkv)
+            p_qkv(wqkv, bqkv)
             attention(qkv, cu, H, scale, ctx, plan=plan)
-            dense(ctx, wo, None, out=y)
-            add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb)   # y = X1 (+ bf16 copy)
-            dense(yb, w1, b1, act=act, out=hid)
-            dense(hid, w2, None, out=z)
-            add_norm(z, b2, y, n2w, n2b, eps, n=x, nb=xb)   # x = next X
+            p_o(wo, None)
+            add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb, nthreads=nt)   # y = X1 (+ bf16)
+            p_up(w1, b1)
+            p_down(w2, None)
+            add_norm(z, b2, y, n2w, n2b, eps, n=x, nb=xb, nthreads=nt)   # x = next X
         return x
 
 

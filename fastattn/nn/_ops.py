@@ -31,7 +31,7 @@ def _check_bf16_out(x, like, shape, name):
 
 
 def add_norm(a, a_bias=None, r=None, mode="layer", w=None, b=None, eps=1e-5,
-             s=None, n=None, nb=None):
+             s=None, n=None, nb=None, nthreads=None):
     """``s = a + a_bias + r`` then ``n = norm(s) * w + b``, in one fused pass.
 
     Parameters
@@ -52,6 +52,9 @@ def add_norm(a, a_bias=None, r=None, mode="layer", w=None, b=None, eps=1e-5,
         Also store the normalised sum rounded to bfloat16 (float32 ``a``
         only; the input of a bfloat16 GEMM), in the same pass.  With ``nb``
         and no ``n``, only the bfloat16 copy is stored.
+    nthreads : int, optional
+        Threads (default :func:`fastattn.threads.for_rows` of this call;
+        the result does not depend on it: each row is one thread's).
 
     Returns
     -------
@@ -67,7 +70,7 @@ def add_norm(a, a_bias=None, r=None, mode="layer", w=None, b=None, eps=1e-5,
         n = np.empty(a.shape, dtype=a.dtype)
     if mode == "none" and s is None:
         s = np.empty(a.shape, dtype=a.dtype)
-    nt = for_rows(a.size, 3)
+    nt = for_rows(a.size, 3) if nthreads is None else nthreads
     _k.add_norm(a, a_bias, r, _k.NORMS[mode], w, b, float(eps), s, n, nt, nb)
     return s, n
 
