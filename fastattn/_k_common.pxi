@@ -26,6 +26,10 @@ cdef extern from "fa_util.h" nogil:
     int fa_omp_max_threads()
     void fa_pack_qt_f32(const float *q, Py_ssize_t qs, int nr, int D, float scale, float *Qt)
     void fa_pack_qt_f64(const double *q, Py_ssize_t qs, int nr, int D, double scale, double *Qt)
+    void fa_pack_qt_lanes_f32(const float *q, Py_ssize_t qs, int nr, int D, float scale,
+                              float *Qt, int nl)
+    void fa_pack_qt_lanes_f64(const double *q, Py_ssize_t qs, int nr, int D, double scale,
+                              double *Qt, int nl)
     void fa_store_ot_f32(const float *Ot, const float *l, int nr, int Dv, float *o, Py_ssize_t os)
     void fa_store_ot_f64(const double *Ot, const double *l, int nr, int Dv, double *o, Py_ssize_t os)
     void fa_store_yt_f32(const float *Yt, int nr, int nn, const float *bias, int relu, float *o, Py_ssize_t os)
@@ -155,6 +159,13 @@ cdef inline void _pack_qt(const floating *q, Py_ssize_t qs, int nr, int D,
         fa_pack_qt_f32(q, qs, nr, D, scale, Qt)
     else:
         fa_pack_qt_f64(q, qs, nr, D, scale, Qt)
+
+cdef inline void _pack_qt_lanes(const floating *q, Py_ssize_t qs, int nr, int D,
+                                floating scale, floating *Qt, int nl) noexcept nogil:
+    if floating is float:
+        fa_pack_qt_lanes_f32(q, qs, nr, D, scale, Qt, nl)
+    else:
+        fa_pack_qt_lanes_f64(q, qs, nr, D, scale, Qt, nl)
 
 cdef inline void _store_ot(const floating *Ot, const floating *l, int nr, int Dv,
                            floating *o, Py_ssize_t os) noexcept nogil:

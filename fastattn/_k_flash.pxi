@@ -95,6 +95,7 @@ cdef inline void _nr_dot(const floating *Q, int R, const floating *K, Py_ssize_t
 # share its block.
 cdef extern from "fa_tiles.h" nogil:
     int fa_lanes_used_f32(int nq)
+    int fa_lanes_used_f64(int nq)
     void fa_qk_n_f32(const float *K, Py_ssize_t ks, int nk, int D, const float *Qt, float *St, int nq)
     void fa_softmax_n_f32(float *St, int nk, float *m, float *l, float *alpha, int nq)
     void fa_rescale_pv_n_f32(const float *V, Py_ssize_t vs, int nk, int Dv, const float *Pt,
@@ -333,8 +334,15 @@ cdef void _flash_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
     cdef const floating *vp
     cdef floating *orow
     cdef Py_ssize_t g, n, i, kb, k0, k1, nk, kb_lo, kb_hi, lo, hi
-    cdef int geo, mcls
+    cdef int geo, mcls, nl
     cdef floating qscale = <floating>a.qscale
+    cdef Py_ssize_t dd
+    # the tiles read and write the first nl lanes only (all FA_BR from 49
+    # rows): pack and clear just those (a 16-row block cleared 4x its Ot)
+    if floating is float:
+        nl = fa_lanes_used_f32(<int>nr)
+    else:
+        nl = fa_lanes_used_f64(<int>nr)
 
     for g in range(G):
         n = bn * a.Hq + hkv * G + g
@@ -343,9 +351,14 @@ cdef void _flash_lanes_block(const FlashArgs *a, Py_ssize_t bn, Py_ssize_t hkv,
         m = Ot + ot_sz
         l = m + FA_BR
         qrow = (<const floating *>a.q) + a.qoff[n] + q0 * a.qs
-        _pack_qt(qrow, a.qs, <int>nr, <int>D, qscale, Qt)
-        for i in range(ot_sz):
-            Ot[i] = 0
+        _pack_qt_lanes(qrow, a.qs, <int>nr, <int>D, qscale, Qt, nl)
+        if nl == FA_BR:
+            for i in range(ot_sz):
+                Ot[i] = 0
+        else:
+            for dd in range(Dv):
+                for i in range(nl):
+                    Ot[dd * FA_BR + i] = 0
         for i in range(FA_BR):
             m[i] = -INFINITY
             l[i] = 0

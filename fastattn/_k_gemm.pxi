@@ -138,8 +138,8 @@ cdef extern from "fa_gemm.h" nogil:
     int fa_gemm_panel_width_f64()
     Py_ssize_t fa_gemm_packed_size_f32(Py_ssize_t N, Py_ssize_t K)
     Py_ssize_t fa_gemm_packed_size_f64(Py_ssize_t N, Py_ssize_t K)
-    Py_ssize_t fa_gemm_scratch_f32()
-    Py_ssize_t fa_gemm_scratch_f64()
+    Py_ssize_t fa_gemm_scratch_f32(Py_ssize_t rows)
+    Py_ssize_t fa_gemm_scratch_f64(Py_ssize_t rows)
     void fa_gemm_pack_w_f32(const float *w, Py_ssize_t ws, Py_ssize_t N, Py_ssize_t K,
                             Py_ssize_t p0, Py_ssize_t p1, float *Wp)
     void fa_gemm_pack_w_f64(const double *w, Py_ssize_t ws, Py_ssize_t N, Py_ssize_t K,
@@ -336,7 +336,7 @@ cdef void _linp_f64(const void *c, Py_ssize_t t, void *b) noexcept nogil:
 cdef int _linear_packed(LinArgs *a, int dt, int nthreads) except -1:
     """The packed GEMM over a's operands (a.wp set).  The split into tasks
     changes no result (fa_gemm.h): it only balances the threads."""
-    cdef Py_ssize_t gb = FA_GM_MB // FA_GM_MR
+    cdef Py_ssize_t gb = FA_GM_MB // FA_GM_MR, rows
     a.pw = _panel_width(dt)
     a.npan = (a.N + a.pw - 1) // a.pw
     a.ng = (a.M + FA_GM_MR - 1) // FA_GM_MR
@@ -351,8 +351,13 @@ cdef int _linear_packed(LinArgs *a, int dt, int nthreads) except -1:
         else:
             # few rows: each thread a chunk of the panels over all the rows
             a.ncb = nthreads if nthreads < a.npan else a.npan
-    _run_tasks(a.nrb * a.ncb, <size_t>(fa_gemm_scratch_f32() * 4 if dt == 0
-                                       else fa_gemm_scratch_f64() * 8),
+    # the largest row block of a task: ceil(ng / nrb) groups, at most M rows
+    # (its scratch is cleared per call: sized by it, not by FA_GM_MB)
+    rows = (a.ng + a.nrb - 1) // a.nrb * FA_GM_MR
+    if rows > a.M:
+        rows = a.M
+    _run_tasks(a.nrb * a.ncb, <size_t>(fa_gemm_scratch_f32(rows) * 4 if dt == 0
+                                       else fa_gemm_scratch_f64(rows) * 8),
                _linp_f32 if dt == 0 else _linp_f64, a, nthreads, False)
     return 0
 

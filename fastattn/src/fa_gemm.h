@@ -37,8 +37,10 @@
  *   fa_gemm_packed_size_f32/_f64(N, K)   elements of the packed W
  *   fa_gemm_pack_w(w, ws, N, K, n0, n1, Wp)  pack panels [n0, n1) of W (so
  *                                        threads can pack disjoint panels)
- *   fa_gemm_scratch_f32/_f64()           elements of a task's scratch buffer
- *                                        (64-byte aligned, contents ignored)
+ *   fa_gemm_scratch_f32/_f64(rows)       elements of the scratch buffer of a
+ *                                        task of at most rows rows (1 <= rows
+ *                                        <= FA_GM_MB; 64-byte aligned,
+ *                                        contents ignored)
  *   fa_gemm_packed(x, xs, mr, Wp, K, np, nlast, bias, act, y, ys, buf)
  *       y[i*ys + n] = act(sum_k x[i*xs + k] * W[n][k] + bias[n]) for
  *       i < mr (1 <= mr <= FA_GM_MB), the np panels starting at Wp (a panel
@@ -162,10 +164,21 @@ FA__PUB void FA__GM_N(fa_gemm_pack_w)(const FA__GM_T *w, ptrdiff_t ws, ptrdiff_t
     }
 }
 
-/* scratch: packed X (MB x KC), the last panel's Y (MB x PW), its bias (PW) */
-FA__PUB ptrdiff_t FA__GM_N(fa_gemm_scratch)(void)
+/* scratch of a task of up to `rows` rows, R = rows rounded up to whole
+ * MR-row groups: packed X (R x KC), the last panel's Y (R x PW), its bias
+ * (PW).  Sized by the rows, not by MB: the driver clears it per call, and a
+ * short input's call would clear 4x more than it uses. */
+FA__AI ptrdiff_t FA__GM_N(fa__gm_scratch_rows)(ptrdiff_t rows)
 {
-    return (ptrdiff_t)FA_GM_MB * FA_GM_KC + (ptrdiff_t)FA_GM_MB * FA__GM_PWT + FA__GM_PWT;
+    ptrdiff_t R = (rows + FA__GM_MR - 1) / FA__GM_MR * FA__GM_MR;
+    if (R < FA__GM_MR) R = FA__GM_MR;
+    if (R > FA_GM_MB) R = FA_GM_MB;
+    return R;
+}
+FA__PUB ptrdiff_t FA__GM_N(fa_gemm_scratch)(ptrdiff_t rows)
+{
+    const ptrdiff_t R = FA__GM_N(fa__gm_scratch_rows)(rows);
+    return R * FA_GM_KC + R * FA__GM_PWT + FA__GM_PWT;
 }
 
 FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
@@ -179,9 +192,11 @@ FA__PUB void FA__GM_N(fa_gemm_packed)(const FA__GM_T *x, ptrdiff_t xs, int mr,
     const int ng = (mr + FA__GM_MR - 1) / FA__GM_MR;         /* MR-row groups */
     const int rlast = mr - (ng - 1) * FA__GM_MR;             /* rows in the last */
     const int edge = nlast < FA__GM_PWT;                     /* last panel partial */
+    /* buf: fa_gemm_scratch(mr) elements or more */
+    const ptrdiff_t Rs = FA__GM_N(fa__gm_scratch_rows)(mr);
     FA__GM_T *Xp = buf;
-    FA__GM_T *Ye = buf + (ptrdiff_t)FA_GM_MB * FA_GM_KC;     /* edge panel's Y */
-    FA__GM_T *Be = Ye + (ptrdiff_t)FA_GM_MB * FA__GM_PWT;    /* edge panel's bias */
+    FA__GM_T *Ye = buf + Rs * FA_GM_KC;                      /* edge panel's Y */
+    FA__GM_T *Be = Ye + Rs * FA__GM_PWT;                     /* edge panel's bias */
     const int nfull = edge ? np - 1 : np;
     /* one group of few rows: several panels per micro-tile */
     const int P = ng > 1 ? 1 : FA__GM_PFOR(rlast);

@@ -70,6 +70,10 @@ static inline void fa_aligned_free(void *p)
  * FA_DEF_STORE_Y, once per dtype; the compiler checks these prototypes). */
 static inline void fa_pack_qt_f32(const float *q, ptrdiff_t qs, int nr, int D, float scale, float *Qt);
 static inline void fa_pack_qt_f64(const double *q, ptrdiff_t qs, int nr, int D, double scale, double *Qt);
+static inline void fa_pack_qt_lanes_f32(const float *q, ptrdiff_t qs, int nr, int D, float scale,
+                                        float *Qt, int nl);
+static inline void fa_pack_qt_lanes_f64(const double *q, ptrdiff_t qs, int nr, int D, double scale,
+                                        double *Qt, int nl);
 static inline void fa_store_ot_f32(const float *Ot, const float *l, int nr, int Dv, float *o, ptrdiff_t os);
 static inline void fa_store_ot_f64(const double *Ot, const double *l, int nr, int Dv, double *o,
                                    ptrdiff_t os);
@@ -105,11 +109,15 @@ static inline void fa__tr8x8_ps(__m256 r[8])
 #endif /* FASTATTN_FA_UTIL_H */
 
 #define FA_DEF_TILE_IO(T, SUF, FAST)                                           \
-/* Qt[d*FA_BR + i] = q[i*qs + d] * scale for i < nr; lanes nr.. zeroed */     \
-static inline void fa_pack_qt_##SUF(const T *q, ptrdiff_t qs, int nr, int D,  \
-                                    T scale, T *Qt)                            \
+/* Qt[d*FA_BR + i] = q[i*qs + d] * scale for i < nr; lanes nr.. zeroed up to  \
+ * nl (rounded up to 8, at most FA_BR): a narrow-lanes tile reads only its     \
+ * fa_lanes_used(nr) lanes, so zeroing the other 48 of a 16-row block's 64     \
+ * would be wasted stores */                                                   \
+static inline void fa_pack_qt_lanes_##SUF(const T *q, ptrdiff_t qs, int nr,   \
+                                          int D, T scale, T *Qt, int nl)       \
 {                                                                              \
-    for (int i0 = 0; i0 < FA_BR; i0 += 8) {                                    \
+    if (nl > FA_BR) nl = FA_BR;                                                \
+    for (int i0 = 0; i0 < nl; i0 += 8) {                                       \
         int n = nr - i0, d = 0;                                                \
         if (n < 0) n = 0;                                                      \
         if (n > 8) n = 8;                                                      \
@@ -122,6 +130,12 @@ static inline void fa_pack_qt_##SUF(const T *q, ptrdiff_t qs, int nr, int D,  \
             for (int ii = n; ii < 8; ii++) dst[ii] = 0;                        \
         }                                                                      \
     }                                                                          \
+}                                                                              \
+/* every lane: nr packed, nr.. FA_BR zeroed */                                 \
+static inline void fa_pack_qt_##SUF(const T *q, ptrdiff_t qs, int nr, int D,  \
+                                    T scale, T *Qt)                            \
+{                                                                              \
+    fa_pack_qt_lanes_##SUF(q, qs, nr, D, scale, Qt, FA_BR);                    \
 }                                                                              \
 /* o[i*os + d] = Ot[d*FA_BR + i] / l[i], i < nr (0 where l[i] == 0: no key) */ \
 static inline void fa_store_ot_##SUF(const T *Ot, const T *l, int nr, int Dv,  \

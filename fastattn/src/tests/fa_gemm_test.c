@@ -112,13 +112,15 @@ static void case_##SUF(int M, int nn, int K, int kind, int hasbias, int relu, in
     T *Xt = xalloc(sizeof(T) * LIN_KC * FA_BR);                                  \
     T *Yt = xalloc(sizeof(T) * MAXN * FA_BR);                                    \
     T *Wp = xalloc(sizeof(T) * fa_gemm_packed_size_##SUF(nn, K));                \
-    T *buf = xalloc(sizeof(T) * fa_gemm_scratch_##SUF());                        \
+    /* exactly the scratch of the largest row block (ASan builds see overruns) */ \
+    const ptrdiff_t nbuf = fa_gemm_scratch_##SUF(M < mb ? M : mb);               \
+    T *buf = xalloc(sizeof(T) * nbuf);                                           \
     const int PW = fa_gemm_panel_width_##SUF(), np = (nn + PW - 1) / PW;         \
     for (ptrdiff_t i = 0; i < M * xs; i++) x[i] = val_##SUF(kind);               \
     for (ptrdiff_t i = 0; i < nn * ws; i++) w[i] = val_##SUF(kind);              \
     for (int i = 0; i < nn; i++) b[i] = val_##SUF(kind == 3 ? 0 : kind);         \
     for (ptrdiff_t i = 0; i < M * ys; i++) y1[i] = y2[i] = (T)777;               \
-    for (ptrdiff_t i = 0; i < fa_gemm_scratch_##SUF(); i++) buf[i] = (T)NAN;     \
+    for (ptrdiff_t i = 0; i < nbuf; i++) buf[i] = (T)NAN;                        \
     /* packed in two calls, as threads would */                                  \
     fa_gemm_pack_w_##SUF(w, ws, nn, K, 0, np / 2, Wp);                           \
     fa_gemm_pack_w_##SUF(w, ws, nn, K, np / 2, np, Wp);                          \
@@ -164,7 +166,7 @@ static void bench_##SUF(int M, int nn, int K, int reps, double *gw, double *gp) 
     T *y = xalloc(sizeof(T) * M * nn), *b = xalloc(sizeof(T) * nn);              \
     T *Xt = xalloc(sizeof(T) * LIN_KC * FA_BR), *Yt = xalloc(sizeof(T) * nn * FA_BR); \
     T *Wp = xalloc(sizeof(T) * fa_gemm_packed_size_##SUF(nn, K));                \
-    T *buf = xalloc(sizeof(T) * fa_gemm_scratch_##SUF());                        \
+    T *buf = xalloc(sizeof(T) * fa_gemm_scratch_##SUF(FA_GM_MB));                \
     for (ptrdiff_t i = 0; i < (ptrdiff_t)M * K; i++) x[i] = (T)(urand() - 0.5);  \
     for (ptrdiff_t i = 0; i < (ptrdiff_t)nn * K; i++) w[i] = (T)(urand() - 0.5); \
     fa_gemm_pack_w_##SUF(w, K, nn, K, 0, (nn + fa_gemm_panel_width_##SUF() - 1) / fa_gemm_panel_width_##SUF(), Wp); \
