@@ -69,6 +69,15 @@ def _nthreads(num_threads, work):
     return _for_flops(num_threads, work)
 
 
+def _linear_threads(num_threads, M, N, K, w):
+    """Threads for an (M, K) x packed w -> (M, N) GEMM: enough for the
+    arithmetic, and for the weight stream: at a decode step's few rows the
+    call is a read of the packed weight, which one core cannot do at the
+    memory's speed (GPT-2 bf16 decode at batch 1 ran 1.03-1.18x its fp32
+    decode with the flops rule alone)."""
+    return max(_nthreads(num_threads, 2 * M * N * max(K, 1)), _for_stream(num_threads, w.nbytes))
+
+
 def _check_out(out, shape, dtype, name="out"):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
@@ -260,11 +269,7 @@ def linear(x, w, bias=None, *, activation=None, out_dtype=None, out=None, num_th
     if out.strides[0] <= 0 < M - 1:          # rows backwards or aliased: via a temporary
         final, out = out, np.empty((M, N), odt)
     ou = _u16(out) if _is_bf16(odt) else out
-    # enough threads for the arithmetic, and for the weight stream: at a
-    # decode step's few rows the call is a read of the packed weight, which
-    # one core cannot do at the memory's speed (GPT-2 bf16 decode at batch 1
-    # ran 1.03-1.18x its fp32 decode with the flops rule alone)
-    nt = max(_nthreads(num_threads, 2 * M * N * max(K, 1)), _for_stream(num_threads, w.nbytes))
+    nt = _linear_threads(num_threads, M, N, K, w)
     _k.bf16_linear(xu, w._data, bias, getattr(_k, _ACT_CODE[activation]), ou, nt)
     if final is not None:
         final[...] = out
@@ -295,7 +300,7 @@ def _linear_plan(x, w, activation, out):
         return lambda w, bias: None
     xu = _u16(x)
     ou = _u16(out) if _is_bf16(out.dtype) else out
-    nt = max(_nthreads(None, 2 * M * N * max(K, 1)), _for_stream(None, w.nbytes))
+    nt = _linear_threads(None, M, N, K, w)
     code = getattr(_k, _ACT_CODE[activation])
     kern = _k.bf16_linear
     shape = (N, K)

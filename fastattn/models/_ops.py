@@ -141,22 +141,16 @@ def dense_plan(x, w, act=None, out=None):
                                 act=code)
     lin = _kern.linear
 
-    if packed and fused:
-        def run(w, b):
+    def run(w, b):
+        if packed:
             call.wp = w
-            call.bias = b
-            lin(call)
-    else:
-        def run(w, b):
-            if packed:
-                call.wp = w
-            else:
-                call.w = w
-                call.ws = w.strides[0] // it
-            call.bias = b if fused else None
-            lin(call)
-            if not fused:
-                bias_act(out, b, act, out=out)
+        else:
+            call.w = w
+            call.ws = w.strides[0] // it
+        call.bias = b if fused else None
+        lin(call)
+        if not fused:
+            bias_act(out, b, act, out=out)
     return run
 
 

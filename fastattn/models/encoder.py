@@ -541,28 +541,36 @@ class _Encoder:
         ctx = np.empty((T, E), dtype=dt)
         y = np.empty((T, E), dtype=dt)
         hid = np.empty((T, c.intermediate_size), dtype=dt)
-        act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
-        add_norm, attention = _ops.add_norm, _ops.attention
+        return self._blocks(cu, x, x, qkv, ctx, y, y, hid, ctx)
+
+    def _blocks(self, cu, x, xin, qkv, ctx, y, yin, hid, down, xb=None, yb=None):
+        """The layers over one forward pass's scratch, x updated in place:
+        ``xin``/``yin`` are the GEMM inputs (``x``/``y`` in float32, their bf16
+        copies ``xb``/``yb``, which the norms then also write), ``down`` takes
+        the second feed-forward GEMM (``ctx`` in float32; float32 ``z`` for
+        bf16).  Every kernel call's set-up is made once for all layers (the
+        same calls, so the same bits; a short query's layers cost more in
+        per-call Python than in the kernels)."""
+        c = self.config
         if not self._layers:
             return x
-        # every kernel call's set-up, once for all layers (the same calls,
-        # so the same bits; a short query's layers cost more in per-call
-        # Python than in the kernels)
+        act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
+        add_norm, attention = _ops.add_norm, _ops.attention
         plan = _ops.attention_plan(qkv, cu, H, scale, ctx)
         l0 = self._layers[0]
-        p_qkv = _ops.dense_plan(x, l0[0], None, qkv)
+        p_qkv = _ops.dense_plan(xin, l0[0], None, qkv)
         p_o = _ops.dense_plan(ctx, l0[2], None, y)
-        p_up = _ops.dense_plan(y, l0[6], act, hid)
-        p_down = _ops.dense_plan(hid, l0[8], None, ctx)
-        nt = _for_rows(T * E, 3)
+        p_up = _ops.dense_plan(yin, l0[6], act, hid)
+        p_down = _ops.dense_plan(hid, l0[8], None, down)
+        nt = _for_rows(x.size, 3)
         for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
             p_qkv(wqkv, bqkv)
             attention(qkv, cu, H, scale, ctx, plan=plan)
             p_o(wo, None)
-            add_norm(y, bo, x, n1w, n1b, eps, n=y, nthreads=nt)     # y = X1
+            add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb, nthreads=nt)      # y = X1
             p_up(w1, b1)
             p_down(w2, None)
-            add_norm(ctx, b2, y, n2w, n2b, eps, n=x, nthreads=nt)   # x = next X
+            add_norm(down, b2, y, n2w, n2b, eps, n=x, nb=xb, nthreads=nt)   # x = next X
         return x
 
     def _embed(self, ids, tt, pos, x, xb=None):
@@ -599,27 +607,7 @@ class _Encoder:
         yb = np.empty((T, E), dtype=b16)
         hid = np.empty((T, c.intermediate_size), dtype=b16)
         z = np.empty((T, E), dtype=f32)
-        act, eps, H, scale = self._act, c.layer_norm_eps, c.num_heads, self._scale
-        add_norm, attention = _ops.add_norm, _ops.attention
-        if not self._layers:
-            return x
-        # the kernel calls' set-up once for all layers, as in _run
-        plan = _ops.attention_plan(qkv, cu, H, scale, ctx)
-        l0 = self._layers[0]
-        p_qkv = _ops.dense_plan(xb, l0[0], None, qkv)
-        p_o = _ops.dense_plan(ctx, l0[2], None, y)
-        p_up = _ops.dense_plan(yb, l0[6], act, hid)
-        p_down = _ops.dense_plan(hid, l0[8], None, z)
-        nt = _for_rows(T * E, 3)
-        for (wqkv, bqkv, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b) in self._layers:
-            p_qkv(wqkv, bqkv)
-            attention(qkv, cu, H, scale, ctx, plan=plan)
-            p_o(wo, None)
-            add_norm(y, bo, x, n1w, n1b, eps, n=y, nb=yb, nthreads=nt)   # y = X1 (+ bf16)
-            p_up(w1, b1)
-            p_down(w2, None)
-            add_norm(z, b2, y, n2w, n2b, eps, n=x, nb=xb, nthreads=nt)   # x = next X
-        return x
+        return self._blocks(cu, x, xb, qkv, ctx, y, yb, hid, z, xb, yb)
 
 
 def _like_ids(x, name, ids):
