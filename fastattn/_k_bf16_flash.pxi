@@ -58,6 +58,22 @@ cdef extern from "fa_bf16_attn.h" nogil:
     void fa_bt_pvt(const uint16_t *const *vts, const int *nks, const uint32_t *Pv, int Dv,
                    int nr, float *Ot)
 
+cdef inline bint _bf16_auto_rows(Py_ssize_t L, Py_ssize_t G, Py_ssize_t D) noexcept nogil:
+    """flash_bf16's layout choice for L query rows per head (dense and
+    varlen calls alike; from L, G, D only, so a sequence's bits never depend
+    on its batch).  The amx build's lanes tiles always compute all 64 query
+    lanes, so rows take up to ROWS_MAX rows per kv head there (chosen on
+    Sapphire Rapids).  The vdpbf16ps tiles run only the 16-lane groups that
+    hold rows and the widening path runs the fp32 tiles, so both take the
+    fp32 kernel's rule: measured on Zen 4 (D 32 / 64 / 128, 2 threads) the
+    bf16 rows path was 1.3-3.2x slower than the vdpbf16ps lanes from 8-12
+    rows per head, and it had kept every sequence up to 32 tokens, most of
+    a sentence corpus, on it."""
+    if FA_BF16_ATTN_AMX:
+        return L * G <= ROWS_MAX
+    return _auto_rows(L, G, D)
+
+
 cdef inline size_t _bf16_lanes_buf(const FlashArgs *a) noexcept:
     if FA_BF16_ATTN_TILES:
         return (a.G * fa_bt_head_floats(<int>a.D, <int>a.Dv)
@@ -640,7 +656,7 @@ def flash_bf16(FlashCall call not None):
     if a.nb * a.Hq * a.L == 0:
         return call.out
     a.R = a.L * a.G
-    rows = a.R <= ROWS_MAX
+    rows = _bf16_auto_rows(a.L, a.G, a.D)
     if call.path == P_LANES:
         rows = False
     elif call.path == P_ROWS:

@@ -906,8 +906,8 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
         if L == 0:
             continue
         R = L * a.G
-        # (flash_bf16, tfn set, keeps its own rule: R <= ROWS_MAX, as its dense call)
-        rows = (((_auto_rows(L, a.G, a.D) if tfn == NULL else R <= ROWS_MAX)
+        # (flash_bf16, tfn set, has its own rule, as its dense call)
+        rows = (((_auto_rows(L, a.G, a.D) if tfn == NULL else _bf16_auto_rows(L, a.G, a.D))
                  and call.path != P_LANES) or call.path == P_ROWS)
         if rows:
             nblk = (S + FA_SPLIT - 1) // FA_SPLIT
