@@ -66,7 +66,7 @@ cdef inline bint _bf16_auto_rows(Py_ssize_t L, Py_ssize_t G, Py_ssize_t D) noexc
     Sapphire Rapids).  The vdpbf16ps tiles run only the 16-lane groups that
     hold rows and the widening path runs the fp32 tiles, so both take the
     fp32 kernel's rule: measured on Zen 4 (D 32 / 64 / 128, 2 threads) the
-    bf16 rows path was 1.3-3.2x slower than the vdpbf16ps lanes from 8-12
+    bf16 rows path was 1.3-4.8x slower than the vdpbf16ps lanes from 8-12
     rows per head, and it had kept every sequence up to 32 tokens, most of
     a sentence corpus, on it."""
     if FA_BF16_ATTN_AMX:

@@ -58,8 +58,8 @@ cdef extern from "fa_util.h" nogil:
 
 # float32 activations written so that gcc vectorises them (no libm calls in
 # the loops): exp by range reduction to [-ln2/2, ln2/2], cephes' degree-5
-# polynomial and scaling by 2^n through the exponent bits; erf by Abramowitz
-# & Stegun 7.1.26 (|error| <= 1.5e-7).  libm's erff / tanhf / expf are not
+# polynomial and scaling by 2^n through the exponent bits; GELU's erf by a
+# rational approximation (fa_act.h: |error| <= 4.5e-7 in float32).  libm's erff / tanhf / expf are not
 # vectorised and cost 10-30 ns per element here (bench_layers.py --kernels).
 # float64 keeps libm.
 cdef extern from *:
