@@ -656,11 +656,7 @@ def flash_bf16(FlashCall call not None):
     if a.nb * a.Hq * a.L == 0:
         return call.out
     a.R = a.L * a.G
-    rows = _bf16_auto_rows(a.L, a.G, a.D)
-    if call.path == P_LANES:
-        rows = False
-    elif call.path == P_ROWS:
-        rows = True
+    rows = _layout_rows(call.path, _bf16_auto_rows(a.L, a.G, a.D))
     part = None
     if rows:
         a.nchunk = (a.S + FA_SPLIT - 1) // FA_SPLIT

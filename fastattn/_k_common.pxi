@@ -115,6 +115,16 @@ MASK_NONE = M_NONE
 MASK_BOOL = M_BOOL
 MASK_FLOAT = M_FLOAT
 PATH_AUTO = P_AUTO
+cdef inline bint _layout_rows(int path, bint auto_rows) noexcept nogil:
+    # The layout a call runs: the one forced through FlashCall.path (tests,
+    # benchmarks), else what the kernel's automatic rule chose (``auto_rows``).
+    if path == P_LANES:
+        return False
+    if path == P_ROWS:
+        return True
+    return auto_rows
+
+
 PATH_LANES = P_LANES
 PATH_ROWS = P_ROWS
 

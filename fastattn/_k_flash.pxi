@@ -846,11 +846,7 @@ def flash(FlashCall call not None):
         return call.out
     cdef size_t isz = 4 if dt == 0 else 8
     a.R = a.L * a.G
-    rows = _auto_rows(a.L, a.G, a.D)
-    if call.path == P_LANES:
-        rows = False
-    elif call.path == P_ROWS:
-        rows = True
+    rows = _layout_rows(call.path, _auto_rows(a.L, a.G, a.D))
     part = None
     if rows:
         a.nchunk = (a.S + FA_SPLIT - 1) // FA_SPLIT
@@ -907,8 +903,8 @@ cdef int _flash_varlen(FlashCall call, FlashArgs *a, int dt, task_fn tfn=NULL,
             continue
         R = L * a.G
         # (flash_bf16, tfn set, has its own rule, as its dense call)
-        rows = (((_auto_rows(L, a.G, a.D) if tfn == NULL else _bf16_auto_rows(L, a.G, a.D))
-                 and call.path != P_LANES) or call.path == P_ROWS)
+        rows = _layout_rows(call.path, _auto_rows(L, a.G, a.D) if tfn == NULL
+                            else _bf16_auto_rows(L, a.G, a.D))
         if rows:
             nblk = (S + FA_SPLIT - 1) // FA_SPLIT
             poff[i] = part_total

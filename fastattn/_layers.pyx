@@ -59,8 +59,9 @@ cdef extern from "fa_util.h" nogil:
 # float32 activations written so that gcc vectorises them (no libm calls in
 # the loops): exp by range reduction to [-ln2/2, ln2/2], cephes' degree-5
 # polynomial and scaling by 2^n through the exponent bits; GELU's erf by a
-# rational approximation (fa_act.h: |error| <= 4.5e-7 in float32).  libm's erff / tanhf / expf are not
-# vectorised and cost 10-30 ns per element here (bench_layers.py --kernels).
+# rational approximation (fa_act.h: erf's |error| <= 4.5e-7 in float32).
+# libm's erff / tanhf / expf are not vectorised and cost 10-30 ns per element
+# here (bench_layers.py --kernels).
 # float64 keeps libm.
 cdef extern from *:
     """

@@ -3,8 +3,9 @@
  * vectorises them with the including build's ISA (no libm calls); the row
  * kernels of _layers.pyx call them too.  exp by range reduction and
  * cephes' degree-5 polynomial; GELU's erf by a rational approximation
- * (max |error| <= 4.5e-7 in float32, see FA_ACT_GELU).  Elementwise, so a value never depends on the other
- * rows or on where a tile starts.  C99, static inline only, no globals. */
+ * (erf's max |error| <= 4.5e-7 in float32, see FA_ACT_GELU).  Elementwise,
+ * so a value never depends on the other rows or on where a tile starts.
+ * C99, static inline only, no globals. */
 #ifndef FA_ACT_H
 #define FA_ACT_H
 
